@@ -1,0 +1,136 @@
+// scatterbrain/kernels/cpu/cpu_backend.cc
+#include "kernels/cpu/cpu_backend.h"
+
+#include <exception>
+#include <mutex>
+#include <new>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/random_draws.h"
+#include "kernels/validate.h"
+
+namespace scatterbrain {
+namespace {
+
+using cpu::Slice;
+
+// Exact attention is split further than per slice so that B * H = 1 still
+// uses every core.
+constexpr int64_t kExactRowsPerTask = 256;
+
+class CpuBackend : public Backend {
+ public:
+  CpuBackend() { cpu::PinBlasToOneThread(); }
+  std::string name() const override { return "cpu"; }
+  absl::Status Supports(const AttentionParams&) const override {
+    return absl::OkStatus();
+  }
+  absl::StatusOr<AttentionStats> Forward(const AttentionParams& p) override;
+};
+
+absl::StatusOr<AttentionStats> CpuBackend::Forward(const AttentionParams& p) {
+  absl::Status st = ValidateParams(p);
+  if (!st.ok()) return st;
+  AttentionStats stats;
+  stats.dense_score_bytes = p.batch * p.heads * p.seq_q * p.seq_k *
+                            static_cast<int64_t>(sizeof(float));
+  cpu::WorkspaceMeter meter;
+  const int threads = cpu::ResolveThreads(p.num_threads);
+  const int64_t slices = p.batch * p.heads;
+
+  std::mutex mu;
+  absl::Status first_error;
+  cpu::SliceStats total;
+  auto guarded = [&](auto&& body) {
+    try {
+      body();
+    } catch (const std::bad_alloc&) {
+      std::lock_guard<std::mutex> l(mu);
+      if (first_error.ok())
+        first_error = absl::ResourceExhaustedError(
+            "cpu backend: out of memory for this request");
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> l(mu);
+      if (first_error.ok())
+        first_error = absl::InternalError(absl::StrCat("cpu backend: ", e.what()));
+    }
+  };
+
+  try {
+    if (p.method == Method::kExact) {
+      const int64_t per_slice = (p.seq_q + kExactRowsPerTask - 1) / kExactRowsPerTask;
+      cpu::ParallelFor(slices * per_slice, threads, [&](int64_t t) {
+        guarded([&] {
+          const int64_t sl = t / per_slice, part = t % per_slice;
+          const Slice s = cpu::MakeSlice(p, sl / p.heads, sl % p.heads);
+          const int64_t r0 = part * kExactRowsPerTask;
+          cpu::ExactRows(s, r0, std::min(s.nq, r0 + kExactRowsPerTask), &meter);
+        });
+      });
+    } else {
+      const bool features = p.method == Method::kPerformer ||
+                            p.method == Method::kScatterbrain;
+      std::vector<std::vector<float>> proj;
+      const int r = p.num_features / 2;
+      if (features) {
+        proj.resize(p.heads);
+        for (int64_t h = 0; h < p.heads; ++h)
+          proj[h] = DrawFeatureProjections(p.seed, h, r, p.dim);
+      }
+      cpu::SupportOptions so;
+      so.lsh = p.method == Method::kLsh ||
+               (p.method == Method::kScatterbrain && p.sparse != SparseSupport::kLocal);
+      so.local = p.method == Method::kLocal ||
+                 (p.method == Method::kScatterbrain && p.sparse != SparseSupport::kLsh);
+      so.bucket_size = p.bucket_size;
+      so.num_hashes = p.num_hashes;
+      so.hash_projections = p.hash_projections;
+      so.transform = p.lsh_transform;
+      so.window = p.window;
+      so.seed = p.seed;
+      cpu::ParallelFor(slices, threads, [&](int64_t sl) {
+        guarded([&] {
+          const Slice s = cpu::MakeSlice(p, sl / p.heads, sl % p.heads);
+          cpu::SliceStats ss;
+          cpu::Features f;
+          cpu::LowRank lr;
+          cpu::SparseAcc acc;
+          if (features) {
+            cpu::ComputeFeatures(s, proj[s.h], r, &meter, &f);
+            cpu::ComputeLowRank(s, f, &meter, &lr);
+          }
+          if (p.method == Method::kPerformer) {
+            cpu::WritePerformer(s, lr, &ss);
+          } else if (p.method == Method::kScatterbrain) {
+            cpu::AccumulateSupport(s, so, &f, &meter, &acc);
+            cpu::WriteScatterbrain(s, f, lr, acc, p.estimator,
+                                   p.calibration_rows, p.seed, &meter, &ss);
+          } else {
+            cpu::AccumulateSupport(s, so, nullptr, &meter, &acc);
+            cpu::WriteSparseOnly(s, acc, &ss);
+          }
+          std::lock_guard<std::mutex> l(mu);
+          total.guards += ss.guards;
+          total.fallbacks += ss.fallbacks;
+        });
+      });
+    }
+  } catch (const std::exception& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cpu backend: could not start workers: ", e.what()));
+  }
+  if (!first_error.ok()) return first_error;
+  stats.workspace_bytes = meter.peak();
+  stats.denominator_guards = total.guards;
+  stats.fallbacks = total.fallbacks;
+  return stats;
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeCpuBackend() {
+  return std::make_unique<CpuBackend>();
+}
+
+}  // namespace scatterbrain

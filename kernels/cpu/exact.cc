@@ -1,0 +1,88 @@
+// scatterbrain/kernels/cpu/exact.cc — exact softmax attention, blocked over
+// query rows so the score block stays in cache; GEMMs through BLAS.
+#include <cmath>
+#include <limits>
+
+#include "kernels/cpu/ops.h"
+
+namespace scatterbrain {
+namespace cpu {
+namespace {
+constexpr int64_t kRowBlock = 64;
+}  // namespace
+
+void ExactRows(const Slice& s, int64_t row_begin, int64_t row_end,
+               WorkspaceMeter* meter) {
+  const int64_t max_keys = s.nk;
+  Scratch<float> scores(meter, static_cast<size_t>(kRowBlock) *
+                                   std::max<int64_t>(max_keys, 1));
+  for (int64_t i0 = row_begin; i0 < row_end; i0 += kRowBlock) {
+    const int64_t i1 = std::min(row_end, i0 + kRowBlock);
+    const int64_t rows = i1 - i0;
+    // Keys any row of the block may see.
+    const int64_t kmax = s.causal ? s.KeyLimit(i1 - 1) : s.nk;
+    if (kmax <= 0) {
+      for (int64_t i = i0; i < i1; ++i)
+        std::fill(s.orow(i), s.orow(i) + s.dv, 0.0f);
+      continue;
+    }
+    float* sc = scores.data();
+    Gemm(false, true, rows, kmax, s.d, s.tau, s.qrow(i0), s.q_row, s.k,
+         s.k_row, 0.0f, sc, kmax);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = sc + r * kmax;
+      const int64_t lim = s.KeyLimit(i0 + r);
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < lim; ++j) mx = std::max(mx, row[j]);
+      double sum = 0.0;
+      for (int64_t j = 0; j < lim; ++j) {
+        row[j] = std::exp(row[j] - mx);
+        sum += row[j];
+      }
+      const float inv = lim > 0 ? static_cast<float>(1.0 / sum) : 0.0f;
+      for (int64_t j = 0; j < lim; ++j) row[j] *= inv;
+      for (int64_t j = std::max<int64_t>(lim, 0); j < kmax; ++j) row[j] = 0.0f;
+    }
+    Gemm(false, false, rows, s.dv, kmax, 1.0f, sc, kmax, s.v, s.v_row, 0.0f,
+         s.orow(i0), s.out_row);
+  }
+}
+
+bool ExactRow(const Slice& s, int64_t i, double* out) {
+  const int64_t lim = s.KeyLimit(i);
+  std::fill(out, out + s.dv, 0.0);
+  if (lim <= 0) return false;
+  std::vector<double> logit(lim);
+  const float* q = s.qrow(i);
+  double mx = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < lim; ++j) {
+    const float* k = s.krow(j);
+    double dot = 0;
+    for (int64_t c = 0; c < s.d; ++c) dot += static_cast<double>(q[c]) * k[c];
+    logit[j] = dot * s.tau;
+    mx = std::max(mx, logit[j]);
+  }
+  double sum = 0;
+  for (int64_t j = 0; j < lim; ++j) {
+    const double w = std::exp(logit[j] - mx);
+    sum += w;
+    const float* v = s.vrow(j);
+    for (int64_t c = 0; c < s.dv; ++c) out[c] += w * v[c];
+  }
+  for (int64_t c = 0; c < s.dv; ++c) out[c] /= sum;
+  return true;
+}
+
+void MeanValue(const Slice& s, int64_t i, double* out) {
+  const int64_t lim = s.KeyLimit(i);
+  std::fill(out, out + s.dv, 0.0);
+  for (int64_t j = 0; j < lim; ++j) {
+    const float* v = s.vrow(j);
+    for (int64_t c = 0; c < s.dv; ++c) out[c] += v[c];
+  }
+  if (lim > 0)
+    for (int64_t c = 0; c < s.dv; ++c) out[c] /= static_cast<double>(lim);
+}
+
+}  // namespace cpu
+}  // namespace scatterbrain

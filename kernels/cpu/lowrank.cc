@@ -1,0 +1,172 @@
+// scatterbrain/kernels/cpu/lowrank.cc — positive random features and the
+// low-rank sums (Performer). Everything stays in log-scaled units: features
+// are stored relative to a per-query-row and a per-slice key log-scale, so
+// huge norms neither overflow nor lose the ratio between keys.
+#include <cmath>
+#include <limits>
+
+#include "kernels/cpu/ops.h"
+
+namespace scatterbrain {
+namespace cpu {
+namespace {
+constexpr int64_t kCausalBlock = 64;
+}  // namespace
+
+void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
+                     WorkspaceMeter* meter, Features* f) {
+  const int m = 2 * r;
+  f->m = m;
+  const float sqrt_tau = std::sqrt(s.tau);
+  // phi(q) . phi(k) carries 1/m; put all of it on the query side.
+  const float log_norm = -std::log(static_cast<float>(m));
+  Scratch<float> proj(meter, static_cast<size_t>(std::max(s.nq, s.nk)) * r);
+
+  // Queries: scale_i = max_l |p_il| - |q~_i|^2 / 2 - log(m).
+  f->q.Reset(meter, static_cast<size_t>(s.nq) * m);
+  f->qscale.Reset(meter, s.nq);
+  Gemm(false, true, s.nq, r, s.d, sqrt_tau, s.q, s.q_row, w.data(), s.d, 0.0f,
+       proj.data(), r);
+  for (int64_t i = 0; i < s.nq; ++i) {
+    const float* p = proj.data() + i * r;
+    const float* x = s.qrow(i);
+    double sq = 0;
+    for (int64_t c = 0; c < s.d; ++c) sq += static_cast<double>(x[c]) * x[c];
+    float pmax = 0.0f;
+    for (int l = 0; l < r; ++l) pmax = std::max(pmax, std::fabs(p[l]));
+    f->qscale[i] = pmax - static_cast<float>(0.5 * s.tau * sq) + log_norm;
+    float* out = f->q.data() + i * m;
+    for (int l = 0; l < r; ++l) {
+      out[l] = std::exp(p[l] - pmax);
+      out[r + l] = std::exp(-p[l] - pmax);
+    }
+  }
+
+  // Keys: one log-scale for the slice, the largest log-feature of any key.
+  f->k.Reset(meter, static_cast<size_t>(std::max<int64_t>(s.nk, 1)) * m);
+  if (s.nk == 0) {
+    f->kscale = 0.0f;
+    return;
+  }
+  Gemm(false, true, s.nk, r, s.d, sqrt_tau, s.k, s.k_row, w.data(), s.d, 0.0f,
+       proj.data(), r);
+  Scratch<float> base(meter, s.nk);
+  float kmax = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < s.nk; ++j) {
+    const float* p = proj.data() + j * r;
+    const float* x = s.krow(j);
+    double sq = 0;
+    for (int64_t c = 0; c < s.d; ++c) sq += static_cast<double>(x[c]) * x[c];
+    float pmax = 0.0f;
+    for (int l = 0; l < r; ++l) pmax = std::max(pmax, std::fabs(p[l]));
+    base[j] = -static_cast<float>(0.5 * s.tau * sq);
+    kmax = std::max(kmax, pmax + base[j]);
+  }
+  f->kscale = kmax;
+  for (int64_t j = 0; j < s.nk; ++j) {
+    const float* p = proj.data() + j * r;
+    float* out = f->k.data() + j * m;
+    const float b = base[j] - kmax;
+    for (int l = 0; l < r; ++l) {
+      out[l] = std::exp(p[l] + b);
+      out[r + l] = std::exp(-p[l] + b);
+    }
+  }
+}
+
+void ComputeLowRank(const Slice& s, const Features& f, WorkspaceMeter* meter,
+                    LowRank* lr) {
+  const int m = f.m;
+  const int64_t dv = s.dv;
+  lr->num.Reset(meter, static_cast<size_t>(s.nq) * dv);
+  lr->den.Reset(meter, s.nq);
+  Scratch<float> zv(meter, static_cast<size_t>(m) * dv);
+  Scratch<float> z1(meter, m);
+  auto add_keys = [&](int64_t j0, int64_t j1) {
+    if (j1 <= j0) return;
+    // zv += phi_k[j0:j1]^T v[j0:j1]; z1 += column sums.
+    Gemm(true, false, m, dv, j1 - j0, 1.0f, f.k.data() + j0 * m, m,
+         s.vrow(j0), s.v_row, 1.0f, zv.data(), dv);
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* fk = f.k.data() + j * m;
+      for (int l = 0; l < m; ++l) z1[l] += fk[l];
+    }
+  };
+  auto apply_state = [&](int64_t i0, int64_t i1) {
+    Gemm(false, false, i1 - i0, dv, m, 1.0f, f.q.data() + i0 * m, m, zv.data(),
+         dv, 0.0f, lr->num.data() + i0 * dv, dv);
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* fq = f.q.data() + i * m;
+      double acc = 0;
+      for (int l = 0; l < m; ++l) acc += static_cast<double>(fq[l]) * z1[l];
+      lr->den[i] = static_cast<float>(acc);
+    }
+  };
+  if (!s.causal) {
+    add_keys(0, s.nk);
+    apply_state(0, s.nq);
+    return;
+  }
+  // Causal: a running state over the keys every row of the block sees, plus
+  // a masked block for the keys only some of its rows see.
+  Scratch<float> blk(meter, static_cast<size_t>(kCausalBlock) * kCausalBlock);
+  Scratch<float> tmp(meter, static_cast<size_t>(kCausalBlock) * dv);
+  int64_t state_end = 0;
+  for (int64_t i0 = 0; i0 < s.nq; i0 += kCausalBlock) {
+    const int64_t i1 = std::min(s.nq, i0 + kCausalBlock);
+    const int64_t full = s.KeyLimit(i0);  // keys all rows see
+    add_keys(state_end, full);
+    state_end = std::max(state_end, full);
+    apply_state(i0, i1);
+    const int64_t hi = s.KeyLimit(i1 - 1);
+    const int64_t width = hi - state_end;
+    if (width <= 0) continue;
+    const int64_t rows = i1 - i0;
+    Gemm(false, true, rows, width, m, 1.0f, f.q.data() + i0 * m, m,
+         f.k.data() + state_end * m, m, 0.0f, blk.data(), width);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t lim = s.KeyLimit(i0 + r) - state_end;
+      float* row = blk.data() + r * width;
+      double acc = 0;
+      for (int64_t c = 0; c < width; ++c) {
+        if (c >= lim) row[c] = 0.0f;
+        acc += row[c];
+      }
+      lr->den[i0 + r] += static_cast<float>(acc);
+    }
+    Gemm(false, false, rows, dv, width, 1.0f, blk.data(), width,
+         s.vrow(state_end), s.v_row, 1.0f, lr->num.data() + i0 * dv, dv);
+  }
+}
+
+void WritePerformer(const Slice& s, const LowRank& lr, SliceStats* st) {
+  std::vector<double> mean(s.dv);
+  for (int64_t i = 0; i < s.nq; ++i) {
+    float* o = s.orow(i);
+    if (s.KeyLimit(i) <= 0) {
+      std::fill(o, o + s.dv, 0.0f);
+      continue;
+    }
+    // Positive features make den > 0 unless every product underflowed; a
+    // denormal den could still overflow the ratio, so check the result.
+    const double den = lr.den[i];
+    const float* n = lr.num.data() + i * s.dv;
+    bool ok = den > 0.0 && std::isfinite(den);
+    for (int64_t c = 0; ok && c < s.dv; ++c) {
+      const double x = n[c] / den;
+      ok = std::isfinite(x);
+      o[c] = static_cast<float>(x);
+      ok = ok && std::isfinite(o[c]);
+    }
+    if (!ok) {
+      // No usable weight: answer the mean of the visible values (what
+      // attention tends to with no information), and count it.
+      ++st->guards;
+      MeanValue(s, i, mean.data());
+      for (int64_t c = 0; c < s.dv; ++c) o[c] = static_cast<float>(mean[c]);
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace scatterbrain

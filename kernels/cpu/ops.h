@@ -1,0 +1,88 @@
+// scatterbrain/kernels/cpu/ops.h — the CPU backend's operations on one
+// (batch, head) slice. Each runs single-threaded (the backend parallelises
+// over slices) and allocates its scratch through the WorkspaceMeter.
+#ifndef SCATTERBRAIN_KERNELS_CPU_OPS_H_
+#define SCATTERBRAIN_KERNELS_CPU_OPS_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu/cpu_common.h"
+#include "kernels/params.h"
+
+namespace scatterbrain {
+namespace cpu {
+
+// Per-slice counters folded into AttentionStats.
+struct SliceStats {
+  int64_t guards = 0;
+  int64_t fallbacks = 0;
+};
+
+// Exact softmax attention for query rows [row_begin, row_end).
+void ExactRows(const Slice& s, int64_t row_begin, int64_t row_end,
+               WorkspaceMeter* meter);
+
+// Positive random features (symmetric FAVOR+ form, m = 2r features):
+// phi(x) = m^-1/2 [exp(w.x~ - |x~|^2/2), exp(-w.x~ - |x~|^2/2)], x~ = sqrt(tau) x.
+// Stored as phi_bar = phi / exp(scale): per query row a log-scale, one
+// log-scale for all keys of the slice, so nothing overflows.
+struct Features {
+  int m = 0;
+  Scratch<float> q;       // nq x m
+  Scratch<float> qscale;  // nq (log)
+  Scratch<float> k;       // nk x m
+  float kscale = 0.0f;    // (log)
+};
+void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
+                     WorkspaceMeter* meter, Features* f);
+
+// Low-rank sums phi(q_i) . sum_j phi(k_j) [v_j, 1] over the keys each row
+// sees (prefix sums when causal), in units of exp(qscale_i + kscale).
+struct LowRank {
+  Scratch<float> num;  // nq x dv
+  Scratch<float> den;  // nq
+};
+void ComputeLowRank(const Slice& s, const Features& f, WorkspaceMeter* meter,
+                    LowRank* lr);
+
+// Accumulators of the sparse support S_i of every query row: the exact part
+// (online-softmax style: sum exp(logit - emax) [v, 1]) and, when features
+// are given, the low-rank estimate on the same pairs (f1, fv), in low-rank
+// units, so it can be taken out of the low-rank total.
+struct SparseAcc {
+  Scratch<float> emax, e1, ev;  // nq, nq, nq x dv
+  Scratch<float> f1, fv;        // nq, nq x dv (only with features)
+  Scratch<int64_t> count;       // |S_i|
+};
+struct SupportOptions {
+  bool lsh = false;
+  bool local = false;
+  int bucket_size = 128;
+  int num_hashes = 1;
+  int hash_projections = 4;
+  LshTransform transform = LshTransform::kNone;
+  int window = 128;
+  uint64_t seed = 0;
+};
+void AccumulateSupport(const Slice& s, const SupportOptions& o,
+                       const Features* f, WorkspaceMeter* meter,
+                       SparseAcc* acc);
+
+// Output writers.
+void WritePerformer(const Slice& s, const LowRank& lr, SliceStats* st);
+void WriteSparseOnly(const Slice& s, const SparseAcc& acc, SliceStats* st);
+void WriteScatterbrain(const Slice& s, const Features& f, const LowRank& lr,
+                       const SparseAcc& acc, Estimator est,
+                       int calibration_rows, uint64_t seed,
+                       WorkspaceMeter* meter, SliceStats* st);
+
+// Mean of v over the keys row i sees, in double (fallback answer).
+void MeanValue(const Slice& s, int64_t i, double* out);
+// Exact attention for row i, double precision; false if it sees no key.
+bool ExactRow(const Slice& s, int64_t i, double* out);
+
+}  // namespace cpu
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_KERNELS_CPU_OPS_H_

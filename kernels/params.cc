@@ -1,0 +1,96 @@
+// scatterbrain/kernels/params.cc — small helpers around AttentionParams.
+#include "kernels/params.h"
+
+#include <cmath>
+
+namespace scatterbrain {
+
+Strides ContiguousStrides(int64_t heads, int64_t seq, int64_t dim) {
+  return Strides{heads * seq * dim, seq * dim, dim};
+}
+
+void SetContiguousStrides(AttentionParams& p) {
+  p.q_strides = ContiguousStrides(p.heads, p.seq_q, p.dim);
+  p.k_strides = ContiguousStrides(p.heads, p.seq_k, p.dim);
+  p.v_strides = ContiguousStrides(p.heads, p.seq_k, p.dim_v);
+  p.out_strides = ContiguousStrides(p.heads, p.seq_q, p.dim_v);
+}
+
+float EffectiveScale(const AttentionParams& p) {
+  if (p.scale != 0.0f) return p.scale;
+  return p.dim > 0 ? 1.0f / std::sqrt(static_cast<float>(p.dim)) : 1.0f;
+}
+
+const char* MethodName(Method m) {
+  switch (m) {
+    case Method::kExact: return "exact";
+    case Method::kPerformer: return "performer";
+    case Method::kLsh: return "lsh";
+    case Method::kLocal: return "local";
+    case Method::kScatterbrain: return "scatterbrain";
+  }
+  return "unknown";
+}
+
+bool ParseMethod(const std::string& s, Method* m) {
+  for (Method c : {Method::kExact, Method::kPerformer, Method::kLsh,
+                   Method::kLocal, Method::kScatterbrain}) {
+    if (s == MethodName(c)) {
+      *m = c;
+      return true;
+    }
+  }
+  return false;
+}
+
+const char* SparseName(SparseSupport s) {
+  switch (s) {
+    case SparseSupport::kLsh: return "lsh";
+    case SparseSupport::kLocal: return "local";
+    case SparseSupport::kBoth: return "both";
+  }
+  return "unknown";
+}
+
+bool ParseSparse(const std::string& s, SparseSupport* out) {
+  for (SparseSupport c :
+       {SparseSupport::kLsh, SparseSupport::kLocal, SparseSupport::kBoth}) {
+    if (s == SparseName(c)) {
+      *out = c;
+      return true;
+    }
+  }
+  return false;
+}
+
+const char* EstimatorName(Estimator e) {
+  return e == Estimator::kCalibrated ? "calibrated" : "unbiased";
+}
+
+bool ParseEstimator(const std::string& s, Estimator* out) {
+  if (s == "calibrated") {
+    *out = Estimator::kCalibrated;
+  } else if (s == "unbiased") {
+    *out = Estimator::kUnbiased;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+const char* LshTransformName(LshTransform t) {
+  return t == LshTransform::kNone ? "none" : "smyrf";
+}
+
+bool ParseLshTransform(const std::string& s, LshTransform* out) {
+  if (s == "none") {
+    *out = LshTransform::kNone;
+  } else if (s == "smyrf") {
+    *out = LshTransform::kSmyrf;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace scatterbrain

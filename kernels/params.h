@@ -1,0 +1,122 @@
+// scatterbrain/kernels/params.h — the one plain struct that describes an
+// attention call. Every backend consumes exactly this; ValidateParams (in
+// validate.h) is the single place that checks it.
+#ifndef SCATTERBRAIN_KERNELS_PARAMS_H_
+#define SCATTERBRAIN_KERNELS_PARAMS_H_
+
+#include <cstdint>
+#include <string>
+
+namespace scatterbrain {
+
+enum class Method { kExact, kPerformer, kLsh, kLocal, kScatterbrain };
+// Which sparse support Scatterbrain uses on top of the low-rank part.
+enum class SparseSupport { kLsh, kLocal, kBoth };
+// How Scatterbrain combines its sparse and low-rank parts.
+//  kCalibrated: (default) per-(batch, head) the combination of exact-on-support
+//    and low-rank-off-support is chosen on a few query rows computed exactly
+//    (see scatterbrain.md in the README): biased, far lower error.
+//  kUnbiased: the textbook estimator (A_hat V) / (A_hat 1) of the paper.
+enum class Estimator { kCalibrated, kUnbiased };
+// What the LSH hashes.
+//  kNone: (default) the raw directions of q and k (angular hashing). On our
+//    measured families it finds far more attention mass (README, Accuracy).
+//  kSmyrf: SMYRF's asymmetric transform q -> [q, 0, sqrt(M - |q|^2)],
+//    k -> [k, sqrt(M - |k|^2), 0], M = max|q|^2 + max|k|^2, which turns
+//    maximum inner product into nearest neighbour; better when key norms
+//    differ widely.
+enum class LshTransform { kNone, kSmyrf };
+
+// Tensor layout: element (b, h, i, c) of q is
+//   q[b * q_strides.batch + h * q_strides.head + i * q_strides.row + c];
+// the last dimension is contiguous. Strides are in elements.
+struct Strides {
+  int64_t batch = 0;
+  int64_t head = 0;
+  int64_t row = 0;
+};
+
+struct AttentionParams {
+  // --- tensors (not owned; the caller keeps them alive for the call) ---
+  const float* q = nullptr;  // [batch, heads, seq_q, dim]
+  const float* k = nullptr;  // [batch, heads, seq_k, dim]
+  const float* v = nullptr;  // [batch, heads, seq_k, dim_v]
+  float* out = nullptr;      // [batch, heads, seq_q, dim_v]
+  Strides q_strides, k_strides, v_strides, out_strides;
+
+  int64_t batch = 0;
+  int64_t heads = 0;
+  int64_t seq_q = 0;
+  int64_t seq_k = 0;
+  int64_t dim = 0;
+  int64_t dim_v = 0;
+
+  // Optional per-sequence key lengths (size `batch`); keys at positions >=
+  // key_lengths[b] are padding and never attended. nullptr: all seq_k valid.
+  const int32_t* key_lengths = nullptr;
+
+  // Causal mask, bottom-right aligned (as FlashAttention >= 2.1): query i
+  // sees keys j <= i + (seq_k - seq_q). For self-attention that is j <= i.
+  bool causal = false;
+  // Softmax scale tau; 0 means the default 1/sqrt(dim).
+  float scale = 0.0f;
+
+  Method method = Method::kScatterbrain;
+  // Random features m (performer, scatterbrain). Drawn as m/2 orthogonal
+  // projections used with both signs (the symmetric FAVOR+ form): even.
+  int num_features = 128;
+  // LSH cluster size in keys (lsh, scatterbrain with sparse lsh|both).
+  int bucket_size = 128;
+  // LSH hash rounds; a pair found in several rounds counts once.
+  int num_hashes = 1;
+  // Projections per hash round (cross-polytope: 2 * hash_projections
+  // buckets per level, two levels). 1 reproduces SMYRF's one projection.
+  int hash_projections = 4;
+  LshTransform lsh_transform = LshTransform::kNone;
+  // Local window width: query i sees keys with |i' - j| <= window / 2.
+  int window = 128;
+  SparseSupport sparse = SparseSupport::kLsh;
+  Estimator estimator = Estimator::kCalibrated;
+  // Query rows per (batch, head) computed exactly to calibrate the
+  // Scatterbrain combination (kCalibrated only). 0: a fixed default.
+  int calibration_rows = 8;
+  uint64_t seed = 0;
+  // Worker threads for the CPU backend; 0 = hardware concurrency.
+  int num_threads = 0;
+};
+
+// What a call reports besides its output.
+struct AttentionStats {
+  // Bytes of scratch memory the computation held at its peak.
+  int64_t workspace_bytes = 0;
+  // Bytes a dense float32 [batch, heads, seq_q, seq_k] score matrix takes.
+  int64_t dense_score_bytes = 0;
+  // Rows whose denominator was non-positive or underflowed and had to be
+  // guarded (low-rank mass clamped, or an approximate row that found no
+  // weight at all). Rows that see no key by construction (padding, causal
+  // rows before the first key) output zeros and are not counted.
+  int64_t denominator_guards = 0;
+  // (batch, head) slices where calibration fell back to a shrunken or
+  // mean-value answer because both estimates were unreliable.
+  int64_t fallbacks = 0;
+};
+
+// Helpers for the common contiguous layout.
+Strides ContiguousStrides(int64_t heads, int64_t seq, int64_t dim);
+// Fills all four stride sets for contiguous [B, H, N, D] tensors.
+void SetContiguousStrides(AttentionParams& p);
+// The scale actually used (resolves 0 to 1/sqrt(dim)).
+float EffectiveScale(const AttentionParams& p);
+
+const char* MethodName(Method m);
+bool ParseMethod(const std::string& s, Method* m);
+const char* SparseName(SparseSupport s);
+bool ParseSparse(const std::string& s, SparseSupport* out);
+const char* EstimatorName(Estimator e);
+bool ParseEstimator(const std::string& s, Estimator* out);
+const char* LshTransformName(LshTransform t);
+bool ParseLshTransform(const std::string& s, LshTransform* out);
+
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_KERNELS_PARAMS_H_

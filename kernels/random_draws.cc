@@ -1,0 +1,140 @@
+// scatterbrain/kernels/random_draws.cc
+#include "kernels/random_draws.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace scatterbrain {
+namespace {
+
+uint64_t SplitMix(uint64_t& x) {
+  uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+inline uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+}  // namespace
+
+Rng::Rng(uint64_t seed, DrawPurpose purpose, uint64_t a, uint64_t b) {
+  uint64_t x = seed;
+  // Mix the stream key into the state so that nearby keys are unrelated.
+  x ^= SplitMix(x) + static_cast<uint64_t>(purpose) * 0xD1B54A32D192ED03ull;
+  x ^= SplitMix(x) + a * 0xAEF17502108EF2D9ull;
+  x ^= SplitMix(x) + b * 0x9E6C63D0676A9A99ull;
+  for (auto& s : s_) s = SplitMix(x);
+}
+
+uint64_t Rng::NextU64() {
+  const uint64_t result = Rotl(s_[1] * 5, 7) * 9;
+  const uint64_t t = s_[1] << 17;
+  s_[2] ^= s_[0];
+  s_[3] ^= s_[1];
+  s_[1] ^= s_[2];
+  s_[0] ^= s_[3];
+  s_[2] ^= t;
+  s_[3] = Rotl(s_[3], 45);
+  return result;
+}
+
+double Rng::Uniform() { return (NextU64() >> 11) * 0x1.0p-53; }
+
+double Rng::Normal() {
+  if (has_spare_) {
+    has_spare_ = false;
+    return spare_;
+  }
+  double u1;
+  do {
+    u1 = Uniform();
+  } while (u1 <= 0.0);
+  const double u2 = Uniform();
+  const double r = std::sqrt(-2.0 * std::log(u1));
+  spare_ = r * std::sin(2.0 * M_PI * u2);
+  has_spare_ = true;
+  return r * std::cos(2.0 * M_PI * u2);
+}
+
+uint64_t Rng::Below(uint64_t n) {
+  // Lemire's nearly-divisionless method would be faster; n is small here.
+  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+  uint64_t x;
+  do {
+    x = NextU64();
+  } while (x >= limit);
+  return x % n;
+}
+
+std::vector<float> DrawFeatureProjections(uint64_t seed, int64_t head, int r,
+                                          int64_t d) {
+  Rng rng(seed, DrawPurpose::kFeatures, static_cast<uint64_t>(head));
+  std::vector<float> w(static_cast<size_t>(r) * d);
+  std::vector<double> block(static_cast<size_t>(d) * d);
+  for (int start = 0; start < r; start += static_cast<int>(d)) {
+    for (auto& x : block) x = rng.Normal();
+    // Modified Gram–Schmidt on the rows.
+    for (int64_t i = 0; i < d; ++i) {
+      double* ri = &block[i * d];
+      for (int64_t j = 0; j < i; ++j) {
+        const double* rj = &block[j * d];
+        double dot = 0;
+        for (int64_t c = 0; c < d; ++c) dot += ri[c] * rj[c];
+        for (int64_t c = 0; c < d; ++c) ri[c] -= dot * rj[c];
+      }
+      double n2 = 0;
+      for (int64_t c = 0; c < d; ++c) n2 += ri[c] * ri[c];
+      const double inv = n2 > 0 ? 1.0 / std::sqrt(n2) : 0.0;
+      for (int64_t c = 0; c < d; ++c) ri[c] *= inv;
+    }
+    const int rows = std::min<int64_t>(d, r - start);
+    for (int i = 0; i < rows; ++i) {
+      double chi2 = 0;
+      for (int64_t c = 0; c < d; ++c) {
+        const double z = rng.Normal();
+        chi2 += z * z;
+      }
+      const double norm = std::sqrt(chi2);
+      for (int64_t c = 0; c < d; ++c)
+        w[(start + i) * d + c] = static_cast<float>(block[i * d + c] * norm);
+    }
+  }
+  return w;
+}
+
+std::vector<float> DrawHashProjections(uint64_t seed, int64_t head, int round,
+                                       int n, int64_t d) {
+  Rng rng(seed, DrawPurpose::kHash, static_cast<uint64_t>(head),
+          static_cast<uint64_t>(round));
+  std::vector<float> w(static_cast<size_t>(n) * d);
+  for (auto& x : w) x = static_cast<float>(rng.Normal());
+  return w;
+}
+
+std::vector<int64_t> SampleRows(uint64_t seed, DrawPurpose purpose,
+                                int64_t batch_index, int64_t head, int64_t n,
+                                int64_t count) {
+  std::vector<int64_t> out;
+  if (count >= n) {
+    out.resize(n);
+    std::iota(out.begin(), out.end(), 0);
+    return out;
+  }
+  Rng rng(seed, purpose, static_cast<uint64_t>(batch_index),
+          static_cast<uint64_t>(head));
+  // Floyd's algorithm: `count` distinct values without an O(n) buffer.
+  std::vector<int64_t> chosen;
+  for (int64_t j = n - count; j < n; ++j) {
+    const int64_t t = static_cast<int64_t>(rng.Below(j + 1));
+    if (std::find(chosen.begin(), chosen.end(), t) == chosen.end())
+      chosen.push_back(t);
+    else
+      chosen.push_back(j);
+  }
+  std::sort(chosen.begin(), chosen.end());
+  return chosen;
+}
+
+}  // namespace scatterbrain

@@ -1,0 +1,56 @@
+// scatterbrain/kernels/random_draws.h — every random draw of the library,
+// made on the host from the request seed with a portable generator, so that
+// each backend (CPU now, CUDA later) computes the same function for the same
+// seed. Streams are keyed (seed, purpose, head, round) and independent, so
+// e.g. feature draws and hash draws never share randomness.
+#ifndef SCATTERBRAIN_KERNELS_RANDOM_DRAWS_H_
+#define SCATTERBRAIN_KERNELS_RANDOM_DRAWS_H_
+
+#include <cstdint>
+#include <vector>
+
+namespace scatterbrain {
+
+enum class DrawPurpose : uint64_t {
+  kFeatures = 1,
+  kHash = 2,
+  kCalibration = 3,
+  kErrorSample = 4,
+};
+
+// SplitMix64-seeded xoshiro256** with Box–Muller normals: identical on every
+// compiler and platform (unlike std::normal_distribution).
+class Rng {
+ public:
+  Rng(uint64_t seed, DrawPurpose purpose, uint64_t a = 0, uint64_t b = 0);
+  uint64_t NextU64();
+  double Uniform();  // in [0, 1)
+  double Normal();
+  // Uniform integer in [0, n).
+  uint64_t Below(uint64_t n);
+
+ private:
+  uint64_t s_[4];
+  bool has_spare_ = false;
+  double spare_ = 0.0;
+};
+
+// r x d projection matrix (row-major, float) for positive random features:
+// rows drawn in orthogonal blocks of d (Gram–Schmidt on Gaussian matrices),
+// each row rescaled to a chi_d-distributed norm so that every row is
+// marginally N(0, I). Keyed by (seed, head).
+std::vector<float> DrawFeatureProjections(uint64_t seed, int64_t head, int r,
+                                          int64_t d);
+
+// n x d iid N(0, 1) matrix (row-major) for hash round `round` of `head`.
+std::vector<float> DrawHashProjections(uint64_t seed, int64_t head, int round,
+                                       int n, int64_t d);
+
+// `count` distinct indices from [0, n) (all of them if count >= n), sorted.
+std::vector<int64_t> SampleRows(uint64_t seed, DrawPurpose purpose,
+                                int64_t batch_index, int64_t head, int64_t n,
+                                int64_t count);
+
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_KERNELS_RANDOM_DRAWS_H_

@@ -1,0 +1,179 @@
+// scatterbrain/kernels/validate.cc — every check on AttentionParams lives
+// here, so backends can assume a consistent, in-range request.
+#include "kernels/validate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
+namespace scatterbrain {
+namespace {
+
+constexpr int64_t kMaxElements = int64_t{1} << 40;
+
+absl::Status Bad(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+bool UsesFeatures(const AttentionParams& p) {
+  return p.method == Method::kPerformer || p.method == Method::kScatterbrain;
+}
+bool UsesLsh(const AttentionParams& p) {
+  return p.method == Method::kLsh ||
+         (p.method == Method::kScatterbrain &&
+          p.sparse != SparseSupport::kLocal);
+}
+bool UsesWindow(const AttentionParams& p) {
+  return p.method == Method::kLocal ||
+         (p.method == Method::kScatterbrain &&
+          p.sparse != SparseSupport::kLsh);
+}
+
+// Input views only need non-negative strides: they are read-only, so
+// overlapping views are fine (a head stride of 0 shares K/V across heads, as
+// multi-query attention does). The output must not alias itself: sorted by
+// stride, every stride must step over everything the smaller ones span.
+absl::Status CheckStrides(absl::string_view name, const Strides& s,
+                          int64_t batch, int64_t heads, int64_t rows,
+                          int64_t cols, bool output) {
+  if (s.batch < 0 || s.head < 0 || s.row < 0) {
+    return Bad(absl::StrCat(name, "_strides"), "negative stride");
+  }
+  if (!output) return absl::OkStatus();
+  struct Dim {
+    int64_t stride, extent;
+    const char* field;
+  };
+  Dim dims[3] = {{s.row, rows, "row"}, {s.head, heads, "head"},
+                 {s.batch, batch, "batch"}};
+  std::sort(std::begin(dims), std::end(dims),
+            [](const Dim& a, const Dim& b) { return a.stride < b.stride; });
+  int64_t span = cols;  // elements covered by the smaller dimensions
+  for (const Dim& d : dims) {
+    if (d.extent <= 1) continue;
+    if (d.stride < span) {
+      return Bad(absl::StrCat(name, "_strides.", d.field),
+                 absl::StrCat(d.stride, " makes output elements overlap (needs >= ",
+                              span, ")"));
+    }
+    span = d.stride * (d.extent - 1) + span;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckFinite(absl::string_view name, const float* x,
+                         const Strides& s, int64_t batch, int64_t heads,
+                         int64_t rows, int64_t cols) {
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < rows; ++i) {
+        const float* r = x + b * s.batch + h * s.head + i * s.row;
+        for (int64_t c = 0; c < cols; ++c) {
+          if (!std::isfinite(r[c])) {
+            return Bad(name, absl::StrCat("non-finite value at [", b, ", ", h,
+                                          ", ", i, ", ", c, "]"));
+          }
+        }
+      }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateParams(const AttentionParams& p, bool check_values) {
+  if (p.batch < 1) return Bad("batch", "must be >= 1");
+  if (p.heads < 1) return Bad("heads", "must be >= 1");
+  if (p.seq_q < 1) return Bad("seq_q", "must be >= 1");
+  if (p.seq_k < 1) return Bad("seq_k", "must be >= 1");
+  if (p.dim < 1 || p.dim > kMaxDim)
+    return Bad("dim", absl::StrCat("must be in [1, ", kMaxDim, "], got ", p.dim));
+  if (p.dim_v < 1 || p.dim_v > kMaxDim)
+    return Bad("dim_v",
+               absl::StrCat("must be in [1, ", kMaxDim, "], got ", p.dim_v));
+  // Overflow-safe element counts.
+  const double bh = static_cast<double>(p.batch) * p.heads;
+  if (bh * p.seq_q * p.dim > kMaxElements)
+    return Bad("q", "tensor too large");
+  if (bh * p.seq_k * std::max(p.dim, p.dim_v) > kMaxElements)
+    return Bad("k", "tensor too large");
+  if (bh * p.seq_q * p.dim_v > kMaxElements)
+    return Bad("out", "tensor too large");
+  if (p.q == nullptr) return Bad("q", "is null");
+  if (p.k == nullptr) return Bad("k", "is null");
+  if (p.v == nullptr) return Bad("v", "is null");
+  if (p.out == nullptr) return Bad("out", "is null");
+  absl::Status st;
+  if (!(st = CheckStrides("q", p.q_strides, p.batch, p.heads, p.seq_q, p.dim, false))
+           .ok())
+    return st;
+  if (!(st = CheckStrides("k", p.k_strides, p.batch, p.heads, p.seq_k, p.dim, false))
+           .ok())
+    return st;
+  if (!(st = CheckStrides("v", p.v_strides, p.batch, p.heads, p.seq_k,
+                          p.dim_v, false))
+           .ok())
+    return st;
+  if (!(st = CheckStrides("out", p.out_strides, p.batch, p.heads, p.seq_q,
+                          p.dim_v, true))
+           .ok())
+    return st;
+  if (!std::isfinite(p.scale) || p.scale < 0.0f)
+    return Bad("scale", "must be finite and > 0 (0 selects 1/sqrt(dim))");
+  if (p.key_lengths != nullptr) {
+    for (int64_t b = 0; b < p.batch; ++b) {
+      if (p.key_lengths[b] < 0 || p.key_lengths[b] > p.seq_k) {
+        return Bad(absl::StrCat("key_lengths[", b, "]"),
+                   absl::StrCat(p.key_lengths[b], " is outside [0, seq_k=",
+                                p.seq_k, "]"));
+      }
+    }
+  }
+  if (UsesFeatures(p)) {
+    if (p.num_features < 2 || p.num_features > kMaxFeatures ||
+        p.num_features % 2 != 0) {
+      return Bad("num_features",
+                 absl::StrCat("must be even and in [2, ", kMaxFeatures,
+                              "] for method ", MethodName(p.method), ", got ",
+                              p.num_features));
+    }
+  }
+  if (UsesLsh(p)) {
+    if (p.bucket_size < 1)
+      return Bad("bucket_size", absl::StrCat("must be >= 1, got ", p.bucket_size));
+    if (p.num_hashes < 1 || p.num_hashes > kMaxHashes)
+      return Bad("num_hashes", absl::StrCat("must be in [1, ", kMaxHashes,
+                                            "], got ", p.num_hashes));
+    if (p.hash_projections < 1 || p.hash_projections > kMaxHashProjections)
+      return Bad("hash_projections",
+                 absl::StrCat("must be in [1, ", kMaxHashProjections, "], got ",
+                              p.hash_projections));
+  }
+  if (UsesWindow(p) && p.window < 1)
+    return Bad("window", absl::StrCat("must be >= 1, got ", p.window));
+  if (p.method == Method::kScatterbrain &&
+      (p.calibration_rows < 0 || p.calibration_rows > kMaxCalibrationRows))
+    return Bad("calibration_rows",
+               absl::StrCat("must be in [0, ", kMaxCalibrationRows, "], got ",
+                            p.calibration_rows));
+  if (p.num_threads < 0 || p.num_threads > 1024)
+    return Bad("num_threads", "must be in [0, 1024]");
+  if (check_values) {
+    if (!(st = CheckFinite("q", p.q, p.q_strides, p.batch, p.heads, p.seq_q,
+                           p.dim))
+             .ok())
+      return st;
+    if (!(st = CheckFinite("k", p.k, p.k_strides, p.batch, p.heads, p.seq_k,
+                           p.dim))
+             .ok())
+      return st;
+    if (!(st = CheckFinite("v", p.v, p.v_strides, p.batch, p.heads, p.seq_k,
+                           p.dim_v))
+             .ok())
+      return st;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace scatterbrain

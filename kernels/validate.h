@@ -1,0 +1,25 @@
+// scatterbrain/kernels/validate.h — the single place that checks an
+// AttentionParams. Errors are INVALID_ARGUMENT naming the bad field.
+#ifndef SCATTERBRAIN_KERNELS_VALIDATE_H_
+#define SCATTERBRAIN_KERNELS_VALIDATE_H_
+
+#include "absl/status/status.h"
+#include "kernels/params.h"
+
+namespace scatterbrain {
+
+// Hard limits, so that sizes never overflow and a caller cannot ask for an
+// absurd amount of work by accident.
+inline constexpr int64_t kMaxDim = 1024;
+inline constexpr int kMaxFeatures = 8192;
+inline constexpr int kMaxHashes = 32;
+inline constexpr int kMaxHashProjections = 64;
+inline constexpr int kMaxCalibrationRows = 1024;
+
+// Checks shapes, strides, settings, and (when check_values) that q, k and v
+// hold only finite numbers.
+absl::Status ValidateParams(const AttentionParams& p, bool check_values = true);
+
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_KERNELS_VALIDATE_H_
