@@ -93,4 +93,19 @@ bool ParseLshTransform(const std::string& s, LshTransform* out) {
   return true;
 }
 
+const char* LshHashName(LshHash h) {
+  return h == LshHash::kCrossPolytope ? "crosspolytope" : "kmeans";
+}
+
+bool ParseLshHash(const std::string& s, LshHash* out) {
+  if (s == "crosspolytope") {
+    *out = LshHash::kCrossPolytope;
+  } else if (s == "kmeans") {
+    *out = LshHash::kKMeans;
+  } else {
+    return false;
+  }
+  return true;
+}
+
 }  // namespace scatterbrain

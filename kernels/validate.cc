@@ -70,6 +70,14 @@ absl::Status CheckFinite(absl::string_view name, const float* x,
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t i = 0; i < rows; ++i) {
         const float* r = x + b * s.batch + h * s.head + i * s.row;
+        // Branch-free scan of the exponent bits (all ones: inf or NaN) that
+        // vectorises; the position is only searched on failure.
+        uint32_t bad = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const uint32_t bits = __builtin_bit_cast(uint32_t, r[c]);
+          bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+        }
+        if (bad == 0) continue;
         for (int64_t c = 0; c < cols; ++c) {
           if (!std::isfinite(r[c])) {
             return Bad(name, absl::StrCat("non-finite value at [", b, ", ", h,
@@ -145,6 +153,9 @@ absl::Status ValidateParams(const AttentionParams& p, bool check_values) {
     if (p.num_hashes < 1 || p.num_hashes > kMaxHashes)
       return Bad("num_hashes", absl::StrCat("must be in [1, ", kMaxHashes,
                                             "], got ", p.num_hashes));
+    if (p.kmeans_iterations < 0 || p.kmeans_iterations > 32)
+      return Bad("kmeans_iterations",
+                 absl::StrCat("must be in [0, 32], got ", p.kmeans_iterations));
     if (p.hash_projections < 1 || p.hash_projections > kMaxHashProjections)
       return Bad("hash_projections",
                  absl::StrCat("must be in [1, ", kMaxHashProjections, "], got ",

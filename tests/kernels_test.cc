@@ -164,7 +164,7 @@ TEST(SupportTest, PairsFoundInSeveralRoundsCountOnce) {
     o.window = 9;
     cpu::WorkspaceMeter meter;
     cpu::SparseAcc acc;
-    cpu::AccumulateSupport(s, o, nullptr, &meter, &acc);
+    cpu::AccumulateSupport(s, o, nullptr, nullptr, &meter, &acc);
     int64_t total = 0;
     for (int64_t i = 0; i < nq; ++i) {
       int64_t members = 0;
@@ -193,6 +193,70 @@ TEST(SupportTest, PairsFoundInSeveralRoundsCountOnce) {
     }
     // Six rounds of size-8 chunks: far more than one chunk per row on average.
     EXPECT_GT(total, nq * 8 * 2);
+  }
+}
+
+TEST(SupportTest, EveryQueryMeetsOneEqualSizeChunkPerRound) {
+  // 2100 keys in chunks of 8: 263 clusters, beyond the flat k-means limit
+  // (the two-level tree), and 33 (flat) for chunks of 64.
+  TestTensors t = testing::Make(1, 1, 700, 2100, 16, 8, testing::kClustered, 2);
+  for (LshHash hash : {LshHash::kKMeans, LshHash::kCrossPolytope}) {
+    for (int bucket : {8, 64}) {
+      const cpu::Slice s = cpu::MakeSlice(t.params, 0, 0);
+      cpu::SupportOptions o;
+      o.lsh = true;
+      o.hash = hash;
+      o.bucket_size = bucket;
+      cpu::WorkspaceMeter meter;
+      cpu::SparseAcc acc;
+      cpu::AccumulateSupport(s, o, nullptr, nullptr, &meter, &acc);
+      const int64_t chunks = (2100 + bucket - 1) / bucket;
+      for (int64_t i = 0; i < s.nq; ++i) {
+        EXPECT_GE(acc.count[i], 2100 / chunks) << LshHashName(hash);
+        EXPECT_LE(acc.count[i], (2100 + chunks - 1) / chunks);
+      }
+    }
+  }
+}
+
+TEST(SupportTest, FusedLowRankPathMatchesTheGeneralPath) {
+  // One non-causal LSH round fuses the low-rank sums into the support pass;
+  // it must give what ComputeLowRank + the pairwise estimate on S give.
+  for (LshHash hash : {LshHash::kKMeans, LshHash::kCrossPolytope}) {
+    TestTensors t = testing::Make(2, 2, 301, 257, 48, 40, testing::kClustered, 3,
+                                  testing::kPadded);
+    t.SetKeyLengths({257, 200});
+    for (int64_t b = 0; b < 2; ++b) {
+      const cpu::Slice s = cpu::MakeSlice(t.params, b, 1);
+      cpu::WorkspaceMeter meter;
+      cpu::Features f;
+      cpu::ComputeFeatures(s, DrawFeatureProjections(5, 1, 16, 48), 16, &meter, &f);
+      cpu::SupportOptions o;
+      o.lsh = true;
+      o.hash = hash;
+      o.bucket_size = 32;
+      o.seed = 9;
+      ASSERT_TRUE(cpu::FusesLowRank(s, o));
+      cpu::LowRank lr_fused;
+      cpu::SparseAcc fused;
+      cpu::AccumulateSupport(s, o, &f, &lr_fused, &meter, &fused);
+      o.allow_fused = false;
+      cpu::LowRank lr;
+      cpu::ComputeLowRank(s, f, &meter, &lr);
+      cpu::SparseAcc general;
+      cpu::AccumulateSupport(s, o, &f, &lr, &meter, &general);
+      for (int64_t i = 0; i < s.nq; ++i) {
+        const double scale = std::fabs(lr.den[i]) + 1e-30;
+        EXPECT_NEAR(lr_fused.den[i], lr.den[i], 1e-5 * scale);
+        EXPECT_NEAR(fused.f1[i], general.f1[i], 1e-5 * scale);
+        EXPECT_EQ(fused.count[i], general.count[i]);
+        EXPECT_EQ(fused.e1[i], general.e1[i]);
+        for (int64_t c = 0; c < s.dv; ++c)
+          EXPECT_NEAR(fused.lv[i * s.dv + c], general.lv[i * s.dv + c],
+                      1e-4 * scale)
+              << "row " << i;
+      }
+    }
   }
 }
 
@@ -230,8 +294,10 @@ TEST(EstimatorTest, LowRankAndScatterbrainScoreEstimatesAreUnbiased) {
     o.num_hashes = 2;
     o.hash_projections = 2;
     o.seed = 1000003ull * trial + 17;
+    cpu::LowRank lr;
+    cpu::ComputeLowRank(s, f, &meter, &lr);
     cpu::SparseAcc acc;
-    cpu::AccumulateSupport(s, o, &f, &meter, &acc);
+    cpu::AccumulateSupport(s, o, &f, &lr, &meter, &acc);
     for (int64_t i = 0; i < nq; ++i) {
       for (int64_t j = 0; j < nk; ++j) {
         double phi = 0;

@@ -15,25 +15,21 @@
 //   SB-lsh unb.   as SB-lsh with the textbook unbiased estimator
 // all with the same seed. Targets (DESIGN.md §2): each calibrated SB error
 // <= 1.1 x min(its two parts) and <= 1.0.
-// A second table compares LSH hashing variants (transform none / smyrf,
-// hash_projections 1 / 4) at Bud = 128; a third lists the guard / fallback
-// counters.
+// Diagnostic tables follow: SB against its parts at the Bud/2 it gives each,
+// the error of answering the mean of V, LSH hashing variants (transform none
+// / smyrf, hash_projections 1 / 4) at Bud = 128, and the guard / fallback
+// counters of every run.
 //
 // Flags: --n=4096 --heads=4 --seed=1 --threads=0
 //        --families=gaussian:0.25,gaussian:1,gaussian:4,clustered,smooth
 //        (any family of tests/testutil/reference.h; ":S" sets logit std)
 //        --budgets=64,128,256
+//        --calibration_rows=N (override the calibrated estimator's rows)
 // Exit status: 0 if every target passes, 1 if some fails or a run errors, 2
 // on bad flags.
 
-// The fp64 reference and the input families live in tests/testutil. The
-// build links sb_kernels and sb_npy only, so compile the reference into this
-// translation unit unless the build says it links it (see tools/README.md).
-#if defined(SB_ACCURACY_REFERENCE_LINKED)
+// The fp64 reference and the input families live in tests/testutil.
 #include "tests/testutil/reference.h"
-#else
-#include "tests/testutil/reference.cc"  // NOLINT(build/include)
-#endif
 
 #include <algorithm>
 #include <chrono>
@@ -69,6 +65,8 @@ struct Options {
   int64_t heads = 4;
   uint64_t seed = 1;
   int threads = 0;
+  // -1: leave AttentionParams::calibration_rows at its default.
+  int calibration_rows = -1;
   std::vector<FamilySpec> families;
   std::vector<int> budgets = {64, 128, 256};
 };
@@ -117,7 +115,7 @@ std::vector<std::string> Split(const std::string& s) {
   std::fprintf(stderr,
                "scatterbrain_accuracy: %s\n"
                "flags: --n=4096 --heads=4 --seed=1 --threads=0 "
-               "--budgets=64,128,256\n"
+               "--budgets=64,128,256 --calibration_rows=N\n"
                "       --families=gaussian:0.25,gaussian:1,gaussian:4,"
                "clustered,smooth\n",
                why);
@@ -149,6 +147,10 @@ Options ParseFlags(int argc, char** argv) {
     } else if ((v = value("--threads"))) {
       o.threads = static_cast<int>(std::strtol(v, &end, 10));
       if (*end != '\0' || o.threads < 0) Usage("bad --threads");
+    } else if ((v = value("--calibration_rows"))) {
+      o.calibration_rows = static_cast<int>(std::strtol(v, &end, 10));
+      if (*end != '\0' || o.calibration_rows < 0)
+        Usage("bad --calibration_rows");
     } else if ((v = value("--families"))) {
       families = v;
     } else if ((v = value("--budgets"))) {
@@ -289,17 +291,59 @@ struct MainRow {
   std::string family;
   int budget;
   Result res[kNumCols];
+  // The baselines at the budget SB gives each of its parts (Bud / 2).
+  Result half[3];  // performer, lsh, local
 };
 
+// Errors of the trivial answers (zeros: 1 by definition; the mean of the
+// visible values, which every calibrated fallback can reach).
+struct TrivialRow {
+  std::string family;
+  double mean_v = std::nan("");
+};
+
+double MeanValueError(const TestTensors& t, const std::vector<double>& ref) {
+  const AttentionParams& p = t.params;
+  double num = 0, den = 0;
+  std::vector<double> mean(p.dim_v);
+  for (int64_t b = 0; b < p.batch; ++b) {
+    for (int64_t h = 0; h < p.heads; ++h) {
+      std::fill(mean.begin(), mean.end(), 0.0);
+      for (int64_t j = 0; j < p.seq_k; ++j)
+        for (int64_t c = 0; c < p.dim_v; ++c) mean[c] += t.V(b, h, j, c);
+      for (double& m : mean) m /= static_cast<double>(p.seq_k);
+      const double* o = ref.data() + (b * p.heads + h) * p.seq_q * p.dim_v;
+      for (int64_t i = 0; i < p.seq_q; ++i) {
+        for (int64_t c = 0; c < p.dim_v; ++c) {
+          const double x = o[i * p.dim_v + c];
+          num += (mean[c] - x) * (mean[c] - x);
+          den += x * x;
+        }
+      }
+    }
+  }
+  return den > 0 ? std::sqrt(num / den) : std::nan("");
+}
+
 struct HashVariant {
+  LshHash hash;
   LshTransform transform;
   int projections;
 };
-const HashVariant kHashVariants[] = {{LshTransform::kNone, 1},
-                                     {LshTransform::kNone, 4},
-                                     {LshTransform::kSmyrf, 1},
-                                     {LshTransform::kSmyrf, 4}};
-constexpr int kNumHashVariants = 4;
+// SMYRF's own hash is the smyrf transform with one projection per round.
+const HashVariant kHashVariants[] = {
+    {LshHash::kCrossPolytope, LshTransform::kSmyrf, 1},
+    {LshHash::kCrossPolytope, LshTransform::kNone, 1},
+    {LshHash::kCrossPolytope, LshTransform::kSmyrf, 4},
+    {LshHash::kCrossPolytope, LshTransform::kNone, 4},
+    {LshHash::kKMeans, LshTransform::kNone, 4}};
+constexpr int kNumHashVariants = 5;
+
+std::string HashLabel(const HashVariant& hv) {
+  if (hv.hash == LshHash::kKMeans) return "kmeans";
+  return std::string("xpoly ") + LshTransformName(hv.transform) + ", " +
+         std::to_string(hv.projections) + " proj";
+}
 
 struct HashRow {
   std::string family;
@@ -320,6 +364,7 @@ int Main(int argc, char** argv) {
   const int hash_budget = 128;
   std::vector<MainRow> rows;
   std::vector<HashRow> hash_rows;
+  std::vector<TrivialRow> trivial_rows;
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() -
@@ -337,6 +382,8 @@ int Main(int argc, char** argv) {
     AttentionParams base = t.params;
     base.seed = o.seed;
     base.num_threads = o.threads;
+    if (o.calibration_rows >= 0) base.calibration_rows = o.calibration_rows;
+    trivial_rows.push_back({fs.label, MeanValueError(t, ref)});
     std::fprintf(stderr, "[%6.1fs] %s: methods...\n", elapsed(),
                  fs.label.c_str());
 
@@ -351,21 +398,29 @@ int Main(int argc, char** argv) {
                          kColNames[c],
                      row.res[c]);
       }
+      const Col parts[3] = {kPerf, kLshCol, kLocalCol};
+      for (int c = 0; c < 3; ++c) {
+        const AttentionParams p = Configure(base, parts[c], bud / 2);
+        row.half[c] = Run(be.get(), t, p, ref);
+        NoteProblems(fs.label + " budget " + std::to_string(bud / 2) + " " +
+                         kColNames[parts[c]],
+                     row.half[c]);
+      }
       rows.push_back(std::move(row));
     }
 
     HashRow hr;
     hr.family = fs.label;
     for (int v = 0; v < kNumHashVariants; ++v) {
-      const std::string tag =
-          std::string(LshTransformName(kHashVariants[v].transform)) + "/" +
-          std::to_string(kHashVariants[v].projections);
+      const std::string tag = HashLabel(kHashVariants[v]);
       AttentionParams p = Configure(base, kLshCol, hash_budget);
+      p.lsh_hash = kHashVariants[v].hash;
       p.lsh_transform = kHashVariants[v].transform;
       p.hash_projections = kHashVariants[v].projections;
       hr.lsh[v] = Run(be.get(), t, p, ref);
       NoteProblems(fs.label + " hash " + tag + " lsh", hr.lsh[v]);
       p = Configure(base, kSbLsh, hash_budget);
+      p.lsh_hash = kHashVariants[v].hash;
       p.lsh_transform = kHashVariants[v].transform;
       p.hash_projections = kHashVariants[v].projections;
       hr.sb[v] = Run(be.get(), t, p, ref);
@@ -379,14 +434,16 @@ int Main(int argc, char** argv) {
   std::printf(
       "## Relative error ||O_hat - O||_F / ||O||_F vs fp64 exact\n\n"
       "B=1, H=%lld, N=%lld, d=dv=%lld, V iid N(0,1), seed %llu, CPU backend. "
-      "LSH defaults: lsh_transform=%s, hash_projections=%d, num_hashes=1; "
+      "LSH defaults: lsh_hash=%s, lsh_transform=%s, hash_projections=%d, num_hashes=1; "
       "calibration_rows=%d.\n"
       "Target: SB <= 1.1 x min(its two parts) and SB <= 1.0 (both calibrated "
       "SB columns).\n\n",
       static_cast<long long>(o.heads), static_cast<long long>(o.n),
       static_cast<long long>(kDim), static_cast<unsigned long long>(o.seed),
-      LshTransformName(defaults.lsh_transform), defaults.hash_projections,
-      defaults.calibration_rows);
+      LshHashName(defaults.lsh_hash), LshTransformName(defaults.lsh_transform),
+      defaults.hash_projections,
+      o.calibration_rows >= 0 ? o.calibration_rows
+                              : defaults.calibration_rows);
   std::printf(
       "| family | budget | performer | lsh | local | SB-lsh (calibrated) | "
       "SB-local (calibrated) | SB-lsh (unbiased) | SB-lsh / min(perf, lsh) | "
@@ -419,6 +476,34 @@ int Main(int argc, char** argv) {
                 pass ? "PASS" : ("FAIL: " + verdict).c_str());
   }
 
+  // ---- Table 1b: SB against its parts at the budget it gives them ----
+  std::printf(
+      "\n## Diagnostic: SB against its parts at the split budget it uses "
+      "(each part gets Bud/2)\n\n");
+  std::printf(
+      "| family | budget | performer(Bud/2) | lsh(Bud/2) | local(Bud/2) | "
+      "SB-lsh | SB-local | SB-lsh / min(perf, lsh)(Bud/2) | "
+      "SB-local / min(perf, local)(Bud/2) |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  for (const MainRow& r : rows) {
+    const double perf = r.half[0].err, lsh = r.half[1].err,
+                 local = r.half[2].err;
+    std::printf("| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n",
+                r.family.c_str(), r.budget, Fmt(r.half[0]).c_str(),
+                Fmt(r.half[1]).c_str(), Fmt(r.half[2]).c_str(),
+                Fmt(r.res[kSbLsh]).c_str(), Fmt(r.res[kSbLocal]).c_str(),
+                FmtRatio(r.res[kSbLsh].err, std::min(perf, lsh)).c_str(),
+                FmtRatio(r.res[kSbLocal].err, std::min(perf, local)).c_str());
+  }
+
+  // ---- Trivial answers ----
+  std::printf(
+      "\n## Trivial answers (zeros: error 1 by definition; mean of V per "
+      "head: what a calibrated fallback can fall back to)\n\n"
+      "| family | mean(V) |\n|---|---|\n");
+  for (const TrivialRow& tr : trivial_rows)
+    std::printf("| %s | %.4f |\n", tr.family.c_str(), tr.mean_v);
+
   // ---- Table 2: LSH hashing variants ----
   std::printf(
       "\n## LSH hashing variants at budget %d (error of method lsh, "
@@ -427,8 +512,7 @@ int Main(int argc, char** argv) {
       hash_budget, hash_budget, hash_budget / 2);
   std::printf("| family |");
   for (const HashVariant& hv : kHashVariants)
-    std::printf(" %s, %d proj |", LshTransformName(hv.transform),
-                hv.projections);
+    std::printf(" %s |", HashLabel(hv).c_str());
   std::printf(" best lsh |\n|---|");
   for (int v = 0; v < kNumHashVariants; ++v) std::printf("---|");
   std::printf("---|\n");
@@ -442,9 +526,7 @@ int Main(int argc, char** argv) {
         best = v;
     }
     if (best >= 0)
-      std::printf(" %s, %d proj |\n",
-                  LshTransformName(kHashVariants[best].transform),
-                  kHashVariants[best].projections);
+      std::printf(" %s |\n", HashLabel(kHashVariants[best]).c_str());
     else
       std::printf(" - |\n");
   }

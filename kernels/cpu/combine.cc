@@ -38,7 +38,8 @@ constexpr double kLambdas[] = {0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0};
 constexpr int kNumW = 3;
 constexpr int kNumLambda = sizeof(kLambdas) / sizeof(kLambdas[0]);
 constexpr int kMeanCandidate = kNumW * kNumLambda;
-constexpr int kNumCandidates = kMeanCandidate + 1;
+constexpr int kSparseCandidate = kMeanCandidate + 1;  // exact part alone
+constexpr int kNumCandidates = kSparseCandidate + 1;
 // Used without calibration rows: the ratio estimator, mildly shrunk (the
 // most often selected candidate on our measured families).
 constexpr int kDefaultCandidate = 1 * kNumLambda + 2;
@@ -54,8 +55,7 @@ struct RowParts {
   double wt = 0, wr = 0;  // mass share outside S_i, two estimates
   const float* ev = nullptr;
   double e1 = 0;
-  const float* lv_total = nullptr;  // P_v (low-rank, whole row)
-  const float* fv = nullptr;        // low-rank on S_i
+  const float* lv = nullptr;  // low-rank numerator off S_i
   double l1 = 0;
   bool guard = false;
 };
@@ -69,7 +69,7 @@ class MeanValues {
       MeanValue(s, 0, whole_.data());
       return;
     }
-    prefix_.Reset(meter, static_cast<size_t>(s.nk + 1) * s.dv);
+    prefix_.ResetZero(meter, static_cast<size_t>(s.nk + 1) * s.dv);
     for (int64_t j = 0; j < s.nk; ++j) {
       const float* v = s.vrow(j);
       const double* prev = prefix_.data() + j * s.dv;
@@ -105,8 +105,7 @@ RowParts Parts(const Slice& s, const Features& f, const LowRank& lr,
   p.e1 = acc.e1[i];
   p.has_e = acc.count[i] > 0 && p.e1 > 0.0;
   p.ev = acc.ev.data() + i * s.dv;
-  p.lv_total = lr.num.data() + i * s.dv;
-  p.fv = acc.fv.data() + i * s.dv;
+  p.lv = acc.lv.data() + i * s.dv;
   const double f1 = acc.f1[i];
   double l1 = static_cast<double>(lr.den[i]) - f1;
   if (acc.count[i] >= lim) {
@@ -141,8 +140,11 @@ void Candidate(const Slice& s, const RowParts& p, const double* vbar, int k,
     return;
   }
   const int wi = k / kNumLambda;
-  const double lambda = kLambdas[k % kNumLambda];
-  double w = wi == 0 ? p.wt : wi == 1 ? p.wr : std::sqrt(p.wt * p.wr);
+  const double lambda = k == kSparseCandidate ? 0.0 : kLambdas[k % kNumLambda];
+  double w = k == kSparseCandidate ? 0.0
+             : wi == 0             ? p.wt
+             : wi == 1             ? p.wr
+                                   : std::sqrt(p.wt * p.wr);
   if (!p.has_e) w = 1.0;
   if (!p.has_l) w = 0.0;
   const double inv_e = p.has_e ? 1.0 / p.e1 : 0.0;
@@ -150,7 +152,7 @@ void Candidate(const Slice& s, const RowParts& p, const double* vbar, int k,
   for (int64_t c = 0; c < dv; ++c) {
     const double edir = p.ev[c] * inv_e;
     const double ldir =
-        p.has_l ? (static_cast<double>(p.lv_total[c]) - p.fv[c]) * inv_l : 0.0;
+        p.has_l ? static_cast<double>(p.lv[c]) * inv_l : 0.0;
     const double dir = vbar[c] + lambda * (ldir - vbar[c]);
     out[c] = (1.0 - w) * edir + w * dir;
   }
@@ -182,7 +184,7 @@ void WriteUnbiased(const Slice& s, const Features& f, const LowRank& lr,
     }
     for (int64_t c = 0; c < s.dv; ++c) {
       const double lv =
-          p.has_l ? static_cast<double>(p.lv_total[c]) - p.fv[c] : 0.0;
+          p.has_l ? static_cast<double>(p.lv[c]) : 0.0;
       o[c] = static_cast<float>((p.ev[c] * a + lv * b) / den);
     }
   }
@@ -205,35 +207,64 @@ void WriteScatterbrain(const Slice& s, const Features& f, const LowRank& lr,
   // Choose the candidate and its shrink factor on rows computed exactly.
   int best = kDefaultCandidate;
   double best_alpha = 1.0;
+  std::vector<int64_t> rows;
+  std::vector<double> exact_rows;
   if (calibration_rows > 0) {
-    const std::vector<int64_t> rows = SampleRows(
-        seed, DrawPurpose::kCalibration, s.b, s.h, s.nq, calibration_rows);
-    // Per candidate: <c, O>, <c, c>, <O, O> over the sampled rows.
-    double co[kNumCandidates] = {}, cc[kNumCandidates] = {}, oo = 0;
-    for (int64_t i : rows) {
+    rows = SampleRows(seed, DrawPurpose::kCalibration, s.b, s.h, s.nq,
+                      calibration_rows);
+    // Per sampled row and candidate: <c, O> and <c, c>; per row <O, O>.
+    const size_t n = rows.size();
+    std::vector<double> co(n * kNumCandidates), cc(n * kNumCandidates),
+        oo(n, 0.0);
+    exact_rows.assign(n * dv, 0.0);
+    std::vector<bool> used(n, false);
+    for (size_t r = 0; r < n; ++r) {
+      const int64_t i = rows[r];
       RowParts p = Parts(s, f, lr, acc, i);
-      if (p.empty || !ExactRow(s, i, exact.data())) continue;
+      double* ex = exact_rows.data() + r * dv;
+      if (p.empty || !ExactRow(s, i, ex)) continue;
+      used[r] = true;
       means.Get(i, vbar.data());
-      for (int64_t c = 0; c < dv; ++c) oo += exact[c] * exact[c];
+      for (int64_t c = 0; c < dv; ++c) oo[r] += ex[c] * ex[c];
       for (int k = 0; k < kNumCandidates; ++k) {
         Candidate(s, p, vbar.data(), k, cand.data());
+        double a = 0, b = 0;
         for (int64_t c = 0; c < dv; ++c) {
-          co[k] += cand[c] * exact[c];
-          cc[k] += cand[c] * cand[c];
+          a += cand[c] * ex[c];
+          b += cand[c] * cand[c];
         }
+        co[r * kNumCandidates + k] = a;
+        cc[r * kNumCandidates + k] = b;
       }
     }
-    if (oo > 0) {
-      double best_err = std::numeric_limits<double>::infinity();
+    double oo_total = 0;
+    for (size_t r = 0; r < n; ++r) oo_total += oo[r];
+    auto fit = [](double a, double b) {
+      return b > 0 ? std::clamp(a / b, 0.0, 1.0) : 0.0;
+    };
+    if (oo_total > 0) {
+      // Zeros (alpha = 0) is the baseline every candidate must beat.
+      double best_loo = oo_total;
+      best = kMeanCandidate;
+      best_alpha = 0.0;
       for (int k = 0; k < kNumCandidates; ++k) {
-        const double alpha =
-            cc[k] > 0 ? std::clamp(co[k] / cc[k], 0.0, 1.0) : 0.0;
-        // ||alpha c - O||^2 = alpha^2 cc - 2 alpha co + oo
-        const double err = alpha * alpha * cc[k] - 2 * alpha * co[k] + oo;
-        if (err < best_err - 1e-12 * oo) {
-          best_err = err;
+        double co_all = 0, cc_all = 0;
+        for (size_t r = 0; r < n; ++r) {
+          co_all += co[r * kNumCandidates + k];
+          cc_all += cc[r * kNumCandidates + k];
+        }
+        double loo = 0;
+        for (size_t r = 0; r < n; ++r) {
+          if (!used[r]) continue;
+          const double a = co[r * kNumCandidates + k];
+          const double b = cc[r * kNumCandidates + k];
+          const double alpha = fit(co_all - a, cc_all - b);
+          loo += alpha * alpha * b - 2 * alpha * a + oo[r];
+        }
+        if (loo < best_loo - 1e-12 * oo_total) {
+          best_loo = loo;
           best = k;
-          best_alpha = alpha;
+          best_alpha = fit(co_all, cc_all);
         }
       }
     }
@@ -252,6 +283,13 @@ void WriteScatterbrain(const Slice& s, const Features& f, const LowRank& lr,
     Candidate(s, p, vbar.data(), best, cand.data());
     for (int64_t c = 0; c < dv; ++c)
       o[c] = static_cast<float>(best_alpha * cand[c]);
+  }
+  // The calibration rows were computed exactly: use them.
+  for (size_t r = 0; r < rows.size(); ++r) {
+    if (s.KeyLimit(rows[r]) <= 0) continue;
+    float* o = s.orow(rows[r]);
+    for (int64_t c = 0; c < dv; ++c)
+      o[c] = static_cast<float>(exact_rows[r * dv + c]);
   }
 }
 

@@ -34,6 +34,8 @@ class WorkspaceMeter {
 };
 
 // A scratch array whose bytes are counted by a WorkspaceMeter while alive.
+// Contents start uninitialised (most buffers are fully written by a GEMM
+// first); call Zero() for accumulators.
 template <typename T>
 class Scratch {
  public:
@@ -46,18 +48,25 @@ class Scratch {
   void Reset(WorkspaceMeter* meter, size_t n) {
     Release();
     meter_ = meter;
-    data_.assign(n, T());
+    data_.reset(new T[n]);
+    size_ = n;
     bytes_ = static_cast<int64_t>(n * sizeof(T));
     if (meter_) meter_->Add(bytes_);
   }
+  // Reset, then set every element to T().
+  void ResetZero(WorkspaceMeter* meter, size_t n) {
+    Reset(meter, n);
+    Zero();
+  }
+  void Zero() { std::fill(data_.get(), data_.get() + size_, T()); }
   // Grows (never shrinks) the array; contents are unspecified afterwards.
   T* Ensure(WorkspaceMeter* meter, size_t n) {
-    if (n > data_.size()) Reset(meter, n);
-    return data_.data();
+    if (n > size_) Reset(meter, n);
+    return data_.get();
   }
-  T* data() { return data_.data(); }
-  const T* data() const { return data_.data(); }
-  size_t size() const { return data_.size(); }
+  T* data() { return data_.get(); }
+  const T* data() const { return data_.get(); }
+  size_t size() const { return size_; }
   T& operator[](size_t i) { return data_[i]; }
   const T& operator[](size_t i) const { return data_[i]; }
 
@@ -66,10 +75,11 @@ class Scratch {
     if (meter_) meter_->Sub(bytes_);
     meter_ = nullptr;
     bytes_ = 0;
-    data_.clear();
-    data_.shrink_to_fit();
+    size_ = 0;
+    data_.reset();
   }
-  std::vector<T> data_;
+  std::unique_ptr<T[]> data_;
+  size_t size_ = 0;
   WorkspaceMeter* meter_ = nullptr;
   int64_t bytes_ = 0;
 };

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vmath.h"
 
 namespace scatterbrain {
 namespace cpu {
@@ -37,9 +38,10 @@ void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
     f->qscale[i] = pmax - static_cast<float>(0.5 * s.tau * sq) + log_norm;
     float* out = f->q.data() + i * m;
     for (int l = 0; l < r; ++l) {
-      out[l] = std::exp(p[l] - pmax);
-      out[r + l] = std::exp(-p[l] - pmax);
+      out[l] = p[l];
+      out[r + l] = -p[l];
     }
+    ExpInPlace(out, m, -pmax);
   }
 
   // Keys: one log-scale for the slice, the largest log-feature of any key.
@@ -66,11 +68,11 @@ void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
   for (int64_t j = 0; j < s.nk; ++j) {
     const float* p = proj.data() + j * r;
     float* out = f->k.data() + j * m;
-    const float b = base[j] - kmax;
     for (int l = 0; l < r; ++l) {
-      out[l] = std::exp(p[l] + b);
-      out[r + l] = std::exp(-p[l] + b);
+      out[l] = p[l];
+      out[r + l] = -p[l];
     }
+    ExpInPlace(out, m, base[j] - kmax);
   }
 }
 
@@ -80,8 +82,9 @@ void ComputeLowRank(const Slice& s, const Features& f, WorkspaceMeter* meter,
   const int64_t dv = s.dv;
   lr->num.Reset(meter, static_cast<size_t>(s.nq) * dv);
   lr->den.Reset(meter, s.nq);
-  Scratch<float> zv(meter, static_cast<size_t>(m) * dv);
-  Scratch<float> z1(meter, m);
+  Scratch<float> zv, z1;
+  zv.ResetZero(meter, static_cast<size_t>(m) * dv);
+  z1.ResetZero(meter, m);
   auto add_keys = [&](int64_t j0, int64_t j1) {
     if (j1 <= j0) return;
     // zv += phi_k[j0:j1]^T v[j0:j1]; z1 += column sums.
@@ -95,12 +98,8 @@ void ComputeLowRank(const Slice& s, const Features& f, WorkspaceMeter* meter,
   auto apply_state = [&](int64_t i0, int64_t i1) {
     Gemm(false, false, i1 - i0, dv, m, 1.0f, f.q.data() + i0 * m, m, zv.data(),
          dv, 0.0f, lr->num.data() + i0 * dv, dv);
-    for (int64_t i = i0; i < i1; ++i) {
-      const float* fq = f.q.data() + i * m;
-      double acc = 0;
-      for (int l = 0; l < m; ++l) acc += static_cast<double>(fq[l]) * z1[l];
-      lr->den[i] = static_cast<float>(acc);
-    }
+    Gemm(false, false, i1 - i0, 1, m, 1.0f, f.q.data() + i0 * m, m, z1.data(),
+         1, 0.0f, lr->den.data() + i0, 1);
   };
   if (!s.causal) {
     add_keys(0, s.nk);
@@ -110,7 +109,6 @@ void ComputeLowRank(const Slice& s, const Features& f, WorkspaceMeter* meter,
   // Causal: a running state over the keys every row of the block sees, plus
   // a masked block for the keys only some of its rows see.
   Scratch<float> blk(meter, static_cast<size_t>(kCausalBlock) * kCausalBlock);
-  Scratch<float> tmp(meter, static_cast<size_t>(kCausalBlock) * dv);
   int64_t state_end = 0;
   for (int64_t i0 = 0; i0 < s.nq; i0 += kCausalBlock) {
     const int64_t i1 = std::min(s.nq, i0 + kCausalBlock);
@@ -127,12 +125,8 @@ void ComputeLowRank(const Slice& s, const Features& f, WorkspaceMeter* meter,
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t lim = s.KeyLimit(i0 + r) - state_end;
       float* row = blk.data() + r * width;
-      double acc = 0;
-      for (int64_t c = 0; c < width; ++c) {
-        if (c >= lim) row[c] = 0.0f;
-        acc += row[c];
-      }
-      lr->den[i0 + r] += static_cast<float>(acc);
+      for (int64_t c = std::max<int64_t>(lim, 0); c < width; ++c) row[c] = 0.0f;
+      lr->den[i0 + r] += Sum(row, width);
     }
     Gemm(false, false, rows, dv, width, 1.0f, blk.data(), width,
          s.vrow(state_end), s.v_row, 1.0f, lr->num.data() + i0 * dv, dv);

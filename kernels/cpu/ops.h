@@ -48,11 +48,11 @@ void ComputeLowRank(const Slice& s, const Features& f, WorkspaceMeter* meter,
 
 // Accumulators of the sparse support S_i of every query row: the exact part
 // (online-softmax style: sum exp(logit - emax) [v, 1]) and, when features
-// are given, the low-rank estimate on the same pairs (f1, fv), in low-rank
-// units, so it can be taken out of the low-rank total.
+// are given, the low-rank side in low-rank units: f1, its mass on S_i, and
+// lv, its numerator on the keys NOT in S_i.
 struct SparseAcc {
   Scratch<float> emax, e1, ev;  // nq, nq, nq x dv
-  Scratch<float> f1, fv;        // nq, nq x dv (only with features)
+  Scratch<float> f1, lv;        // nq, nq x dv (only with features)
   Scratch<int64_t> count;       // |S_i|
 };
 struct SupportOptions {
@@ -62,11 +62,21 @@ struct SupportOptions {
   int num_hashes = 1;
   int hash_projections = 4;
   LshTransform transform = LshTransform::kNone;
+  LshHash hash = LshHash::kCrossPolytope;
+  int kmeans_iterations = 3;
   int window = 128;
   uint64_t seed = 0;
+  // Tests turn this off to check the fused path against the general one.
+  bool allow_fused = true;
 };
+// True when the support is one non-causal LSH round: each query meets one
+// key chunk, and the low-rank sums are fused into the support pass
+// (ComputeLowRank is then not needed; AccumulateSupport fills lr->den).
+bool FusesLowRank(const Slice& s, const SupportOptions& o);
+// With features, `lr` holds ComputeLowRank's sums, or (when FusesLowRank)
+// receives den. Without features, lr may be null.
 void AccumulateSupport(const Slice& s, const SupportOptions& o,
-                       const Features* f, WorkspaceMeter* meter,
+                       const Features* f, LowRank* lr, WorkspaceMeter* meter,
                        SparseAcc* acc);
 
 // Output writers.

@@ -16,6 +16,7 @@
 #include <limits>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vmath.h"
 #include "kernels/random_draws.h"
 
 namespace scatterbrain {
@@ -35,17 +36,30 @@ struct HashKey {
 
 // Scratch buffers reused by every tile of a slice.
 struct TileBuffers {
-  Scratch<float> qt, kt, vt, fq, fk, sc, fw, pv;
-  Scratch<int64_t> rows, keys;
+  Scratch<float> qt, kt, vt, fq, fk, sc, pv, f1;
+};
+
+// The low-rank side of a tile. Pairwise: the estimate on every accepted
+// pair is accumulated into acc->lv / acc->f1 (the in-support part, later
+// taken out of the low-rank total). Fused (unmasked tiles of a single-round,
+// non-causal LSH support, where each query meets exactly one key chunk):
+// the chunk's sums Zc = phi(K_c)^T [V_c, 1] were made once, and the row's
+// out-of-support part phi(q) . (Z - Zc) is written directly, m * dv work per
+// row instead of nj * (m + dv).
+struct FusedChunk {
+  const float* zout;  // m x dv: Z - Zc
+  const float* z1c;   // m: column sums of phi(K_c)
+  const float* z1;    // m: column sums of phi(K) over all valid keys
 };
 
 // Exact (and low-rank) contributions of keys J to query rows I, for the
-// pairs `allowed(i, j)` accepts.
+// pairs `allowed(i, j)` accepts (not consulted when `masked` is false: the
+// caller knows every pair of the tile is in).
 template <typename Allowed>
-void ProcessTile(const Slice& s, const Features* f, const int64_t* I,
-                 int64_t ni, const int64_t* J, int64_t nj,
-                 const Allowed& allowed, WorkspaceMeter* meter,
-                 TileBuffers* tb, SparseAcc* acc) {
+void ProcessTile(const Slice& s, const Features* f, const FusedChunk* fused,
+                 const int64_t* I, int64_t ni, const int64_t* J, int64_t nj,
+                 bool masked, const Allowed& allowed, WorkspaceMeter* meter,
+                 TileBuffers* tb, SparseAcc* acc, LowRank* lr) {
   if (ni == 0 || nj == 0) return;
   const int64_t d = s.d, dv = s.dv;
   const int m = f ? f->m : 0;
@@ -58,33 +72,55 @@ void ProcessTile(const Slice& s, const Features* f, const int64_t* I,
     std::memcpy(kt + c * d, s.krow(J[c]), d * sizeof(float));
     std::memcpy(vt + c * dv, s.vrow(J[c]), dv * sizeof(float));
   }
-  // Rows 0..ni-1 of w: exact weights; rows ni..2ni-1: low-rank weights.
-  const int64_t wrows = f ? 2 * ni : ni;
+  // Rows 0..ni-1 of w: exact weights; rows ni..2ni-1: pairwise low-rank.
+  const bool pairwise_f = f && !fused;
+  const int64_t wrows = pairwise_f ? 2 * ni : ni;
   float* w = tb->sc.Ensure(meter, wrows * nj);
   Gemm(false, true, ni, nj, d, s.tau, qt, d, kt, d, 0.0f, w, nj);
+  float* pv = tb->pv.Ensure(meter, wrows * dv);
   if (f) {
     float* fq = tb->fq.Ensure(meter, ni * m);
-    float* fk = tb->fk.Ensure(meter, nj * m);
     for (int64_t r = 0; r < ni; ++r)
       std::memcpy(fq + r * m, f->q.data() + I[r] * m, m * sizeof(float));
-    for (int64_t c = 0; c < nj; ++c)
-      std::memcpy(fk + c * m, f->k.data() + J[c] * m, m * sizeof(float));
-    Gemm(false, true, ni, nj, m, 1.0f, fq, m, fk, m, 0.0f, w + ni * nj, nj);
+    if (pairwise_f) {
+      float* fk = tb->fk.Ensure(meter, nj * m);
+      for (int64_t c = 0; c < nj; ++c)
+        std::memcpy(fk + c * m, f->k.data() + J[c] * m, m * sizeof(float));
+      Gemm(false, true, ni, nj, m, 1.0f, fq, m, fk, m, 0.0f, w + ni * nj, nj);
+    } else {
+      float* lv = tb->fk.Ensure(meter, ni * dv + 2 * ni);
+      float* f1 = lv + ni * dv;
+      float* den = f1 + ni;
+      Gemm(false, false, ni, dv, m, 1.0f, fq, m, fused->zout, dv, 0.0f, lv, dv);
+      Gemm(false, false, ni, 1, m, 1.0f, fq, m, fused->z1c, 1, 0.0f, f1, 1);
+      Gemm(false, false, ni, 1, m, 1.0f, fq, m, fused->z1, 1, 0.0f, den, 1);
+      for (int64_t r = 0; r < ni; ++r) {
+        const int64_t i = I[r];
+        std::memcpy(acc->lv.data() + i * dv, lv + r * dv, dv * sizeof(float));
+        acc->f1[i] = f1[r];
+        lr->den[i] = den[r];
+      }
+    }
   }
   bool any = false;
   for (int64_t r = 0; r < ni; ++r) {
     const int64_t i = I[r];
     float* row = w + r * nj;
-    float* frow = f ? w + (ni + r) * nj : nullptr;
+    float* frow = pairwise_f ? w + (ni + r) * nj : nullptr;
     float mx = -std::numeric_limits<float>::infinity();
     int64_t n_ok = 0;
-    for (int64_t c = 0; c < nj; ++c) {
-      if (allowed(i, J[c])) {
-        mx = std::max(mx, row[c]);
-        ++n_ok;
-      } else {
-        row[c] = -std::numeric_limits<float>::infinity();
-        if (frow) frow[c] = 0.0f;
+    if (!masked) {
+      mx = Max(row, nj);
+      n_ok = nj;
+    } else {
+      for (int64_t c = 0; c < nj; ++c) {
+        if (allowed(i, J[c])) {
+          mx = std::max(mx, row[c]);
+          ++n_ok;
+        } else {
+          row[c] = -std::numeric_limits<float>::infinity();
+          if (frow) frow[c] = 0.0f;
+        }
       }
     }
     if (n_ok == 0) {
@@ -103,30 +139,21 @@ void ProcessTile(const Slice& s, const Features* f, const int64_t* I,
       }
       emax = mx;
     }
-    double sum = 0;
-    for (int64_t c = 0; c < nj; ++c) {
-      row[c] = std::exp(row[c] - emax);
-      sum += row[c];
-    }
-    acc->e1[i] += static_cast<float>(sum);
-    if (frow) {
-      double fs = 0;
-      for (int64_t c = 0; c < nj; ++c) fs += frow[c];
-      acc->f1[i] += static_cast<float>(fs);
-    }
+    ExpInPlace(row, nj, -emax);  // masked entries are -inf: weight 0
+    acc->e1[i] += Sum(row, nj);
+    if (frow) acc->f1[i] += Sum(frow, nj);
   }
   if (!any) return;
-  float* pv = tb->pv.Ensure(meter, wrows * dv);
   Gemm(false, false, wrows, dv, nj, 1.0f, w, nj, vt, dv, 0.0f, pv, dv);
   for (int64_t r = 0; r < ni; ++r) {
     const int64_t i = I[r];
     float* ev = acc->ev.data() + i * dv;
     const float* src = pv + r * dv;
     for (int64_t c = 0; c < dv; ++c) ev[c] += src[c];
-    if (f) {
-      float* fv = acc->fv.data() + i * dv;
+    if (pairwise_f) {
+      float* lv = acc->lv.data() + i * dv;
       const float* fsrc = pv + (ni + r) * dv;
-      for (int64_t c = 0; c < dv; ++c) fv[c] += fsrc[c];
+      for (int64_t c = 0; c < dv; ++c) lv[c] += fsrc[c];
     }
   }
 }
@@ -166,23 +193,186 @@ void HashRows(const float* x, int64_t ld, int64_t n, int64_t d,
   }
 }
 
+// k-means "hash" for one round: spherical k-means on the key directions
+// with about `clusters` centroids. Beyond kMaxFlatCentroids it becomes a
+// two-level tree (K1 ~ sqrt(clusters) top centroids, K2 children each), so
+// that assigning N keys costs N * (K1 + K2) * d instead of N * clusters * d
+// (which grows as N^2 / bucket_size).
+// Centroids are trained by Lloyd iterations on a seeded sample of at most
+// kKMeansSamplesPerCentroid keys per leaf, initialised from sampled keys. A
+// key's order key is (its leaf, its projection on a random direction); a
+// query's is (the leaf reached by largest inner products, its projection),
+// so queries land in the key chunks of their leaf.
+constexpr int64_t kKMeansSamplesPerCentroid = 32;
+constexpr int64_t kMaxFlatCentroids = 256;
+
+// Lloyd iterations of spherical k-means: `cent` (K x d) starts as given and
+// ends as the unit mean direction of its members among the n unit rows of x.
+void SphericalKMeans(const float* x, int64_t n, int64_t d, int64_t K,
+                     int iterations, WorkspaceMeter* meter, float* cent) {
+  if (n == 0 || K == 0) return;
+  Scratch<float> sims(meter, n * K), sum(meter, K * d);
+  Scratch<int32_t> assign(meter, n);
+  for (int it = 0; it < iterations; ++it) {
+    Gemm(false, true, n, K, d, 1.0f, x, d, cent, d, 0.0f, sims.data(), K);
+    for (int64_t j = 0; j < n; ++j) {
+      const float* r = sims.data() + j * K;
+      const float mx = Max(r, K);
+      int64_t t = 0;
+      while (t + 1 < K && r[t] != mx) ++t;
+      assign[j] = static_cast<int32_t>(t);
+    }
+    sum.Zero();
+    for (int64_t j = 0; j < n; ++j) {
+      float* c = sum.data() + assign[j] * d;
+      for (int64_t e = 0; e < d; ++e) c[e] += x[j * d + e];
+    }
+    for (int64_t t = 0; t < K; ++t) {
+      const float* c = sum.data() + t * d;
+      double n2 = 0;
+      for (int64_t e = 0; e < d; ++e) n2 += double(c[e]) * c[e];
+      if (n2 == 0) continue;  // empty cluster: keep the old centroid
+      const float inv = static_cast<float>(1.0 / std::sqrt(n2));
+      for (int64_t e = 0; e < d; ++e) cent[t * d + e] = c[e] * inv;
+    }
+  }
+}
+
+// Leaf of each of n rows of x (row stride ld) in the two-level tree.
+void TreeAssign(const float* x, int64_t ld, int64_t n, int64_t d,
+                const float* top, int64_t K1, const float* leaves, int64_t K2,
+                WorkspaceMeter* meter, uint32_t* out) {
+  Scratch<float> sims(meter, n * K1);
+  Gemm(false, true, n, K1, d, 1.0f, x, ld, top, d, 0.0f, sims.data(), K1);
+  for (int64_t j = 0; j < n; ++j) {
+    const float* r = sims.data() + j * K1;
+    const float mx = Max(r, K1);
+    int64_t t = 0;
+    while (t + 1 < K1 && r[t] != mx) ++t;
+    const float* row = x + j * ld;
+    const float* child = leaves + t * K2 * d;
+    int64_t best = 0;
+    float best_v = -std::numeric_limits<float>::infinity();
+    for (int64_t u = 0; u < K2; ++u) {
+      float v = 0;
+      for (int64_t e = 0; e < d; ++e) v += row[e] * child[u * d + e];
+      if (v > best_v) {
+        best_v = v;
+        best = u;
+      }
+    }
+    out[j] = static_cast<uint32_t>(t * K2 + best);
+  }
+}
+
+void KMeansHash(const Slice& s, int64_t clusters, int iterations,
+                uint64_t seed, int round, WorkspaceMeter* meter, HashKey* hk,
+                HashKey* hq) {
+  const int64_t nk = s.nk, nq = s.nq, d = s.d;
+  const int64_t K = std::max<int64_t>(1, std::min(clusters, nk));
+  // One level while that is affordable (it clusters better: measured on the
+  // clustered and smooth families); a tree beyond.
+  const int64_t K1 =
+      K <= kMaxFlatCentroids
+          ? K
+          : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(K))));
+  const int64_t K2 = (K + K1 - 1) / K1;
+  // Training sample of unit key directions.
+  const std::vector<int64_t> train =
+      SampleRows(seed, DrawPurpose::kHash, static_cast<int64_t>(round) + 1000,
+                 s.h, nk, std::min(nk, K * kKMeansSamplesPerCentroid));
+  const int64_t nt = static_cast<int64_t>(train.size());
+  Scratch<float> unit(meter, nt * d);
+  for (int64_t t = 0; t < nt; ++t) {
+    const float* k = s.krow(train[t]);
+    double n2 = 0;
+    for (int64_t c = 0; c < d; ++c) n2 += double(k[c]) * k[c];
+    const float inv = n2 > 0 ? static_cast<float>(1.0 / std::sqrt(n2)) : 0.0f;
+    for (int64_t c = 0; c < d; ++c) unit[t * d + c] = k[c] * inv;
+  }
+  // Top level.
+  Scratch<float> top(meter, K1 * d), leaves(meter, K1 * K2 * d);
+  const std::vector<int64_t> init = SampleRows(
+      seed, DrawPurpose::kHash, static_cast<int64_t>(round) + 2000, s.h, nt,
+      std::min(K1, nt));
+  for (int64_t t = 0; t < K1; ++t)
+    std::memcpy(top.data() + t * d, unit.data() + init[t % init.size()] * d,
+                d * sizeof(float));
+  SphericalKMeans(unit.data(), nt, d, K1, iterations, meter, top.data());
+  // Second level: each top centroid's sample members, clustered into K2.
+  Scratch<uint32_t> tops(meter, nt);
+  TreeAssign(unit.data(), d, nt, d, top.data(), K1, top.data(), 1, meter,
+             tops.data());
+  Scratch<float> members(meter, nt * d);
+  for (int64_t t = 0; t < K1; ++t) {
+    int64_t n = 0;
+    for (int64_t j = 0; j < nt; ++j)
+      if (tops[j] == static_cast<uint32_t>(t))
+        std::memcpy(members.data() + (n++) * d, unit.data() + j * d,
+                    d * sizeof(float));
+    float* child = leaves.data() + t * K2 * d;
+    for (int64_t u = 0; u < K2; ++u) {
+      // Spread the initial children over the members (or the parent when the
+      // top cluster is empty).
+      const float* src = n > 0 ? members.data() + ((u * n) / K2) * d
+                               : top.data() + t * d;
+      std::memcpy(child + u * d, src, d * sizeof(float));
+    }
+    SphericalKMeans(members.data(), n, d, K2, iterations, meter, child);
+  }
+  // Every key and query.
+  Scratch<uint32_t> leaf(meter, std::max(nk, nq));
+  const std::vector<float> dir = DrawHashProjections(seed, s.h, round, 1, d);
+  TreeAssign(s.k, s.k_row, nk, d, top.data(), K1, leaves.data(), K2, meter,
+             leaf.data());
+  for (int64_t j = 0; j < nk; ++j) {
+    const float* k = s.krow(j);
+    float v = 0;
+    for (int64_t c = 0; c < d; ++c) v += dir[c] * k[c];
+    hk[j] = HashKey{leaf[j], v};
+  }
+  TreeAssign(s.q, s.q_row, nq, d, top.data(), K1, leaves.data(), K2, meter,
+             leaf.data());
+  for (int64_t i = 0; i < nq; ++i) {
+    const float* q = s.qrow(i);
+    float v = 0;
+    for (int64_t c = 0; c < d; ++c) v += dir[c] * q[c];
+    hq[i] = HashKey{leaf[i], v};
+  }
+}
+
 }  // namespace
 
+bool FusesLowRank(const Slice& s, const SupportOptions& o) {
+  return o.allow_fused && o.lsh && !o.local && o.num_hashes == 1 && !s.causal;
+}
+
 void AccumulateSupport(const Slice& s, const SupportOptions& o,
-                       const Features* f, WorkspaceMeter* meter,
+                       const Features* f, LowRank* lr, WorkspaceMeter* meter,
                        SparseAcc* acc) {
   const int64_t nq = s.nq, nk = s.nk, dv = s.dv;
+  const bool fused = f && FusesLowRank(s, o);
   acc->emax.Reset(meter, nq);
   std::fill(acc->emax.data(), acc->emax.data() + nq,
             -std::numeric_limits<float>::infinity());
-  acc->e1.Reset(meter, nq);
-  acc->ev.Reset(meter, static_cast<size_t>(nq) * dv);
-  acc->count.Reset(meter, nq);
+  acc->e1.ResetZero(meter, nq);
+  acc->ev.ResetZero(meter, static_cast<size_t>(nq) * dv);
+  acc->count.ResetZero(meter, nq);
   if (f) {
-    acc->f1.Reset(meter, nq);
-    acc->fv.Reset(meter, static_cast<size_t>(nq) * dv);
+    acc->f1.ResetZero(meter, nq);
+    acc->lv.ResetZero(meter, static_cast<size_t>(nq) * dv);
+    if (fused) lr->den.ResetZero(meter, nq);
   }
-  if (nk == 0) return;
+  // Without the fused path, lv collects the low-rank estimate on the support;
+  // the low-rank total minus it is what the rest of each row gets.
+  auto finish = [&]() {
+    if (!f || fused) return;
+    for (int64_t x = 0; x < nq * dv; ++x) acc->lv[x] = lr->num[x] - acc->lv[x];
+  };
+  if (nk == 0) {
+    finish();
+    return;
+  }
   TileBuffers tb;
   const int64_t half = o.window / 2;
   auto in_window = [&](int64_t i, int64_t j) {
@@ -206,13 +396,16 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
       int64_t nj = 0;
       for (int64_t j = lo; j < hi; ++j) keys[nj++] = j;
       ProcessTile(
-          s, f, rows.data(), i1 - i0, keys.data(), nj,
+          s, f, nullptr, rows.data(), i1 - i0, keys.data(), nj, /*masked=*/true,
           [&](int64_t i, int64_t j) { return in_window(i, j) && causal_ok(i, j); },
-          meter, &tb, acc);
+          meter, &tb, acc, lr);
     }
   }
 
-  if (!o.lsh) return;
+  if (!o.lsh) {
+    finish();
+    return;
+  }
   const int64_t c = std::min<int64_t>(o.bucket_size, nk);
   const int64_t nchunks = (nk + c - 1) / c;
   const int R = o.num_hashes;
@@ -255,11 +448,17 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
   }
   const int64_t D = smyrf ? s.d + 2 : s.d;
   for (int round = 0; round < R; ++round) {
-    const std::vector<float> proj = DrawHashProjections(o.seed, s.h, round, 2 * P, D);
-    HashRows(s.k, s.k_row, nk, s.d, smyrf ? kextra.data() : nullptr, proj, P,
-             meter, hk.data());
-    HashRows(s.q, s.q_row, nq, s.d, smyrf ? qextra.data() : nullptr, proj, P,
-             meter, hq.data());
+    if (o.hash == LshHash::kKMeans) {
+      KMeansHash(s, nchunks, o.kmeans_iterations, o.seed, round, meter,
+                 hk.data(), hq.data());
+    } else {
+      const std::vector<float> proj =
+          DrawHashProjections(o.seed, s.h, round, 2 * P, D);
+      HashRows(s.k, s.k_row, nk, s.d, smyrf ? kextra.data() : nullptr, proj,
+               P, meter, hk.data());
+      HashRows(s.q, s.q_row, nq, s.d, smyrf ? qextra.data() : nullptr, proj,
+               P, meter, hq.data());
+    }
     for (int64_t j = 0; j < nk; ++j) korder[j] = j;
     std::sort(korder.data(), korder.data() + nk, [&](int64_t a, int64_t b) {
       return hk[a] < hk[b] || (!(hk[b] < hk[a]) && a < b);
@@ -295,16 +494,50 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
           return false;
       return true;
     };
+    const bool masked = s.causal || o.local || round > 0;
+    // Fused low-rank: every chunk's Zc = phi(K_c)^T V_c and column sums,
+    // and their totals (the chunks partition the valid keys).
+    Scratch<float> zc, z1c, ztot, zout;
+    const int m = f ? f->m : 0;
+    if (fused) {
+      zc.Reset(meter, static_cast<size_t>(nchunks) * m * dv);
+      z1c.ResetZero(meter, static_cast<size_t>(nchunks) * m);
+      ztot.ResetZero(meter, static_cast<size_t>(m) * (dv + 1));
+      zout.Reset(meter, static_cast<size_t>(m) * dv);
+      float* fk = tb.fk.Ensure(meter, static_cast<size_t>(c + 1) * m);
+      float* vt = tb.vt.Ensure(meter, static_cast<size_t>(c + 1) * dv);
+      for (int64_t t = 0; t < nchunks; ++t) {
+        const int64_t nj = kstart[t + 1] - kstart[t];
+        float* z1 = z1c.data() + t * m;
+        for (int64_t a = 0; a < nj; ++a) {
+          const int64_t j = korder[kstart[t] + a];
+          std::memcpy(fk + a * m, f->k.data() + j * m, m * sizeof(float));
+          std::memcpy(vt + a * dv, s.vrow(j), dv * sizeof(float));
+          for (int l = 0; l < m; ++l) z1[l] += fk[a * m + l];
+        }
+        float* z = zc.data() + t * m * dv;
+        Gemm(true, false, m, dv, nj, 1.0f, fk, m, vt, dv, 0.0f, z, dv);
+        for (int64_t x = 0; x < m * dv; ++x) ztot[x] += z[x];
+        for (int l = 0; l < m; ++l) ztot[m * dv + l] += z1[l];
+      }
+    }
     for (int64_t t = 0; t < nchunks; ++t) {
       const int64_t* J = korder.data() + kstart[t];
       const int64_t nj = kstart[t + 1] - kstart[t];
+      FusedChunk fc;
+      if (fused) {
+        const float* z = zc.data() + t * m * dv;
+        for (int64_t x = 0; x < m * dv; ++x) zout[x] = ztot[x] - z[x];
+        fc = FusedChunk{zout.data(), z1c.data() + t * m, ztot.data() + m * dv};
+      }
       for (int64_t a = qstart[t]; a < qstart[t + 1]; a += kTileRows) {
         const int64_t ni = std::min(kTileRows, qstart[t + 1] - a);
-        ProcessTile(s, f, qorder.data() + a, ni, J, nj, allowed, meter, &tb,
-                    acc);
+        ProcessTile(s, f, fused ? &fc : nullptr, qorder.data() + a, ni, J, nj,
+                    masked, allowed, meter, &tb, acc, lr);
       }
     }
   }
+  finish();
 }
 
 void WriteSparseOnly(const Slice& s, const SparseAcc& acc, SliceStats* st) {

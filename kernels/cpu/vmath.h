@@ -1,0 +1,27 @@
+// scatterbrain/kernels/cpu/vmath.h — vectorised float exp for the hot loops
+// (feature maps, softmax rows). std::exp is scalar and was most of the CPU
+// time; this one is a branch-free polynomial the compiler vectorises, built
+// for AVX2+FMA and a portable baseline, picked at load time.
+#ifndef SCATTERBRAIN_KERNELS_CPU_VMATH_H_
+#define SCATTERBRAIN_KERNELS_CPU_VMATH_H_
+
+#include <cstdint>
+
+namespace scatterbrain {
+namespace cpu {
+
+// x[i] = exp(x[i] + shift) for i in [0, n). Relative error < 4e-7 on the
+// normal range; exact 0 below about -87.3, +inf above about 88.7; -inf
+// gives 0. NaN inputs give unspecified finite-or-NaN values (callers never
+// pass NaN: inputs are validated finite).
+void ExpInPlace(float* x, int64_t n, float shift = 0.0f);
+
+// max(x[0..n)) (-inf for n = 0) and sum(x[0..n)) with 8 independent lanes,
+// so that the compiler vectorises them without fast-math.
+float Max(const float* x, int64_t n);
+float Sum(const float* x, int64_t n);
+
+}  // namespace cpu
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_KERNELS_CPU_VMATH_H_
