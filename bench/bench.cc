@@ -5,6 +5,7 @@
 // (logit std 1 at tau = 1/sqrt(d)) and v ~ N(0, 1), generated once per N.
 // Methods at budget 256 (features + support entries per query):
 //   exact, performer (m=256), sb_lsh (m=128, bucket 128, calibrated),
+//   sb_lsh_xpoly (the same with the cross-polytope hash instead of k-means),
 //   sb_local (m=128, window 128, calibrated), lsh (bucket 256),
 //   local (window 256).
 //
@@ -68,6 +69,7 @@ struct MethodSpec {
   int bucket_size = 128;
   int window = 128;
   SparseSupport sparse = SparseSupport::kLsh;
+  LshHash hash = LshHash::kKMeans;
 };
 
 const std::vector<MethodSpec>& Methods() {
@@ -75,6 +77,8 @@ const std::vector<MethodSpec>& Methods() {
       {"exact", Method::kExact},
       {"performer", Method::kPerformer, /*num_features=*/256},
       {"sb_lsh", Method::kScatterbrain, 128, 128, 128, SparseSupport::kLsh},
+      {"sb_lsh_xpoly", Method::kScatterbrain, 128, 128, 128,
+       SparseSupport::kLsh, LshHash::kCrossPolytope},
       {"sb_local", Method::kScatterbrain, 128, 128, 128, SparseSupport::kLocal},
       {"lsh", Method::kLsh, 128, /*bucket_size=*/256},
       {"local", Method::kLocal, 128, 128, /*window=*/256},
@@ -150,6 +154,7 @@ AttentionParams MakeParams(const MethodSpec& spec, int64_t n,
   p.bucket_size = spec.bucket_size;
   p.window = spec.window;
   p.sparse = spec.sparse;
+  p.lsh_hash = spec.hash;
   p.seed = kSeed;
   p.num_threads = GetOptions().threads;
   return p;

@@ -223,6 +223,8 @@ TEST_F(CliTest, ScatterbrainVariantsAndOptions) {
        "--hash_projections=2", "--calibration_rows=4"},
       {"--causal", "--scale=0.2", "--threads=1"},
       {"--causal=true", "--key_lengths=20"},
+      {"--lsh_hash=crosspolytope", "--lsh_transform=smyrf", "--bucket_size=8"},
+      {"--lsh_hash=kmeans", "--kmeans_iterations=5", "--bucket_size=4"},
   };
   for (const auto& extra : variants) {
     SCOPED_TRACE(absl::StrJoin(extra, " "));
@@ -377,6 +379,18 @@ TEST_F(CliTest, BadSettings) {
   args = AttendArgs("scatterbrain");
   args.push_back("--sparse=dense");
   ExpectUsageError(args, "sparse");
+
+  args = AttendArgs("lsh");
+  args.push_back("--lsh_hash=simhash");
+  ExpectUsageError(args, "lsh_hash");
+
+  args = AttendArgs("lsh");
+  args.push_back("--lsh_transform=xbox");
+  ExpectUsageError(args, "lsh_transform");
+
+  args = AttendArgs("lsh");
+  args.push_back("--kmeans_iterations=-1");
+  ExpectUsageError(args, "kmeans_iterations");
 
   args = AttendArgs("exact");
   args.push_back("--scale=nan");

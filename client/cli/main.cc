@@ -50,11 +50,15 @@ options:
   --num_features=M      random features, even (performer, scatterbrain) [128]
   --bucket_size=C       LSH cluster size in keys [128]
   --num_hashes=R        LSH hash rounds [1]
-  --hash_projections=P  projections per hash round [4]
+  --lsh_hash=kmeans|crosspolytope   how an LSH round orders keys [kmeans]
+  --kmeans_iterations=I Lloyd iterations of the k-means hash [3]
+  --hash_projections=P  cross-polytope projections per level [4]
+  --lsh_transform=none|smyrf   cross-polytope input: raw directions or
+                        SMYRF's asymmetric transform [none]
   --window=W            local window width: |i - j| <= W/2 [128]
   --sparse=lsh|local|both   Scatterbrain's sparse support [lsh]
   --estimator=calibrated|unbiased   Scatterbrain's combination [calibrated]
-  --calibration_rows=N  exact rows per (batch, head) for calibration [8]
+  --calibration_rows=N  exact rows per (batch, head) for calibration [16]
   --causal              causal mask (query i sees keys j <= i + seq_k - seq_q)
   --scale=S             softmax scale; 0 = 1/sqrt(dim) [0]
   --seed=N              seed of the random draws [0]
@@ -105,6 +109,9 @@ const std::map<std::string, FlagSpec>& AttendFlags() {
       {"bucket_size", {FlagKind::kString, false}},
       {"num_hashes", {FlagKind::kString, false}},
       {"hash_projections", {FlagKind::kString, false}},
+      {"lsh_hash", {FlagKind::kString, false}},
+      {"lsh_transform", {FlagKind::kString, false}},
+      {"kmeans_iterations", {FlagKind::kString, false}},
       {"window", {FlagKind::kString, false}},
       {"sparse", {FlagKind::kString, false}},
       {"estimator", {FlagKind::kString, false}},
@@ -284,12 +291,22 @@ int Attend(const std::vector<std::string>& args) {
     return Fail(2, absl::StrCat("unknown --estimator '", f.at("estimator"),
                                 "' (calibrated|unbiased)"));
   }
+  if (f.count("lsh_hash") && !ParseLshHash(f.at("lsh_hash"), &p.lsh_hash)) {
+    return Fail(2, absl::StrCat("unknown --lsh_hash '", f.at("lsh_hash"),
+                                "' (kmeans|crosspolytope)"));
+  }
+  if (f.count("lsh_transform") &&
+      !ParseLshTransform(f.at("lsh_transform"), &p.lsh_transform)) {
+    return Fail(2, absl::StrCat("unknown --lsh_transform '",
+                                f.at("lsh_transform"), "' (none|smyrf)"));
+  }
   std::vector<int32_t> key_lengths;
   for (absl::Status s : {
            IntFlag(f, "num_features", &p.num_features),
            IntFlag(f, "bucket_size", &p.bucket_size),
            IntFlag(f, "num_hashes", &p.num_hashes),
            IntFlag(f, "hash_projections", &p.hash_projections),
+           IntFlag(f, "kmeans_iterations", &p.kmeans_iterations),
            IntFlag(f, "window", &p.window),
            IntFlag(f, "calibration_rows", &p.calibration_rows),
            IntFlag(f, "threads", &p.num_threads),

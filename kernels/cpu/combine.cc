@@ -253,18 +253,31 @@ void WriteScatterbrain(const Slice& s, const Features& f, const LowRank& lr,
           co_all += co[r * kNumCandidates + k];
           cc_all += cc[r * kNumCandidates + k];
         }
-        double loo = 0;
+        double loo = 0, alpha_sum = 0, alpha_sq = 0;
+        int n_used = 0;
         for (size_t r = 0; r < n; ++r) {
           if (!used[r]) continue;
           const double a = co[r * kNumCandidates + k];
           const double b = cc[r * kNumCandidates + k];
           const double alpha = fit(co_all - a, cc_all - b);
           loo += alpha * alpha * b - 2 * alpha * a + oo[r];
+          alpha_sum += alpha;
+          alpha_sq += alpha * alpha;
+          ++n_used;
         }
         if (loo < best_loo - 1e-12 * oo_total) {
           best_loo = loo;
           best = k;
-          best_alpha = fit(co_all, cc_all);
+          // Shrink alpha by its jackknife standard error: an alpha fitted to
+          // noise then lands at 0 (answering zeros) instead of adding the
+          // noise to every row; a well-determined alpha moves very little.
+          double se = 0;
+          if (n_used > 1) {
+            const double mean = alpha_sum / n_used;
+            const double var = std::max(0.0, alpha_sq / n_used - mean * mean);
+            se = std::sqrt((n_used - 1) * var);
+          }
+          best_alpha = std::max(0.0, fit(co_all, cc_all) - se);
         }
       }
     }
