@@ -1,0 +1,73 @@
+// scatterbrain/server/metrics.h — the service's Prometheus metrics
+// (prometheus-cpp). A Metrics object owns its registry and is injected into
+// the service (no globals); Expose() serves it on /metrics. All methods are
+// thread-safe and cheap (no I/O).
+#ifndef SCATTERBRAIN_SERVER_METRICS_H_
+#define SCATTERBRAIN_SERVER_METRICS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace prometheus {
+class Registry;
+class Exposer;
+}  // namespace prometheus
+
+namespace scatterbrain {
+namespace server {
+
+// Names (base units, _total counters):
+//   scatterbrain_requests_total{method,code}
+//   scatterbrain_request_duration_seconds{method}   histogram
+//   scatterbrain_queue_duration_seconds{method}     histogram
+//   scatterbrain_compute_duration_seconds{method}   histogram
+//   scatterbrain_batch_size                         histogram (requests)
+//   scatterbrain_attention_memory_saved_bytes_total
+//   scatterbrain_approx_relative_error{method}      histogram
+//   scatterbrain_denominator_guard_total
+//   scatterbrain_inflight_requests                  gauge
+//   scatterbrain_queue_depth                        gauge
+//   scatterbrain_received_bytes_total
+//   scatterbrain_sent_bytes_total
+//   scatterbrain_device_memory_used_bytes{device}   gauge
+class Metrics {
+ public:
+  Metrics();
+  ~Metrics();
+
+  // A finished request: its method ("exact", ...), gRPC code name
+  // ("OK", "INVALID_ARGUMENT", ...), and end-to-end seconds (only observed
+  // into the duration histogram when code is OK).
+  void RequestDone(const std::string& method, const std::string& code,
+                   double request_seconds);
+  void QueueTime(const std::string& method, double seconds);
+  void ComputeTime(const std::string& method, double seconds);
+  void BatchExecuted(int requests);
+  void MemorySaved(int64_t bytes);
+  void ApproxError(const std::string& method, double relative_error);
+  void DenominatorGuards(int64_t count);
+  void InflightAdd(int64_t delta);
+  void SetQueueDepth(int64_t depth);
+  void BytesReceived(int64_t bytes);
+  void BytesSent(int64_t bytes);
+  void SetDeviceMemory(const std::string& device, int64_t bytes);
+
+  // The text exposition format of everything registered (for tests).
+  std::string Serialize() const;
+  // Starts an HTTP exposer on host:port serving /metrics. Errors (port in
+  // use) come back as a Status, never an abort.
+  absl::Status Expose(const std::string& bind_address);
+  std::shared_ptr<prometheus::Registry> registry() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace server
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_SERVER_METRICS_H_
