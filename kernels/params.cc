@@ -2,6 +2,7 @@
 #include "kernels/params.h"
 
 #include <cmath>
+#include <initializer_list>
 
 namespace scatterbrain {
 
@@ -21,6 +22,23 @@ float EffectiveScale(const AttentionParams& p) {
   return p.dim > 0 ? 1.0f / std::sqrt(static_cast<float>(p.dim)) : 1.0f;
 }
 
+namespace {
+
+// Parses `s` as the name (per `name`) of one of `all`.
+template <typename T, typename NameFn>
+bool ParseByName(const std::string& s, std::initializer_list<T> all,
+                 NameFn name, T* out) {
+  for (T c : all) {
+    if (s == name(c)) {
+      *out = c;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 const char* MethodName(Method m) {
   switch (m) {
     case Method::kExact: return "exact";
@@ -33,14 +51,10 @@ const char* MethodName(Method m) {
 }
 
 bool ParseMethod(const std::string& s, Method* m) {
-  for (Method c : {Method::kExact, Method::kPerformer, Method::kLsh,
-                   Method::kLocal, Method::kScatterbrain}) {
-    if (s == MethodName(c)) {
-      *m = c;
-      return true;
-    }
-  }
-  return false;
+  return ParseByName(s,
+                     {Method::kExact, Method::kPerformer, Method::kLsh,
+                      Method::kLocal, Method::kScatterbrain},
+                     MethodName, m);
 }
 
 const char* SparseName(SparseSupport s) {
@@ -53,14 +67,9 @@ const char* SparseName(SparseSupport s) {
 }
 
 bool ParseSparse(const std::string& s, SparseSupport* out) {
-  for (SparseSupport c :
-       {SparseSupport::kLsh, SparseSupport::kLocal, SparseSupport::kBoth}) {
-    if (s == SparseName(c)) {
-      *out = c;
-      return true;
-    }
-  }
-  return false;
+  return ParseByName(
+      s, {SparseSupport::kLsh, SparseSupport::kLocal, SparseSupport::kBoth},
+      SparseName, out);
 }
 
 const char* EstimatorName(Estimator e) {
@@ -68,14 +77,8 @@ const char* EstimatorName(Estimator e) {
 }
 
 bool ParseEstimator(const std::string& s, Estimator* out) {
-  if (s == "calibrated") {
-    *out = Estimator::kCalibrated;
-  } else if (s == "unbiased") {
-    *out = Estimator::kUnbiased;
-  } else {
-    return false;
-  }
-  return true;
+  return ParseByName(s, {Estimator::kCalibrated, Estimator::kUnbiased},
+                     EstimatorName, out);
 }
 
 const char* LshTransformName(LshTransform t) {
@@ -83,14 +86,8 @@ const char* LshTransformName(LshTransform t) {
 }
 
 bool ParseLshTransform(const std::string& s, LshTransform* out) {
-  if (s == "none") {
-    *out = LshTransform::kNone;
-  } else if (s == "smyrf") {
-    *out = LshTransform::kSmyrf;
-  } else {
-    return false;
-  }
-  return true;
+  return ParseByName(s, {LshTransform::kNone, LshTransform::kSmyrf},
+                     LshTransformName, out);
 }
 
 const char* LshHashName(LshHash h) {
@@ -98,14 +95,8 @@ const char* LshHashName(LshHash h) {
 }
 
 bool ParseLshHash(const std::string& s, LshHash* out) {
-  if (s == "crosspolytope") {
-    *out = LshHash::kCrossPolytope;
-  } else if (s == "kmeans") {
-    *out = LshHash::kKMeans;
-  } else {
-    return false;
-  }
-  return true;
+  return ParseByName(s, {LshHash::kCrossPolytope, LshHash::kKMeans},
+                     LshHashName, out);
 }
 
 }  // namespace scatterbrain

@@ -143,6 +143,36 @@ TEST(ScatterbrainTest, SupportCoveringEveryPairEqualsExact) {
   }
 }
 
+TEST(ScaleTest, ACustomSoftmaxScaleIsHonouredEverywhere) {
+  // Every path that is exact for these settings must use the given scale.
+  auto be = Cpu();
+  TestTensors t = testing::Make(2, 2, 97, 97, 48, 40, testing::kGaussian, 12);
+  for (float scale : {0.05f, 0.4f}) {
+    t.params.scale = scale;
+    const auto ref = t.Reference();
+    for (Method m : kAllMethods) {
+      if (m == Method::kPerformer) continue;  // never exact
+      t.params.method = m;
+      t.params.bucket_size = 97;
+      t.params.window = 400;
+      t.params.num_features = 8;
+      t.ResetOut();
+      RunChecked(*be, t);
+      EXPECT_LT(t.RelativeError(ref), 2e-5) << MethodName(m) << " " << scale;
+    }
+    // Performer is never exact: its output must be much closer to the
+    // reference at its own scale than at the other one.
+    AttentionParams other = t.params;
+    other.scale = scale < 0.1f ? 0.4f : 0.05f;
+    const auto ref_other = testing::ExactAttentionDouble(other);
+    t.params.method = Method::kPerformer;
+    t.params.num_features = 256;
+    t.ResetOut();
+    RunChecked(*be, t);
+    EXPECT_LT(t.RelativeError(ref), 0.8 * t.RelativeError(ref_other)) << scale;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // The sparse support: each pair counted once across rounds and the window.
 // ---------------------------------------------------------------------------

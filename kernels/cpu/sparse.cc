@@ -320,25 +320,21 @@ void KMeansHash(const Slice& s, int64_t clusters, int iterations,
     }
     SphericalKMeans(members.data(), n, d, K2, iterations, meter, child);
   }
-  // Every key and query.
+  // Every key and query: (leaf, projection on a random direction).
   Scratch<uint32_t> leaf(meter, std::max(nk, nq));
   const std::vector<float> dir = DrawHashProjections(seed, s.h, round, 1, d);
-  TreeAssign(s.k, s.k_row, nk, d, top.data(), K1, leaves.data(), K2, meter,
-             leaf.data());
-  for (int64_t j = 0; j < nk; ++j) {
-    const float* k = s.krow(j);
-    float v = 0;
-    for (int64_t c = 0; c < d; ++c) v += dir[c] * k[c];
-    hk[j] = HashKey{leaf[j], v};
-  }
-  TreeAssign(s.q, s.q_row, nq, d, top.data(), K1, leaves.data(), K2, meter,
-             leaf.data());
-  for (int64_t i = 0; i < nq; ++i) {
-    const float* q = s.qrow(i);
-    float v = 0;
-    for (int64_t c = 0; c < d; ++c) v += dir[c] * q[c];
-    hq[i] = HashKey{leaf[i], v};
-  }
+  auto order_keys = [&](const float* x, int64_t ld, int64_t n, HashKey* out) {
+    TreeAssign(x, ld, n, d, top.data(), K1, leaves.data(), K2, meter,
+               leaf.data());
+    for (int64_t j = 0; j < n; ++j) {
+      const float* row = x + j * ld;
+      float v = 0;
+      for (int64_t c = 0; c < d; ++c) v += dir[c] * row[c];
+      out[j] = HashKey{leaf[j], v};
+    }
+  };
+  order_keys(s.k, s.k_row, nk, hk);
+  order_keys(s.q, s.q_row, nq, hq);
 }
 
 }  // namespace
