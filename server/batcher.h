@@ -76,15 +76,28 @@ class Batcher {
   int queued() const;  // items waiting in all queues
 
  private:
-  // ... implementation-defined members, guarded by mu_ ...
+  struct Entry {
+    T item;
+    int64_t enqueue_us;
+    int64_t tokens;
+  };
+  struct Queue {
+    std::deque<Entry> entries;  // oldest first
+  };
+
+  // Whether the front of `q` may be taken now: draining, or its oldest item
+  // has waited max_queue_delay_us.
+  bool DueLocked(const Queue& q, int64_t now_us) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // How many items from the front of `q` form the next batch under the
+  // size limits; *full is set when that batch cannot grow any further.
+  size_t NextBatchSizeLocked(const Queue& q, bool* full) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const BatcherOptions options_;
   const Clock* const clock_;
   mutable absl::Mutex mu_;
-  struct Queue {
-    std::deque<std::pair<T, int64_t>> items;
-    std::deque<int64_t> tokens;
-    int64_t total_tokens = 0;
-  };
+  // std::map: empty queues are erased, so it holds only live keys.
   std::map<std::string, Queue> queues_ ABSL_GUARDED_BY(mu_);
   int queued_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;

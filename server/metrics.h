@@ -60,6 +60,9 @@ class Metrics {
   // Starts an HTTP exposer on host:port serving /metrics. Errors (port in
   // use) come back as a Status, never an abort.
   absl::Status Expose(const std::string& bind_address);
+  // The port the exposer listens on (useful after binding port 0); 0 when
+  // not exposed.
+  int exposed_port() const;
   std::shared_ptr<prometheus::Registry> registry() const;
 
  private:

@@ -1,0 +1,325 @@
+// scatterbrain/server/metrics.cc — Metrics on prometheus-cpp.
+//
+// Labelled children are looked up once per label value and cached behind a
+// reader lock, so the hot paths neither build a prometheus::Labels map nor
+// take prometheus-cpp's family mutex after the first call for a value.
+#include "server/metrics.h"
+
+#include <cmath>
+#include <exception>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "prometheus/counter.h"
+#include "prometheus/exposer.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+
+namespace scatterbrain {
+namespace server {
+namespace {
+
+using prometheus::Counter;
+using prometheus::Family;
+using prometheus::Gauge;
+using prometheus::Histogram;
+
+// Seconds, 100 us .. 60 s (1-2.5-5 steps): covers a tiny exact call up to a
+// queue stalled behind long requests.
+const Histogram::BucketBoundaries& SecondsBuckets() {
+  static const auto* b = new Histogram::BucketBoundaries{
+      1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
+      0.1,  0.25,   0.5,  1.0,  2.5,    5.0,  10.0, 30.0,   60.0};
+  return *b;
+}
+
+// Relative error 0.001 .. 10 (1-2-5 steps): approximations are expected in
+// the 1e-2 .. 1 range; beyond 1 the output is useless and worth seeing.
+const Histogram::BucketBoundaries& ErrorBuckets() {
+  static const auto* b = new Histogram::BucketBoundaries{
+      1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0};
+  return *b;
+}
+
+// Requests per batch, powers of two 1 .. 256 (max_queue_requests default).
+const Histogram::BucketBoundaries& BatchBuckets() {
+  static const auto* b =
+      new Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256};
+  return *b;
+}
+
+// Clock skew or a caller bug must not poison a histogram's _sum (NaN stays
+// NaN forever) or count a negative duration.
+bool Observable(double v) { return std::isfinite(v) && v >= 0; }
+
+}  // namespace
+
+struct Metrics::Impl {
+  // The histograms of one method, resolved together on first use.
+  struct MethodMetrics {
+    Histogram* request_seconds;
+    Histogram* queue_seconds;
+    Histogram* compute_seconds;
+    Histogram* approx_error;
+  };
+
+  std::shared_ptr<prometheus::Registry> registry =
+      std::make_shared<prometheus::Registry>();
+
+  Family<Counter>& requests = prometheus::BuildCounter()
+                                  .Name("scatterbrain_requests_total")
+                                  .Help(
+                                      "Finished requests by method and gRPC "
+                                      "status code.")
+                                  .Register(*registry);
+  Family<Histogram>& request_duration =
+      prometheus::BuildHistogram()
+          .Name("scatterbrain_request_duration_seconds")
+          .Help(
+              "End-to-end time of successful requests, first byte "
+              "received to last byte sent.")
+          .Register(*registry);
+  Family<Histogram>& queue_duration =
+      prometheus::BuildHistogram()
+          .Name("scatterbrain_queue_duration_seconds")
+          .Help("Time a request waited in the batcher before its batch ran.")
+          .Register(*registry);
+  Family<Histogram>& compute_duration =
+      prometheus::BuildHistogram()
+          .Name("scatterbrain_compute_duration_seconds")
+          .Help("Compute time of the batch a request ran in.")
+          .Register(*registry);
+  Family<Histogram>& batch_size_family =
+      prometheus::BuildHistogram()
+          .Name("scatterbrain_batch_size")
+          .Help("Requests per executed batch.")
+          .Register(*registry);
+  Family<Counter>& memory_saved_family =
+      prometheus::BuildCounter()
+          .Name("scatterbrain_attention_memory_saved_bytes_total")
+          .Help(
+              "Dense attention-matrix bytes minus the bytes actually "
+              "used, summed over requests.")
+          .Register(*registry);
+  Family<Histogram>& approx_error_family =
+      prometheus::BuildHistogram()
+          .Name("scatterbrain_approx_relative_error")
+          .Help(
+              "Estimated relative error of approximate outputs (sampled "
+              "rows against exact).")
+          .Register(*registry);
+  Family<Counter>& denominator_guard_family =
+      prometheus::BuildCounter()
+          .Name("scatterbrain_denominator_guard_total")
+          .Help(
+              "Rows whose softmax denominator estimate was clamped by the "
+              "positivity guard.")
+          .Register(*registry);
+  Family<Gauge>& inflight_family =
+      prometheus::BuildGauge()
+          .Name("scatterbrain_inflight_requests")
+          .Help("Requests received and not yet answered.")
+          .Register(*registry);
+  Family<Gauge>& queue_depth_family =
+      prometheus::BuildGauge()
+          .Name("scatterbrain_queue_depth")
+          .Help("Requests waiting in the batcher.")
+          .Register(*registry);
+  Family<Counter>& received_family =
+      prometheus::BuildCounter()
+          .Name("scatterbrain_received_bytes_total")
+          .Help("Tensor bytes received from clients.")
+          .Register(*registry);
+  Family<Counter>& sent_family = prometheus::BuildCounter()
+                                     .Name("scatterbrain_sent_bytes_total")
+                                     .Help("Tensor bytes sent to clients.")
+                                     .Register(*registry);
+  Family<Gauge>& device_memory =
+      prometheus::BuildGauge()
+          .Name("scatterbrain_device_memory_used_bytes")
+          .Help("Memory in use on each compute device.")
+          .Register(*registry);
+
+  // Unlabelled series exist from the start, so a scrape shows them as 0.
+  Histogram& batch_size = batch_size_family.Add({}, BatchBuckets());
+  Counter& memory_saved = memory_saved_family.Add({});
+  Counter& denominator_guards = denominator_guard_family.Add({});
+  Gauge& inflight = inflight_family.Add({});
+  Gauge& queue_depth = queue_depth_family.Add({});
+  Counter& received = received_family.Add({});
+  Counter& sent = sent_family.Add({});
+
+  // Label-value caches. Pointers stay valid: prometheus-cpp owns children
+  // by unique_ptr and we never Remove them.
+  mutable absl::Mutex mu;
+  absl::flat_hash_map<std::string, MethodMetrics> by_method ABSL_GUARDED_BY(mu);
+  // Keyed by method + '\0' + code (neither contains NUL in practice; a
+  // collision would only merge two series, never crash).
+  absl::flat_hash_map<std::string, Counter*> by_method_code ABSL_GUARDED_BY(mu);
+  absl::flat_hash_map<std::string, Gauge*> by_device ABSL_GUARDED_BY(mu);
+
+  absl::Mutex expose_mu;
+  std::unique_ptr<prometheus::Exposer> exposer ABSL_GUARDED_BY(expose_mu);
+
+  // By value: a later insertion may rehash the map under another caller.
+  MethodMetrics ForMethod(const std::string& method) {
+    {
+      absl::ReaderMutexLock lock(&mu);
+      auto it = by_method.find(method);
+      if (it != by_method.end()) return it->second;
+    }
+    absl::MutexLock lock(&mu);
+    auto it = by_method.find(method);
+    if (it != by_method.end()) return it->second;  // raced with another
+    const prometheus::Labels labels{{"method", method}};
+    MethodMetrics m{&request_duration.Add(labels, SecondsBuckets()),
+                    &queue_duration.Add(labels, SecondsBuckets()),
+                    &compute_duration.Add(labels, SecondsBuckets()),
+                    &approx_error_family.Add(labels, ErrorBuckets())};
+    return by_method.emplace(method, m).first->second;
+  }
+
+  Counter& ForMethodCode(const std::string& method, const std::string& code) {
+    std::string key = absl::StrCat(method, std::string(1, '\0'), code);
+    {
+      absl::ReaderMutexLock lock(&mu);
+      auto it = by_method_code.find(key);
+      if (it != by_method_code.end()) return *it->second;
+    }
+    absl::MutexLock lock(&mu);
+    auto it = by_method_code.find(key);
+    if (it != by_method_code.end()) return *it->second;
+    Counter* c = &requests.Add({{"method", method}, {"code", code}});
+    by_method_code.emplace(std::move(key), c);
+    return *c;
+  }
+
+  Gauge& ForDevice(const std::string& device) {
+    {
+      absl::ReaderMutexLock lock(&mu);
+      auto it = by_device.find(device);
+      if (it != by_device.end()) return *it->second;
+    }
+    absl::MutexLock lock(&mu);
+    auto it = by_device.find(device);
+    if (it != by_device.end()) return *it->second;
+    Gauge* g = &device_memory.Add({{"device", device}});
+    by_device.emplace(device, g);
+    return *g;
+  }
+};
+
+Metrics::Metrics() : impl_(std::make_unique<Impl>()) {}
+
+// The exposer (if any) is destroyed before the registry it serves: members
+// are destroyed in reverse order, and it is declared last in Impl.
+Metrics::~Metrics() = default;
+
+void Metrics::RequestDone(const std::string& method, const std::string& code,
+                          double request_seconds) {
+  impl_->ForMethodCode(method, code).Increment();
+  // Only successes: failed requests end early (validation) or late
+  // (deadline), and mixing them in would hide the latency of real work.
+  if (code == "OK" && Observable(request_seconds)) {
+    impl_->ForMethod(method).request_seconds->Observe(request_seconds);
+  }
+}
+
+void Metrics::QueueTime(const std::string& method, double seconds) {
+  if (!Observable(seconds)) return;
+  impl_->ForMethod(method).queue_seconds->Observe(seconds);
+}
+
+void Metrics::ComputeTime(const std::string& method, double seconds) {
+  if (!Observable(seconds)) return;
+  impl_->ForMethod(method).compute_seconds->Observe(seconds);
+}
+
+void Metrics::BatchExecuted(int requests) {
+  if (requests <= 0) return;
+  impl_->batch_size.Observe(static_cast<double>(requests));
+}
+
+void Metrics::MemorySaved(int64_t bytes) {
+  if (bytes <= 0) return;  // counters only go up
+  impl_->memory_saved.Increment(static_cast<double>(bytes));
+}
+
+void Metrics::ApproxError(const std::string& method, double relative_error) {
+  if (!Observable(relative_error)) return;
+  impl_->ForMethod(method).approx_error->Observe(relative_error);
+}
+
+void Metrics::DenominatorGuards(int64_t count) {
+  if (count <= 0) return;
+  impl_->denominator_guards.Increment(static_cast<double>(count));
+}
+
+void Metrics::InflightAdd(int64_t delta) {
+  impl_->inflight.Increment(static_cast<double>(delta));
+}
+
+void Metrics::SetQueueDepth(int64_t depth) {
+  impl_->queue_depth.Set(static_cast<double>(depth));
+}
+
+void Metrics::BytesReceived(int64_t bytes) {
+  if (bytes <= 0) return;
+  impl_->received.Increment(static_cast<double>(bytes));
+}
+
+void Metrics::BytesSent(int64_t bytes) {
+  if (bytes <= 0) return;
+  impl_->sent.Increment(static_cast<double>(bytes));
+}
+
+void Metrics::SetDeviceMemory(const std::string& device, int64_t bytes) {
+  impl_->ForDevice(device).Set(static_cast<double>(bytes));
+}
+
+std::string Metrics::Serialize() const {
+  return prometheus::TextSerializer().Serialize(impl_->registry->Collect());
+}
+
+int Metrics::exposed_port() const {
+  absl::MutexLock lock(&impl_->expose_mu);
+  if (impl_->exposer == nullptr) return 0;
+  const std::vector<int> ports = impl_->exposer->GetListeningPorts();
+  return ports.empty() ? 0 : ports.front();
+}
+
+absl::Status Metrics::Expose(const std::string& bind_address) {
+  absl::MutexLock lock(&impl_->expose_mu);
+  if (impl_->exposer != nullptr) {
+    return absl::FailedPreconditionError(
+        "metrics are already exposed; Expose may be called once");
+  }
+  try {
+    // One worker thread: scrapes are rare and cheap.
+    auto exposer = std::make_unique<prometheus::Exposer>(bind_address, 1);
+    exposer->RegisterCollectable(impl_->registry);
+    impl_->exposer = std::move(exposer);
+  } catch (const std::exception& e) {
+    // civetweb reports a busy port or a malformed address by throwing.
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on ", bind_address, ": ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+std::shared_ptr<prometheus::Registry> Metrics::registry() const {
+  return impl_->registry;
+}
+
+}  // namespace server
+}  // namespace scatterbrain
