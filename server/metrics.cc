@@ -4,6 +4,7 @@
 // reader lock, so the hot paths neither build a prometheus::Labels map nor
 // take prometheus-cpp's family mutex after the first call for a value.
 #include "server/metrics.h"
+#include "server/http_exposer.h"
 
 #include <cmath>
 #include <exception>
@@ -18,7 +19,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "prometheus/counter.h"
-#include "prometheus/exposer.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
@@ -169,7 +169,7 @@ struct Metrics::Impl {
   absl::flat_hash_map<std::string, Gauge*> by_device ABSL_GUARDED_BY(mu);
 
   absl::Mutex expose_mu;
-  std::unique_ptr<prometheus::Exposer> exposer ABSL_GUARDED_BY(expose_mu);
+  std::unique_ptr<HttpExposer> exposer ABSL_GUARDED_BY(expose_mu);
 
   // By value: a later insertion may rehash the map under another caller.
   MethodMetrics ForMethod(const std::string& method) {
@@ -293,9 +293,7 @@ std::string Metrics::Serialize() const {
 
 int Metrics::exposed_port() const {
   absl::MutexLock lock(&impl_->expose_mu);
-  if (impl_->exposer == nullptr) return 0;
-  const std::vector<int> ports = impl_->exposer->GetListeningPorts();
-  return ports.empty() ? 0 : ports.front();
+  return impl_->exposer == nullptr ? 0 : impl_->exposer->port();
 }
 
 absl::Status Metrics::Expose(const std::string& bind_address) {
@@ -304,16 +302,13 @@ absl::Status Metrics::Expose(const std::string& bind_address) {
     return absl::FailedPreconditionError(
         "metrics are already exposed; Expose may be called once");
   }
-  try {
-    // One worker thread: scrapes are rare and cheap.
-    auto exposer = std::make_unique<prometheus::Exposer>(bind_address, 1);
-    exposer->RegisterCollectable(impl_->registry);
-    impl_->exposer = std::move(exposer);
-  } catch (const std::exception& e) {
-    // civetweb reports a busy port or a malformed address by throwing.
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", bind_address, ": ", e.what()));
-  }
+  // Our own endpoint, not prometheus-cpp's civetweb Exposer (see
+  // http_exposer.h: its 100 KiB worker stacks overflow once OpenBLAS is
+  // loaded).
+  absl::StatusOr<std::unique_ptr<HttpExposer>> e =
+      HttpExposer::Start(bind_address, [this] { return Serialize(); });
+  if (!e.ok()) return e.status();
+  impl_->exposer = std::move(*e);
   return absl::OkStatus();
 }
 

@@ -1,6 +1,7 @@
 // scatterbrain/server/metrics.h — the service's Prometheus metrics
-// (prometheus-cpp). A Metrics object owns its registry and is injected into
-// the service (no globals); Expose() serves it on /metrics. All methods are
+// (prometheus-cpp registry and text format). A Metrics object owns its
+// registry and is injected into the service (no globals); Expose() serves it
+// on /metrics through HttpExposer (http_exposer.h says why not civetweb). All methods are
 // thread-safe and cheap (no I/O).
 #ifndef SCATTERBRAIN_SERVER_METRICS_H_
 #define SCATTERBRAIN_SERVER_METRICS_H_
@@ -13,7 +14,6 @@
 
 namespace prometheus {
 class Registry;
-class Exposer;
 }  // namespace prometheus
 
 namespace scatterbrain {
