@@ -1,0 +1,130 @@
+// scatterbrain/server/executor.h — runs batches of assembled requests.
+//
+// Owns the Backend and one dispatcher thread. The service Submits jobs (a
+// validated spec plus float32 q/k/v); they wait in the Batcher under their
+// batch key until a batch closes; the dispatcher wakes on Submit or at the
+// batcher's next deadline, runs every job of each ready batch and hands each
+// result to the job's `done` callback.
+//
+// A batch runs as one Backend::Forward per request, one after the other:
+// the CPU backend already spreads one call over all cores, so running them
+// side by side would only contend; a GPU backend can fuse a batch's calls
+// behind this same interface (requests of a batch share every setting).
+#ifndef SCATTERBRAIN_SERVER_EXECUTOR_H_
+#define SCATTERBRAIN_SERVER_EXECUTOR_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "kernels/backend.h"
+#include "server/batcher.h"
+#include "server/clock.h"
+#include "server/convert.h"
+#include "server/metrics.h"
+
+namespace scatterbrain {
+namespace server {
+
+struct ExecutorOptions {
+  // "auto": cuda when a CUDA device is present and the cuda backend can be
+  // created, else cpu. "cpu", "cuda": that backend or a startup error.
+  std::string backend = "auto";
+  BatcherOptions batcher;
+  // Query rows per (batch, head) recomputed exactly to estimate each
+  // approximate request's relative error (Stats.estimated_relative_error);
+  // 0 turns sampling off. Exact requests are never sampled.
+  int error_sample_rows = 8;
+};
+
+struct JobResult {
+  absl::Status status;
+  RequestStats stats;
+  FloatBuffer out;  // [batch, heads, seq_q, dim_v] float32 when status is OK
+};
+
+struct Job;
+using JobPtr = std::shared_ptr<Job>;
+
+// One request, assembled. Inputs are released as soon as it has run.
+struct Job {
+  RequestSpec spec;
+  FloatBuffer q, k, v;
+  // Set by whoever drops the request; checked before it runs, so nothing is
+  // computed for it after that.
+  std::atomic<bool> cancelled{false};
+  // Called exactly once for every job Submit accepted: with its result, or
+  // CANCELLED (removed while queued or cancelled before it ran), or
+  // UNAVAILABLE (server stopped). Runs on the dispatcher thread, or on the
+  // thread that called Cancel / RemoveCancelled / Stop: it must not block
+  // and the caller of those must not hold locks `done` takes.
+  std::function<void(const JobPtr& job, JobResult result)> done;
+};
+
+class Executor {
+ public:
+  // Creates the backend (see ExecutorOptions::backend) and starts the
+  // dispatcher. `metrics` and `clock` must outlive the executor.
+  static absl::StatusOr<std::unique_ptr<Executor>> Create(
+      const ExecutorOptions& options, Metrics* metrics, const Clock* clock);
+  ~Executor();  // Stop()
+
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  // Queues the job. UNAVAILABLE when the queue is full or draining; then
+  // `done` is not called.
+  absl::Status Submit(JobPtr job);
+  // Marks `job` cancelled and, if it is still queued, removes it (its `done`
+  // runs now, on this thread, with CANCELLED). A running job finishes and
+  // its result still goes to `done`: the caller discards it.
+  void Cancel(const JobPtr& job);
+  // Removes every queued job already marked cancelled (each `done` runs on
+  // this thread).
+  void RemoveCancelled();
+  // New jobs are refused (UNAVAILABLE); queued ones run without waiting
+  // for their batch delay.
+  void Drain();
+  // Stops the dispatcher after the batch it is running; queued jobs get
+  // UNAVAILABLE. Idempotent.
+  void Stop();
+
+  const std::string& backend_name() const { return backend_name_; }
+  int queued() const { return batcher_.queued(); }
+
+ private:
+  Executor(const ExecutorOptions& options, std::unique_ptr<Backend> backend,
+           Metrics* metrics, const Clock* clock);
+  void Loop();
+  void Wake();
+  void RunBatch(Batch<JobPtr>& batch);
+  // Runs one job's computation into result->out; fills result->stats.
+  absl::Status Compute(Job& job, JobResult* result);
+  void Complete(const JobPtr& job, JobResult result);
+  void ReportDeviceMemory();
+
+  const ExecutorOptions options_;
+  const std::unique_ptr<Backend> backend_;
+  const std::string backend_name_;
+  Metrics* const metrics_;
+  const Clock* const clock_;
+  Batcher<JobPtr> batcher_;
+
+  absl::Mutex mu_;
+  bool wake_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace server
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_SERVER_EXECUTOR_H_

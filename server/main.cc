@@ -1,0 +1,239 @@
+// scatterbrain/server/main.cc — scatterbrain_server: flags, startup, and a
+// graceful drain on SIGTERM/SIGINT.
+//
+// Exit codes: 0 after a clean drain (or --help / --version); 1 when the
+// server cannot start (backend unavailable, port in use); 2 for bad flags.
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "server/server.h"
+
+#ifndef SB_VERSION
+#define SB_VERSION "dev"
+#endif
+
+namespace {
+const scatterbrain::server::ServerOptions kDefaults;
+}  // namespace
+
+ABSL_FLAG(std::string, host, kDefaults.host,
+          "Address the gRPC endpoint and /metrics bind to.");
+ABSL_FLAG(int, port, kDefaults.port,
+          "gRPC port (0: pick a free one; the startup line prints it).");
+ABSL_FLAG(int, metrics_port, kDefaults.metrics_port,
+          "Prometheus /metrics HTTP port (0: off).");
+ABSL_FLAG(std::string, backend, kDefaults.backend,
+          "auto (cuda when a GPU is present, else cpu), cpu or cuda "
+          "(cuda without a usable GPU is a startup error).");
+ABSL_FLAG(int, max_batch_requests, kDefaults.batcher.max_batch_requests,
+          "A batch closes when it holds this many requests.");
+ABSL_FLAG(int64_t, max_batch_tokens, kDefaults.batcher.max_batch_tokens,
+          "...or this many tokens (batch * heads * (seq_q + seq_k) summed).");
+ABSL_FLAG(int64_t, max_queue_delay_us, kDefaults.batcher.max_queue_delay_us,
+          "...or when its oldest request has waited this long (0: no wait).");
+ABSL_FLAG(int, max_queue_requests, kDefaults.batcher.max_queue_requests,
+          "Requests waiting for a batch, all queues together; beyond: "
+          "UNAVAILABLE.");
+ABSL_FLAG(int64_t, max_request_bytes, kDefaults.max_request_bytes,
+          "q + k + v bytes of one request (and its output's); beyond: "
+          "RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes,
+          "Largest gRPC message accepted (one chunk, or a whole AttendUnary "
+          "request).");
+ABSL_FLAG(int64_t, chunk_bytes, kDefaults.chunk_bytes,
+          "Output bytes per response chunk.");
+ABSL_FLAG(int, error_sample_rows, kDefaults.error_sample_rows,
+          "Query rows per (batch, head) recomputed exactly to estimate each "
+          "approximate request's error (0: off).");
+ABSL_FLAG(double, drain_timeout_s, kDefaults.drain_timeout_s,
+          "On SIGTERM/SIGINT, seconds in-flight work may take before it is "
+          "cancelled.");
+ABSL_FLAG(int, max_inflight_per_stream, kDefaults.max_inflight_per_stream,
+          "Requests in flight on one Attend stream; beyond: "
+          "RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_seq, kDefaults.max_seq,
+          "Largest seq_q / seq_k; beyond: RESOURCE_EXHAUSTED.");
+
+namespace {
+
+// SIGTERM/SIGINT -> one byte on this pipe (write is async-signal-safe); the
+// main thread waits on it. A handler rather than a blocked mask + sigwait:
+// threads started before main (OpenBLAS's pool) would not have the mask.
+int g_signal_pipe[2] = {-1, -1};
+
+extern "C" void OnStopSignal(int signal_number) {
+  const char c = static_cast<char>(signal_number);
+  const int saved = errno;
+  if (write(g_signal_pipe[1], &c, 1) < 0) {
+    // Nothing to do: the pipe is full only if a signal is already pending.
+  }
+  errno = saved;
+}
+
+constexpr const char* kFlagNames[] = {
+    "host",
+    "port",
+    "metrics_port",
+    "backend",
+    "max_batch_requests",
+    "max_batch_tokens",
+    "max_queue_delay_us",
+    "max_queue_requests",
+    "max_request_bytes",
+    "max_message_bytes",
+    "chunk_bytes",
+    "error_sample_rows",
+    "drain_timeout_s",
+    "max_inflight_per_stream",
+    "max_seq",
+};
+
+void PrintUsage(FILE* out) {
+  std::fprintf(out,
+               "usage: scatterbrain_server [--flag=value ...]\n"
+               "Serves scatterbrain.v1.AttentionService over gRPC (health and "
+               "reflection on), metrics at /metrics.\n\nflags:\n");
+  for (const char* name : kFlagNames) {
+    const absl::CommandLineFlag* f = absl::FindCommandLineFlag(name);
+    if (f == nullptr) continue;
+    std::fprintf(out, "  --%s (default %s)\n      %s\n", name,
+                 f->DefaultValue().c_str(), f->Help().c_str());
+  }
+}
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "scatterbrain_server: %s (see --help)\n",
+               message.c_str());
+  return 2;
+}
+
+// Parses --name=value / --name value for the flags above only, so that any
+// mistake exits with 2 (absl's own parser exits with 1).
+// Returns -1 to go on, else the exit code.
+int ParseFlags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h" || arg == "--helpfull") {
+      PrintUsage(stdout);
+      return 0;
+    }
+    if (arg == "--version") {
+      std::printf("scatterbrain_server %s\n", SB_VERSION);
+      return 0;
+    }
+    if (!absl::StartsWith(arg, "-")) {
+      return UsageError(absl::StrCat("unexpected argument '", arg, "'"));
+    }
+    arg = arg.substr(absl::StartsWith(arg, "--") ? 2 : 1);
+    std::string name = arg, value;
+    bool has_value = false;
+    if (const size_t eq = arg.find('='); eq != std::string::npos) {
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+      has_value = true;
+    }
+    bool known = false;
+    for (const char* n : kFlagNames) known = known || name == n;
+    absl::CommandLineFlag* flag =
+        known ? absl::FindCommandLineFlag(name) : nullptr;
+    if (flag == nullptr) {
+      return UsageError(absl::StrCat("unknown flag --", name));
+    }
+    if (!has_value) {
+      if (i + 1 >= argc) {
+        return UsageError(absl::StrCat("flag --", name, " needs a value"));
+      }
+      value = argv[++i];
+    }
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      return UsageError(
+          absl::StrCat("flag --", name, "='", value, "': ", error));
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  namespace sv = scatterbrain::server;
+  if (const int code = ParseFlags(argc, argv); code >= 0) return code;
+
+  sv::ServerOptions o;
+  o.host = absl::GetFlag(FLAGS_host);
+  o.port = absl::GetFlag(FLAGS_port);
+  o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  o.backend = absl::GetFlag(FLAGS_backend);
+  o.batcher.max_batch_requests = absl::GetFlag(FLAGS_max_batch_requests);
+  o.batcher.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  o.batcher.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
+  o.batcher.max_queue_requests = absl::GetFlag(FLAGS_max_queue_requests);
+  o.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
+  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  o.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
+  o.error_sample_rows = absl::GetFlag(FLAGS_error_sample_rows);
+  o.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
+  o.max_inflight_per_stream = absl::GetFlag(FLAGS_max_inflight_per_stream);
+  o.max_seq = absl::GetFlag(FLAGS_max_seq);
+  if (const absl::Status st = sv::ValidateServerOptions(o); !st.ok()) {
+    return UsageError(absl::StrCat("--", st.message()));
+  }
+
+  // Installed before the server starts, so a signal during startup is not
+  // lost: it drains the server as soon as it is up.
+  if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) {
+    std::perror("scatterbrain_server: pipe2");
+    return 1;
+  }
+  struct sigaction sa = {};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+
+  absl::StatusOr<std::unique_ptr<sv::Server>> server = sv::Server::Start(o);
+  if (!server.ok()) {
+    std::fprintf(stderr, "scatterbrain_server: cannot start: %s\n",
+                 std::string(server.status().message()).c_str());
+    return 1;
+  }
+  std::printf("scatterbrain_server %s: gRPC on %s (backend %s)\n", SB_VERSION,
+              (*server)->address().c_str(), (*server)->backend_name().c_str());
+  if (o.metrics_port > 0) {
+    std::printf("scatterbrain_server: metrics at http://%s/metrics\n",
+                (*server)->metrics_address().c_str());
+  } else {
+    std::printf("scatterbrain_server: metrics endpoint off\n");
+  }
+  std::fflush(stdout);
+
+  char signal_number = 0;
+  while (read(g_signal_pipe[0], &signal_number, 1) < 0 && errno == EINTR) {
+  }
+  // A second signal during the drain stops the process at once.
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGINT, SIG_DFL);
+  std::printf(
+      "scatterbrain_server: %s: draining (up to %gs; a second signal "
+      "stops at once)\n",
+      signal_number == SIGTERM ? "SIGTERM" : "SIGINT", o.drain_timeout_s);
+  std::fflush(stdout);
+  (*server)->Shutdown();
+  server->reset();
+  std::printf("scatterbrain_server: stopped\n");
+  std::fflush(stdout);
+  return 0;
+}

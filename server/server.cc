@@ -1,0 +1,205 @@
+// scatterbrain/server/server.cc — see server.h.
+#include "server/server.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "kernels/backend.h"
+#include "kernels/devices.h"
+
+#ifndef SB_VERSION
+#define SB_VERSION "dev"
+#endif
+
+namespace scatterbrain {
+namespace server {
+namespace {
+
+absl::Status Bad(absl::string_view option, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(option, ": ", what));
+}
+
+v1::ServerInfo MakeInfo(const ServerOptions& o, const std::string& backend) {
+  v1::ServerInfo info;
+  info.set_version(SB_VERSION);
+  for (const std::string& b : CompiledBackends()) info.add_backends(b);
+  info.set_backend(backend);
+  for (const std::string& d : CudaDevices()) info.add_devices(d);
+  info.add_devices(absl::StrCat("cpu: ", std::thread::hardware_concurrency(),
+                                " hardware threads"));
+  v1::ServerLimits* l = info.mutable_limits();
+  l->set_max_request_bytes(static_cast<uint64_t>(o.max_request_bytes));
+  l->set_max_message_bytes(static_cast<uint64_t>(o.max_message_bytes));
+  l->set_chunk_bytes(static_cast<uint64_t>(o.chunk_bytes));
+  l->set_max_seq(static_cast<uint32_t>(o.max_seq));
+  l->set_max_queue_requests(
+      static_cast<uint32_t>(o.batcher.max_queue_requests));
+  l->set_max_inflight_per_stream(
+      static_cast<uint32_t>(o.max_inflight_per_stream));
+  l->set_max_batch_requests(
+      static_cast<uint32_t>(o.batcher.max_batch_requests));
+  l->set_max_batch_tokens(static_cast<uint64_t>(o.batcher.max_batch_tokens));
+  l->set_max_queue_delay_us(
+      static_cast<uint64_t>(o.batcher.max_queue_delay_us));
+  l->set_error_sample_rows(static_cast<uint32_t>(o.error_sample_rows));
+  return info;
+}
+
+}  // namespace
+
+absl::Status ValidateServerOptions(const ServerOptions& o) {
+  if (o.host.empty()) return Bad("host", "must not be empty");
+  if (o.port < 0 || o.port > 65535)
+    return Bad("port", absl::StrCat("must be in [0, 65535], got ", o.port));
+  if (o.metrics_port < 0 || o.metrics_port > 65535)
+    return Bad("metrics_port",
+               absl::StrCat("must be in [0, 65535], got ", o.metrics_port));
+  if (o.backend != "auto" && o.backend != "cpu" && o.backend != "cuda")
+    return Bad("backend", absl::StrCat("must be auto, cpu or cuda, got '",
+                                       o.backend, "'"));
+  if (o.batcher.max_batch_requests < 1)
+    return Bad(
+        "max_batch_requests",
+        absl::StrCat("must be >= 1, got ", o.batcher.max_batch_requests));
+  if (o.batcher.max_batch_tokens < 1)
+    return Bad("max_batch_tokens",
+               absl::StrCat("must be >= 1, got ", o.batcher.max_batch_tokens));
+  if (o.batcher.max_queue_delay_us < 0)
+    return Bad(
+        "max_queue_delay_us",
+        absl::StrCat("must be >= 0, got ", o.batcher.max_queue_delay_us));
+  if (o.batcher.max_queue_requests < 1)
+    return Bad(
+        "max_queue_requests",
+        absl::StrCat("must be >= 1, got ", o.batcher.max_queue_requests));
+  if (o.max_request_bytes < 1)
+    return Bad("max_request_bytes",
+               absl::StrCat("must be >= 1, got ", o.max_request_bytes));
+  if (o.max_message_bytes < 1024 || o.max_message_bytes > INT_MAX)
+    return Bad("max_message_bytes",
+               absl::StrCat("must be in [1024, ", INT_MAX, "], got ",
+                            o.max_message_bytes));
+  if (o.chunk_bytes < 4 || o.chunk_bytes > (int64_t{1} << 30))
+    return Bad("chunk_bytes",
+               absl::StrCat("must be in [4, 2^30], got ", o.chunk_bytes));
+  if (o.error_sample_rows < 0 || o.error_sample_rows > 1024)
+    return Bad("error_sample_rows",
+               absl::StrCat("must be in [0, 1024], got ", o.error_sample_rows));
+  if (!std::isfinite(o.drain_timeout_s) || o.drain_timeout_s < 0)
+    return Bad("drain_timeout_s", absl::StrCat("must be finite and >= 0, got ",
+                                               o.drain_timeout_s));
+  if (o.max_inflight_per_stream < 1)
+    return Bad("max_inflight_per_stream",
+               absl::StrCat("must be >= 1, got ", o.max_inflight_per_stream));
+  if (o.max_seq < 1)
+    return Bad("max_seq", absl::StrCat("must be >= 1, got ", o.max_seq));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(
+    const ServerOptions& options, const Clock* clock) {
+  absl::Status st = ValidateServerOptions(options);
+  if (!st.ok()) return st;
+  std::unique_ptr<Server> s(new Server());
+  s->options_ = options;
+  s->metrics_ = std::make_unique<Metrics>();
+
+  ExecutorOptions eo;
+  eo.backend = options.backend;
+  eo.batcher = options.batcher;
+  eo.error_sample_rows = options.error_sample_rows;
+  absl::StatusOr<std::unique_ptr<Executor>> executor =
+      Executor::Create(eo, s->metrics_.get(), clock);
+  if (!executor.ok()) return executor.status();
+  s->executor_ = *std::move(executor);
+  s->info_ = MakeInfo(options, s->executor_->backend_name());
+
+  ServiceOptions so;
+  so.limits.max_request_bytes = options.max_request_bytes;
+  so.limits.max_seq = options.max_seq;
+  so.max_inflight_per_stream = options.max_inflight_per_stream;
+  so.chunk_bytes = options.chunk_bytes;
+  so.max_queued_answers = std::max<size_t>(options.max_queued_answers, 2);
+  s->service_ = std::make_unique<AttentionServiceImpl>(
+      so, s->info_, s->executor_.get(), s->metrics_.get(), clock);
+
+  // Process-wide gRPC switches; both must precede the builder.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  // Without this, a second server on a busy port would share it silently.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  const std::string address = absl::StrCat(options.host, ":", options.port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
+                           &s->port_);
+  builder.RegisterService(s->service_.get());
+  s->grpc_server_ = builder.BuildAndStart();
+  if (s->grpc_server_ == nullptr || s->port_ == 0) {
+    s->grpc_server_.reset();
+    s->executor_->Stop();
+    return absl::UnavailableError(absl::StrCat(
+        "port: cannot listen on ", address, " (in use or not permitted)"));
+  }
+  if (grpc::HealthCheckServiceInterface* health =
+          s->grpc_server_->GetHealthCheckService()) {
+    health->SetServingStatus(true);
+  }
+  if (options.metrics_port > 0) {
+    st = s->metrics_->Expose(
+        absl::StrCat(options.host, ":", options.metrics_port));
+    if (!st.ok()) {
+      s->Shutdown();
+      return absl::UnavailableError(
+          absl::StrCat("metrics_port: cannot serve /metrics on ", options.host,
+                       ":", options.metrics_port, ": ", st.message()));
+    }
+  }
+  return s;
+}
+
+Server::~Server() { Shutdown(); }
+
+std::string Server::address() const {
+  return absl::StrCat(options_.host, ":", port_);
+}
+
+std::string Server::metrics_address() const {
+  if (options_.metrics_port == 0) return "";
+  return absl::StrCat(options_.host, ":", metrics_->exposed_port());
+}
+
+void Server::Shutdown() {
+  absl::MutexLock lock(&shutdown_mu_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (grpc_server_ == nullptr) return;
+  const absl::Time deadline =
+      absl::Now() + absl::Seconds(options_.drain_timeout_s);
+  // New requests are refused from here on; accepted ones (even those still
+  // uploading) finish, their batches closing at the usual delay. Refusing
+  // first means a client that sees NOT_SERVING never gets new work in.
+  service_->StartDrain();
+  if (grpc::HealthCheckServiceInterface* health =
+          grpc_server_->GetHealthCheckService()) {
+    health->SetServingStatus(false);
+  }
+  service_->WaitIdle(deadline);
+  // Whatever still waits runs now; nothing new gets in.
+  executor_->Drain();
+  // Streams still open get until the deadline, then are cancelled (their
+  // queued jobs leave the batcher; a running one completes first).
+  grpc_server_->Shutdown(absl::ToChronoTime(std::max(deadline, absl::Now())));
+  executor_->Stop();
+}
+
+}  // namespace server
+}  // namespace scatterbrain

@@ -1,0 +1,564 @@
+// The server as a real process: build/bin/scatterbrain_server started on
+// free loopback ports, called through the generated stubs, /metrics scraped
+// over HTTP, and SIGTERM with a request in flight (the request completes,
+// the process exits 0 within its drain timeout). Also the exit codes of bad
+// flags and an unavailable backend.
+//
+// The binary is SB_SERVER_PATH when the build defines it, else
+// scatterbrain_server next to this test binary (both live in build/bin).
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <future>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kernels/devices.h"
+#include "kernels/params.h"
+#include "scatterbrain/v1/attention.grpc.pb.h"
+
+namespace scatterbrain {
+namespace {
+
+namespace pb = ::scatterbrain::v1;
+using ::testing::HasSubstr;
+
+std::string ServerPath() {
+#ifdef SB_SERVER_PATH
+  return SB_SERVER_PATH;
+#else
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return "scatterbrain_server";
+  std::string self(buf, static_cast<size_t>(n));
+  return self.substr(0, self.rfind('/') + 1) + "scatterbrain_server";
+#endif
+}
+
+// A port that was free a moment ago (for the metrics endpoint, which has no
+// "pick one" mode; the gRPC port uses --port=0).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// A child process with stdout and stderr on one pipe.
+class Process {
+ public:
+  explicit Process(const std::vector<std::string>& args) {
+    int fds[2];
+    if (pipe(fds) != 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fds[1], 1);
+      dup2(fds[1], 2);
+      close(fds[0]);
+      close(fds[1]);
+      std::vector<char*> argv;
+      for (const std::string& a : args)
+        argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    fd_ = fds[0];
+  }
+  ~Process() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (fd_ >= 0) close(fd_);
+  }
+
+  pid_t pid() const { return pid_; }
+  const std::string& output() const { return out_; }
+
+  // Reads output until it contains `needle` (true) or EOF / timeout.
+  bool WaitFor(const std::string& needle, int timeout_ms) {
+    const auto end = std::chrono::steady_clock::now() +
+                     std::chrono::milliseconds(timeout_ms);
+    while (out_.find(needle) == std::string::npos) {
+      const int left = static_cast<int>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(
+              end - std::chrono::steady_clock::now())
+              .count());
+      if (left <= 0 || !ReadSome(left)) return false;
+    }
+    return true;
+  }
+
+  // Exit code, or -1 if the process did not exit within `timeout_ms`.
+  int WaitExit(int timeout_ms) {
+    for (int waited = 0; waited <= timeout_ms; waited += 10) {
+      int status = 0;
+      const pid_t r = waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        exited_ = true;
+        while (ReadSome(100)) {
+        }
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return -1;
+  }
+
+ private:
+  bool ReadSome(int timeout_ms) {
+    pollfd p{fd_, POLLIN, 0};
+    if (poll(&p, 1, timeout_ms) <= 0) return false;
+    char buf[4096];
+    const ssize_t n = read(fd_, buf, sizeof(buf));
+    if (n <= 0) return false;
+    out_.append(buf, static_cast<size_t>(n));
+    return true;
+  }
+
+  pid_t pid_ = -1;
+  int fd_ = -1;
+  bool exited_ = false;
+  std::string out_;
+};
+
+// GET http://127.0.0.1:port/path; the body ("" on failure).
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return "";
+  }
+  const std::string req =
+      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+  send(fd, req.data(), req.size(), 0);
+  std::string resp;
+  char buf[8192];
+  ssize_t n;
+  while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) resp.append(buf, n);
+  close(fd);
+  const size_t body = resp.find("\r\n\r\n");
+  return body == std::string::npos ? "" : resp.substr(body + 4);
+}
+
+// Value of the first sample whose line starts with `prefix` (a metric name,
+// optionally with the start of its labels); -1 when absent.
+double Sample(const std::string& text, const std::string& prefix) {
+  size_t pos = 0;
+  while ((pos = text.find(prefix, pos)) != std::string::npos) {
+    if (pos == 0 || text[pos - 1] == '\n') {
+      const size_t eol = text.find('\n', pos);
+      const std::string line = text.substr(pos, eol - pos);
+      const size_t sp = line.rfind(' ');
+      double v;
+      if (sp != std::string::npos && absl::SimpleAtod(line.substr(sp + 1), &v))
+        return v;
+    }
+    pos += prefix.size();
+  }
+  return -1;
+}
+
+// grpc.health.v1.Health/Check without generated health stubs: the request
+// is empty, the response is field 1 (status) as a varint. 1 SERVING, 2
+// NOT_SERVING, -1 on an RPC error.
+int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::Slice empty("");
+  grpc::ByteBuffer request(&empty, 1), response;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                 &request, &response,
+                 [&done](grpc::Status s) { done.set_value(s); });
+  if (!done.get_future().get().ok()) return -1;
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) return -1;
+  std::string bytes;
+  for (const grpc::Slice& sl : slices) {
+    bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  }
+  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+}
+
+struct Req {
+  pb::RequestHeader header;
+  std::vector<float> q, k, v;  // sent as float32
+};
+
+Req MakeReq(const std::string& id, pb::Method method, int heads, int n, int d,
+            uint64_t seed) {
+  Req r;
+  r.header.set_request_id(id);
+  r.header.mutable_settings()->set_method(method);
+  r.header.mutable_settings()->set_seed(seed);
+  if (method == pb::METHOD_SCATTERBRAIN) {
+    r.header.mutable_settings()->set_num_features(32);
+    r.header.mutable_settings()->set_bucket_size(16);
+  }
+  r.header.set_dtype(pb::DTYPE_FLOAT32);
+  pb::Shape* s = r.header.mutable_shape();
+  s->set_batch(1);
+  s->set_heads(heads);
+  s->set_seq_q(n);
+  s->set_seq_k(n);
+  s->set_dim(d);
+  s->set_dim_v(d);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (auto* t : {&r.q, &r.k, &r.v}) {
+    t->resize(static_cast<size_t>(heads) * n * d);
+    for (float& x : *t) x = u(rng);
+  }
+  return r;
+}
+
+std::vector<float> Local(const Req& r) {
+  AttentionParams p;
+  p.method = r.header.settings().method() == pb::METHOD_EXACT
+                 ? Method::kExact
+                 : Method::kScatterbrain;
+  if (r.header.settings().has_num_features())
+    p.num_features = static_cast<int>(r.header.settings().num_features());
+  if (r.header.settings().has_bucket_size())
+    p.bucket_size = static_cast<int>(r.header.settings().bucket_size());
+  p.seed = r.header.settings().seed();
+  const pb::Shape& s = r.header.shape();
+  p.batch = s.batch();
+  p.heads = s.heads();
+  p.seq_q = s.seq_q();
+  p.seq_k = s.seq_k();
+  p.dim = s.dim();
+  p.dim_v = s.dim_v();
+  std::vector<float> out(
+      static_cast<size_t>(p.batch * p.heads * p.seq_q * p.dim_v));
+  p.q = r.q.data();
+  p.k = r.k.data();
+  p.v = r.v.data();
+  p.out = out.data();
+  SetContiguousStrides(p);
+  auto backend = CreateBackend("cpu");
+  EXPECT_TRUE(backend.ok());
+  EXPECT_TRUE((*backend)->Forward(p).ok());
+  return out;
+}
+
+std::string Bytes(const std::vector<float>& x) {
+  return std::string(reinterpret_cast<const char*>(x.data()), x.size() * 4);
+}
+
+using Stream = std::unique_ptr<
+    grpc::ClientReaderWriter<pb::AttendRequest, pb::AttendResponse>>;
+
+void Send(Stream& s, const pb::AttendRequest& m) { ASSERT_TRUE(s->Write(m)); }
+
+void SendHeader(Stream& s, const Req& r) {
+  pb::AttendRequest m;
+  *m.mutable_header() = r.header;
+  Send(s, m);
+}
+
+// Sends tensor `t`'s bytes [from, to) in chunks of `chunk`.
+void SendTensor(Stream& s, const Req& r, pb::TensorName t, size_t from,
+                size_t to, size_t chunk) {
+  const std::string bytes = Bytes(t == pb::TENSOR_NAME_Q   ? r.q
+                                  : t == pb::TENSOR_NAME_K ? r.k
+                                                           : r.v);
+  to = std::min(to, bytes.size());
+  for (size_t off = from; off < to; off += chunk) {
+    pb::AttendRequest m;
+    m.mutable_chunk()->set_request_id(r.header.request_id());
+    m.mutable_chunk()->set_tensor(t);
+    m.mutable_chunk()->set_offset(off);
+    m.mutable_chunk()->set_data(bytes.substr(off, std::min(chunk, to - off)));
+    Send(s, m);
+  }
+}
+
+void SendAll(Stream& s, const Req& r, size_t chunk) {
+  SendHeader(s, r);
+  for (pb::TensorName t :
+       {pb::TENSOR_NAME_Q, pb::TENSOR_NAME_K, pb::TENSOR_NAME_V}) {
+    SendTensor(s, r, t, 0, SIZE_MAX, chunk);
+  }
+}
+
+struct Reply {
+  bool ok = false;
+  std::string error;
+  pb::Stats stats;
+  std::string output;
+  bool last = false;
+};
+
+// Reads until `id` has its last message.
+Reply ReadReply(Stream& s, const std::string& id) {
+  Reply r;
+  pb::AttendResponse m;
+  while (!r.last && s->Read(&m)) {
+    if (m.request_id() != id) continue;
+    if (m.has_error()) r.error = m.error().message();
+    if (m.has_header()) {
+      r.ok = true;
+      r.stats = m.header().stats();
+    }
+    if (m.has_chunk()) r.output += m.chunk().data();
+    r.last = m.last();
+  }
+  return r;
+}
+
+class ServerProcessTest : public ::testing::Test {
+ protected:
+  // Starts the server; retries if the metrics port was taken meanwhile.
+  void Start(const std::vector<std::string>& extra) {
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      metrics_port_ = FreePort();
+      std::vector<std::string> args = {
+          ServerPath(),    "--host=127.0.0.1",
+          "--port=0",      absl::StrCat("--metrics_port=", metrics_port_),
+          "--backend=cpu", "--drain_timeout_s=10"};
+      args.insert(args.end(), extra.begin(), extra.end());
+      proc_ = std::make_unique<Process>(args);
+      if (proc_->WaitFor("/metrics\n", 20000)) break;
+      ASSERT_EQ(proc_->WaitExit(5000), 1) << proc_->output();
+    }
+    const std::string& out = proc_->output();
+    const std::string tag = "gRPC on 127.0.0.1:";
+    const size_t at = out.find(tag);
+    ASSERT_NE(at, std::string::npos) << out;
+    ASSERT_TRUE(absl::SimpleAtoi(
+        out.substr(at + tag.size(),
+                   out.find(' ', at + tag.size()) - at - tag.size()),
+        &port_))
+        << out;
+    EXPECT_THAT(out, HasSubstr(absl::StrCat("metrics at http://127.0.0.1:",
+                                            metrics_port_, "/metrics")));
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(64 << 20);
+    channel_ =
+        grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port_),
+                                  grpc::InsecureChannelCredentials(), args);
+    stub_ = pb::AttentionService::NewStub(channel_);
+  }
+
+  std::unique_ptr<Process> proc_;
+  int port_ = 0;
+  int metrics_port_ = 0;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::AttentionService::Stub> stub_;
+};
+
+TEST_F(ServerProcessTest, ServesOverLoopbackAndExportsMetrics) {
+  Start({"--chunk_bytes=8192", "--error_sample_rows=4"});
+  EXPECT_EQ(HealthStatus(channel_), 1);
+  const Req exact = MakeReq("e", pb::METHOD_EXACT, 2, 128, 32, 1);
+  const Req sb = MakeReq("s", pb::METHOD_SCATTERBRAIN, 2, 256, 32, 2);
+  grpc::ClientContext ctx;
+  Stream s = stub_->Attend(&ctx);
+  SendAll(s, exact, 10000);
+  SendAll(s, sb, 10000);
+  s->WritesDone();
+  std::map<std::string, Reply> got;
+  got["e"] = ReadReply(s, "e");
+  got["s"] = ReadReply(s, "s");
+  pb::AttendResponse rest;
+  while (s->Read(&rest)) {
+  }
+  ASSERT_TRUE(s->Finish().ok());
+  for (const auto* r : {&exact, &sb}) {
+    const Reply& reply = got[r->header.request_id()];
+    ASSERT_TRUE(reply.ok) << reply.error;
+    EXPECT_TRUE(reply.output == Bytes(Local(*r))) << r->header.request_id();
+  }
+  EXPECT_TRUE(got["s"].stats.has_estimated_relative_error());
+  EXPECT_GT(got["s"].stats.memory_saved_bytes(), 0u);
+
+  pb::ServerInfo info;
+  grpc::ClientContext ictx;
+  ASSERT_TRUE(
+      stub_->GetServerInfo(&ictx, pb::GetServerInfoRequest(), &info).ok());
+  EXPECT_EQ(info.limits().chunk_bytes(), 8192u);
+
+  const std::string text = HttpGet(metrics_port_, "/metrics");
+  ASSERT_FALSE(text.empty());
+  EXPECT_GE(
+      Sample(text, "scatterbrain_requests_total{code=\"OK\",method=\"exact\"}"),
+      1)
+      << text;
+  EXPECT_GE(
+      Sample(
+          text,
+          "scatterbrain_requests_total{code=\"OK\",method=\"scatterbrain\"}"),
+      1);
+  EXPECT_GE(
+      Sample(text,
+             "scatterbrain_request_duration_seconds_count{method=\"exact\"}"),
+      1);
+  EXPECT_GT(
+      Sample(
+          text,
+          "scatterbrain_request_duration_seconds_sum{method=\"scatterbrain\"}"),
+      0);
+  EXPECT_GE(
+      Sample(text,
+             "scatterbrain_queue_duration_seconds_count{method=\"exact\"}"),
+      1);
+  EXPECT_GE(Sample(text,
+                   "scatterbrain_compute_duration_seconds_count{method="
+                   "\"scatterbrain\"}"),
+            1);
+  EXPECT_GT(
+      Sample(
+          text,
+          "scatterbrain_compute_duration_seconds_sum{method=\"scatterbrain\"}"),
+      0);
+  EXPECT_GE(Sample(text, "scatterbrain_batch_size_count"), 1);
+  EXPECT_GE(Sample(text, "scatterbrain_batch_size_sum"), 2);
+  EXPECT_GT(Sample(text, "scatterbrain_attention_memory_saved_bytes_total"), 0);
+  EXPECT_GE(
+      Sample(
+          text,
+          "scatterbrain_approx_relative_error_count{method=\"scatterbrain\"}"),
+      1);
+  EXPECT_GE(Sample(text, "scatterbrain_denominator_guard_total"), 0);
+  EXPECT_EQ(Sample(text, "scatterbrain_inflight_requests"), 0);
+  EXPECT_EQ(Sample(text, "scatterbrain_queue_depth"), 0);
+  // At least the three tensors of both requests came in, the outputs went out.
+  const double tensor_bytes = 4.0 * (exact.q.size() * 3 + sb.q.size() * 3);
+  EXPECT_GT(Sample(text, "scatterbrain_received_bytes_total"), tensor_bytes);
+  EXPECT_GT(Sample(text, "scatterbrain_sent_bytes_total"), tensor_bytes / 3);
+  EXPECT_GT(
+      Sample(text, "scatterbrain_device_memory_used_bytes{device=\"cpu\"}"), 0);
+
+  kill(proc_->pid(), SIGTERM);
+  EXPECT_EQ(proc_->WaitExit(15000), 0) << proc_->output();
+}
+
+TEST_F(ServerProcessTest, SigtermDrainsInFlightRequestAndExitsZero) {
+  Start({});
+  const Req r = MakeReq("inflight", pb::METHOD_SCATTERBRAIN, 4, 512, 64, 3);
+  grpc::ClientContext ctx;
+  Stream s = stub_->Attend(&ctx);
+  // Header and half of q: the request is accepted and in flight.
+  SendHeader(s, r);
+  SendTensor(s, r, pb::TENSOR_NAME_Q, 0, r.q.size() * 2, 16384);
+  ASSERT_TRUE(s->Write(pb::AttendRequest()));  // an empty message: answered
+  pb::AttendResponse first;
+  ASSERT_TRUE(s->Read(&first));  // so the header above has surely arrived
+  EXPECT_EQ(first.error().code(),
+            static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(proc_->pid(), SIGTERM), 0);
+  ASSERT_TRUE(proc_->WaitFor("draining", 10000)) << proc_->output();
+  bool not_serving = false;
+  for (int i = 0; i < 500 && !not_serving; ++i) {
+    not_serving = HealthStatus(channel_) == 2;
+    if (!not_serving)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(not_serving);
+
+  // New work is refused while the drain runs.
+  grpc::ClientContext uctx;
+  pb::AttendUnaryRequest u;
+  *u.mutable_header() = MakeReq("", pb::METHOD_EXACT, 1, 4, 4, 9).header;
+  u.set_q(std::string(64, '\0'));
+  u.set_k(std::string(64, '\0'));
+  u.set_v(std::string(64, '\0'));
+  pb::AttendUnaryResponse uresp;
+  EXPECT_EQ(stub_->AttendUnary(&uctx, u, &uresp).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+
+  // The in-flight request completes.
+  SendTensor(s, r, pb::TENSOR_NAME_Q, r.q.size() * 2, SIZE_MAX, 16384);
+  SendTensor(s, r, pb::TENSOR_NAME_K, 0, SIZE_MAX, 16384);
+  SendTensor(s, r, pb::TENSOR_NAME_V, 0, SIZE_MAX, 16384);
+  const Reply reply = ReadReply(s, "inflight");
+  ASSERT_TRUE(reply.ok) << reply.error;
+  EXPECT_TRUE(reply.output == Bytes(Local(r)));
+  s->WritesDone();
+  pb::AttendResponse rest;
+  while (s->Read(&rest)) {
+  }
+  const grpc::Status st = s->Finish();
+  EXPECT_TRUE(st.ok() || st.error_code() == grpc::StatusCode::UNAVAILABLE)
+      << st.error_message();
+
+  EXPECT_EQ(proc_->WaitExit(15000), 0) << proc_->output();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+  EXPECT_THAT(proc_->output(), HasSubstr("stopped"));
+}
+
+TEST_F(ServerProcessTest, IdleServerExitsZeroOnSigint) {
+  Start({});
+  kill(proc_->pid(), SIGINT);
+  EXPECT_EQ(proc_->WaitExit(15000), 0) << proc_->output();
+}
+
+TEST(ServerProcessFlagsTest, BadFlagsExitTwo) {
+  for (const std::vector<std::string>& bad :
+       std::vector<std::vector<std::string>>{{"--no_such_flag=1"},
+                                             {"--port=abc"},
+                                             {"--port=70000"},
+                                             {"--chunk_bytes=0"},
+                                             {"--backend=tpu"},
+                                             {"--drain_timeout_s=-1"},
+                                             {"positional"}}) {
+    std::vector<std::string> args = {ServerPath()};
+    args.insert(args.end(), bad.begin(), bad.end());
+    Process p(args);
+    EXPECT_EQ(p.WaitExit(10000), 2) << bad[0] << ": " << p.output();
+    EXPECT_THAT(p.output(), HasSubstr("scatterbrain_server:")) << bad[0];
+  }
+  Process help({ServerPath(), "--help"});
+  EXPECT_EQ(help.WaitExit(10000), 0);
+  EXPECT_THAT(help.output(), HasSubstr("--max_queue_delay_us (default 2000)"));
+}
+
+TEST(ServerProcessFlagsTest, CudaWithoutAGpuIsAStartupError) {
+  if (!CudaDevices().empty()) GTEST_SKIP() << "a GPU is present";
+  Process p({ServerPath(), "--backend=cuda", "--port=0", "--metrics_port=0"});
+  EXPECT_EQ(p.WaitExit(10000), 1) << p.output();
+  EXPECT_THAT(p.output(), HasSubstr("cannot start"));
+}
+
+}  // namespace
+}  // namespace scatterbrain

@@ -1,0 +1,1478 @@
+// In-process tests of the server: dtype conversion and header validation
+// (convert.h), then a real Server on 127.0.0.1 (port 0) called through the
+// generated stubs: outputs equal to local computation, batching across
+// streams, every error code, cancellation, health, reflection, drain.
+//
+// Nothing here depends on timing: batches are made to close by size (with a
+// long queue delay), "queued" is observed through the server's counters
+// with bounded polls, and the drain test keeps its request in flight by not
+// finishing its upload.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <future>
+#include <limits>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kernels/params.h"
+#include "scatterbrain/v1/attention.grpc.pb.h"
+#include "server/convert.h"
+#include "server/server.h"
+
+namespace scatterbrain {
+namespace server {
+namespace {
+
+namespace pb = ::scatterbrain::v1;
+using ::testing::HasSubstr;
+
+// ===========================================================================
+// Conversion
+// ===========================================================================
+
+uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+float FromBits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// The textbook value of an fp16 bit pattern, computed in double.
+double HalfValue(uint16_t h) {
+  const int sign = (h >> 15) ? -1 : 1;
+  const int exp = (h >> 10) & 0x1f;
+  const int mant = h & 0x3ff;
+  if (exp == 0) return sign * std::ldexp(mant, -24);
+  if (exp == 31) {
+    return mant == 0 ? sign * std::numeric_limits<double>::infinity()
+                     : std::numeric_limits<double>::quiet_NaN();
+  }
+  return sign * std::ldexp(1024 + mant, exp - 25);
+}
+
+TEST(ConvertTest, HalfDecodeIsExactForEveryPattern) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const double want = HalfValue(static_cast<uint16_t>(h));
+    const float got = HalfToFloat(static_cast<uint16_t>(h));
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << h;
+    } else {
+      EXPECT_EQ(static_cast<double>(got), want) << h;
+      EXPECT_EQ(std::signbit(got), (h & 0x8000) != 0) << h;
+    }
+  }
+}
+
+TEST(ConvertTest, HalfEncodeRoundTripsAndRoundsToNearestEven) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = HalfToFloat(static_cast<uint16_t>(h));
+    if (std::isnan(f)) {
+      const uint16_t back = FloatToHalf(f);
+      EXPECT_EQ(back & 0x7c00, 0x7c00) << h;
+      EXPECT_NE(back & 0x3ff, 0) << h;  // still a nan
+      continue;
+    }
+    EXPECT_EQ(FloatToHalf(f), h) << h;
+    // Midpoint to the next pattern of larger magnitude (exact in float32:
+    // 12 significant bits): ties go to the even mantissa.
+    const uint16_t next = static_cast<uint16_t>(h + 1);
+    if ((h & 0x7fff) >= 0x7bff) continue;  // next is inf / past it
+    const double mid =
+        (HalfValue(static_cast<uint16_t>(h)) + HalfValue(next)) / 2;
+    const float midf = static_cast<float>(mid);
+    ASSERT_EQ(static_cast<double>(midf), mid);
+    const uint16_t even = (h & 1) == 0 ? static_cast<uint16_t>(h) : next;
+    EXPECT_EQ(FloatToHalf(midf), even) << h;
+    // Just off the midpoint rounds to the nearer one.
+    EXPECT_EQ(FloatToHalf(std::nextafter(midf, 0.0f)), h) << h;
+    EXPECT_EQ(FloatToHalf(std::nextafter(midf, std::copysign(INFINITY, midf))),
+              next)
+        << h;
+  }
+  // Overflow: 65504 is the largest half; 65520 is the tie to 65536 = inf.
+  EXPECT_EQ(FloatToHalf(65504.0f), 0x7bff);
+  EXPECT_EQ(FloatToHalf(65519.996f), 0x7bff);
+  EXPECT_EQ(FloatToHalf(65520.0f), 0x7c00);
+  EXPECT_EQ(FloatToHalf(-1e30f), 0xfc00);
+  EXPECT_EQ(FloatToHalf(INFINITY), 0x7c00);
+  EXPECT_EQ(FloatToHalf(-INFINITY), 0xfc00);
+  EXPECT_TRUE(std::isnan(HalfToFloat(FloatToHalf(NAN))));
+  // Below half the smallest subnormal: signed zero.
+  EXPECT_EQ(FloatToHalf(1e-10f), 0x0000);
+  EXPECT_EQ(FloatToHalf(-1e-10f), 0x8000);
+  EXPECT_EQ(FloatToHalf(std::ldexp(1.0f, -25)), 0x0000);  // tie to even 0
+  EXPECT_EQ(FloatToHalf(std::nextafter(std::ldexp(1.0f, -25), 1.0f)), 0x0001);
+}
+
+TEST(ConvertTest, BFloat16IsExactAndRoundsToNearestEven) {
+  for (uint32_t b = 0; b < 65536; ++b) {
+    const float f = BFloat16ToFloat(static_cast<uint16_t>(b));
+    EXPECT_EQ(Bits(f), b << 16);
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(BFloat16ToFloat(FloatToBFloat16(f)))) << b;
+      continue;
+    }
+    EXPECT_EQ(FloatToBFloat16(f), b) << b;
+    if ((b & 0x7fff) >= 0x7f7f) continue;
+    const uint32_t mid = (b << 16) | 0x8000u;  // exact midpoint
+    const uint16_t even =
+        (b & 1) == 0 ? static_cast<uint16_t>(b) : static_cast<uint16_t>(b + 1);
+    EXPECT_EQ(FloatToBFloat16(FromBits(mid)), even) << b;
+    EXPECT_EQ(FloatToBFloat16(FromBits(mid - 1)), b) << b;
+    EXPECT_EQ(FloatToBFloat16(FromBits(mid + 1)), b + 1) << b;
+  }
+  EXPECT_EQ(FloatToBFloat16(std::numeric_limits<float>::max()), 0x7f80);
+  // A signalling-looking nan whose payload lives in the low bits stays nan.
+  EXPECT_TRUE(
+      std::isnan(BFloat16ToFloat(FloatToBFloat16(FromBits(0x7f800001u)))));
+}
+
+TEST(ConvertTest, AssemblerHandlesChunksThatSplitElements) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-3, 3);
+  for (pb::DType dtype :
+       {pb::DTYPE_FLOAT32, pb::DTYPE_FLOAT16, pb::DTYPE_BFLOAT16}) {
+    const int64_t n = 101;
+    std::vector<float> values(n);
+    for (float& x : values) x = u(rng);
+    std::string bytes(n * DTypeBytes(dtype), '\0');
+    EncodeFromFloat(dtype, values.data(), n, bytes.data());
+    std::vector<float> want(n);
+    DecodeToFloat(dtype, bytes.data(), n, want.data());
+
+    TensorAssembler a;
+    ASSERT_TRUE(a.Init("q", dtype, n).ok());
+    size_t off = 0, step = 1;
+    while (off < bytes.size()) {
+      const size_t len = std::min(step, bytes.size() - off);
+      ASSERT_TRUE(
+          a.Append(off, absl::string_view(bytes).substr(off, len)).ok());
+      off += len;
+      step = step % 7 + 1;  // 1..7 bytes: splits every element somewhere
+      if (off < bytes.size()) {
+        EXPECT_FALSE(a.complete());
+      }
+    }
+    EXPECT_TRUE(a.complete());
+    FloatBuffer got = a.Take();
+    ASSERT_EQ(got.size, n);
+    for (int64_t i = 0; i < n; ++i) EXPECT_EQ(Bits(got.data[i]), Bits(want[i]));
+  }
+  TensorAssembler a;
+  ASSERT_TRUE(a.Init("k", pb::DTYPE_FLOAT16, 4).ok());
+  absl::Status st = a.Append(2, "ab");
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr("chunk.offset"));
+  st = a.Append(0, "0123456789");
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr("chunk.data"));
+}
+
+pb::RequestHeader BaseHeader() {
+  pb::RequestHeader h;
+  h.set_request_id("r");
+  h.mutable_settings()->set_method(pb::METHOD_EXACT);
+  h.set_dtype(pb::DTYPE_FLOAT32);
+  pb::Shape* s = h.mutable_shape();
+  s->set_batch(2);
+  s->set_heads(2);
+  s->set_seq_q(16);
+  s->set_seq_k(24);
+  s->set_dim(8);
+  s->set_dim_v(4);
+  return h;
+}
+
+TEST(ConvertTest, SpecFromHeaderComputesSizesAndKey) {
+  pb::RequestHeader h = BaseHeader();
+  h.set_dtype(pb::DTYPE_FLOAT16);
+  h.set_output_dtype(pb::DTYPE_FLOAT32);
+  absl::StatusOr<RequestSpec> s = SpecFromHeader(h, RequestLimits(), true);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->q_bytes, 2 * 2 * 16 * 8 * 2);
+  EXPECT_EQ(s->k_bytes, 2 * 2 * 24 * 8 * 2);
+  EXPECT_EQ(s->v_bytes, 2 * 2 * 24 * 4 * 2);
+  EXPECT_EQ(s->out_bytes, 2 * 2 * 16 * 4 * 4);
+  EXPECT_EQ(s->tokens, 2 * 2 * (16 + 24));
+  EXPECT_EQ(s->method_label, "exact");
+  // Lengths and batch do not change the key; settings do.
+  pb::RequestHeader h2 = h;
+  h2.mutable_shape()->set_seq_q(99);
+  h2.mutable_shape()->set_batch(1);
+  EXPECT_EQ(SpecFromHeader(h2, RequestLimits(), true)->batch_key, s->batch_key);
+  h2.mutable_settings()->set_causal(true);
+  EXPECT_NE(SpecFromHeader(h2, RequestLimits(), true)->batch_key, s->batch_key);
+  h2 = h;
+  h2.mutable_shape()->set_dim(16);
+  EXPECT_NE(SpecFromHeader(h2, RequestLimits(), true)->batch_key, s->batch_key);
+}
+
+TEST(ConvertTest, HeaderErrorsNameTheProtoField) {
+  struct Case {
+    std::function<void(pb::RequestHeader*)> edit;
+    absl::StatusCode code;
+    std::string field;
+  };
+  RequestLimits limits;
+  limits.max_request_bytes = 1 << 20;
+  limits.max_seq = 1000;
+  const Case cases[] = {
+      {[](pb::RequestHeader* h) { h->clear_request_id(); },
+       absl::StatusCode::kInvalidArgument, "header.request_id"},
+      {[](pb::RequestHeader* h) { h->set_request_id(std::string(129, 'x')); },
+       absl::StatusCode::kInvalidArgument, "header.request_id"},
+      {[](pb::RequestHeader* h) {
+         h->mutable_settings()->set_method(pb::METHOD_UNSPECIFIED);
+       },
+       absl::StatusCode::kInvalidArgument, "header.settings.method"},
+      {[](pb::RequestHeader* h) {
+         h->mutable_settings()->set_method(static_cast<pb::Method>(42));
+       },
+       absl::StatusCode::kInvalidArgument, "header.settings.method"},
+      {[](pb::RequestHeader* h) { h->set_dtype(pb::DTYPE_UNSPECIFIED); },
+       absl::StatusCode::kInvalidArgument, "header.dtype"},
+      {[](pb::RequestHeader* h) { h->set_dtype(static_cast<pb::DType>(9)); },
+       absl::StatusCode::kInvalidArgument, "header.dtype"},
+      {[](pb::RequestHeader* h) {
+         h->set_output_dtype(static_cast<pb::DType>(9));
+       },
+       absl::StatusCode::kInvalidArgument, "header.output_dtype"},
+      {[](pb::RequestHeader* h) { h->mutable_shape()->set_dim(0); },
+       absl::StatusCode::kInvalidArgument,
+       "header.shape.dim: must be in [1, 1024]"},
+      {[](pb::RequestHeader* h) { h->mutable_shape()->set_dim_v(5000); },
+       absl::StatusCode::kInvalidArgument, "header.shape.dim_v"},
+      {[](pb::RequestHeader* h) { h->mutable_shape()->set_batch(0); },
+       absl::StatusCode::kInvalidArgument, "header.shape.batch"},
+      {[](pb::RequestHeader* h) { h->mutable_shape()->set_seq_k(0); },
+       absl::StatusCode::kInvalidArgument, "header.shape.seq_k"},
+      {[](pb::RequestHeader* h) {
+         h->mutable_settings()->set_method(pb::METHOD_PERFORMER);
+         h->mutable_settings()->set_num_features(7);
+       },
+       absl::StatusCode::kInvalidArgument,
+       "header.settings.num_features: must be even"},
+      {[](pb::RequestHeader* h) {
+         h->mutable_settings()->set_method(pb::METHOD_LSH);
+         h->mutable_settings()->set_num_hashes(0xffffffffu);
+       },
+       absl::StatusCode::kInvalidArgument, "header.settings.num_hashes"},
+      {[](pb::RequestHeader* h) {
+         h->mutable_settings()->set_method(pb::METHOD_LOCAL);
+         h->mutable_settings()->set_window(0);
+       },
+       absl::StatusCode::kInvalidArgument, "header.settings.window"},
+      {[](pb::RequestHeader* h) {
+         h->mutable_settings()->set_method(pb::METHOD_SCATTERBRAIN);
+         h->mutable_settings()->set_sparse(static_cast<pb::SparseSupport>(8));
+       },
+       absl::StatusCode::kInvalidArgument, "header.settings.sparse"},
+      {[](pb::RequestHeader* h) { h->mutable_settings()->set_scale(-1.0f); },
+       absl::StatusCode::kInvalidArgument, "header.settings.scale"},
+      {[](pb::RequestHeader* h) { h->mutable_settings()->set_scale(NAN); },
+       absl::StatusCode::kInvalidArgument, "header.settings.scale"},
+      {[](pb::RequestHeader* h) { h->add_key_lengths(3); },
+       absl::StatusCode::kInvalidArgument, "header.key_lengths"},
+      {[](pb::RequestHeader* h) {
+         h->add_key_lengths(3);
+         h->add_key_lengths(25);
+       },
+       absl::StatusCode::kInvalidArgument, "header.key_lengths[1]"},
+      {[](pb::RequestHeader* h) { h->mutable_shape()->set_seq_q(1001); },
+       absl::StatusCode::kResourceExhausted, "header.shape.seq_q"},
+      {[](pb::RequestHeader* h) { h->mutable_shape()->set_heads(400); },
+       absl::StatusCode::kResourceExhausted, "max_request_bytes"},
+      {[](pb::RequestHeader* h) {
+         // dim 1 in, dim_v 1024 out: small inputs, huge output.
+         h->mutable_shape()->set_dim(1);
+         h->mutable_shape()->set_dim_v(1024);
+         h->mutable_shape()->set_seq_k(1);
+         h->mutable_shape()->set_seq_q(1000);
+         h->mutable_shape()->set_heads(1);
+       },
+       absl::StatusCode::kResourceExhausted, "the output takes"},
+  };
+  for (const Case& c : cases) {
+    pb::RequestHeader h = BaseHeader();
+    c.edit(&h);
+    absl::StatusOr<RequestSpec> s = SpecFromHeader(h, limits, true);
+    ASSERT_FALSE(s.ok()) << c.field;
+    EXPECT_EQ(s.status().code(), c.code) << s.status();
+    EXPECT_THAT(s.status().message(), HasSubstr(c.field));
+  }
+  // The unary call does not need an id.
+  pb::RequestHeader h = BaseHeader();
+  h.clear_request_id();
+  EXPECT_TRUE(SpecFromHeader(h, limits, /*require_id=*/false).ok());
+}
+
+TEST(ConvertTest, ToGrpcStatusKeepsCodeAndMessage) {
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+  const grpc::Status s = ToGrpcStatus(absl::ResourceExhaustedError("x: y"));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(s.error_message(), "x: y");
+  EXPECT_EQ(ToGrpcStatus(absl::UnavailableError("")).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(CodeName(absl::StatusCode::kInvalidArgument), "INVALID_ARGUMENT");
+  EXPECT_EQ(CodeName(absl::StatusCode::kOk), "OK");
+}
+
+// ===========================================================================
+// The service, in process
+// ===========================================================================
+
+// A request as the client holds it: header plus the tensors' wire bytes.
+struct Req {
+  pb::RequestHeader header;
+  std::string q, k, v;
+};
+
+std::string RandomTensor(pb::DType dtype, int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+  std::vector<float> x(n);
+  for (float& f : x) f = u(rng);
+  std::string bytes(n * DTypeBytes(dtype), '\0');
+  EncodeFromFloat(dtype, x.data(), n, bytes.data());
+  return bytes;
+}
+
+Req MakeReq(const std::string& id, pb::Method method, pb::DType dtype, int b,
+            int h, int nq, int nk, int d, int dv, uint64_t seed) {
+  Req r;
+  r.header.set_request_id(id);
+  pb::MethodSettings* s = r.header.mutable_settings();
+  s->set_method(method);
+  s->set_seed(1234);
+  if (method == pb::METHOD_PERFORMER || method == pb::METHOD_SCATTERBRAIN)
+    s->set_num_features(16);
+  if (method == pb::METHOD_LSH || method == pb::METHOD_SCATTERBRAIN)
+    s->set_bucket_size(8);
+  if (method == pb::METHOD_LOCAL) s->set_window(6);
+  if (method == pb::METHOD_SCATTERBRAIN) s->set_calibration_rows(4);
+  r.header.set_dtype(dtype);
+  pb::Shape* sh = r.header.mutable_shape();
+  sh->set_batch(b);
+  sh->set_heads(h);
+  sh->set_seq_q(nq);
+  sh->set_seq_k(nk);
+  sh->set_dim(d);
+  sh->set_dim_v(dv);
+  r.q = RandomTensor(dtype, int64_t{b} * h * nq * d, seed);
+  r.k = RandomTensor(dtype, int64_t{b} * h * nk * d, seed + 1);
+  r.v = RandomTensor(dtype, int64_t{b} * h * nk * dv, seed + 2);
+  return r;
+}
+
+// The same computation done locally (CPU backend, same settings and seed),
+// as the output bytes the server must send.
+std::string LocalOutput(const Req& r) {
+  const pb::RequestHeader& h = r.header;
+  const pb::Shape& sh = h.shape();
+  AttentionParams p;
+  switch (h.settings().method()) {
+    case pb::METHOD_EXACT:
+      p.method = Method::kExact;
+      break;
+    case pb::METHOD_PERFORMER:
+      p.method = Method::kPerformer;
+      break;
+    case pb::METHOD_LSH:
+      p.method = Method::kLsh;
+      break;
+    case pb::METHOD_LOCAL:
+      p.method = Method::kLocal;
+      break;
+    default:
+      p.method = Method::kScatterbrain;
+      break;
+  }
+  const pb::MethodSettings& s = h.settings();
+  if (s.has_num_features()) p.num_features = static_cast<int>(s.num_features());
+  if (s.has_bucket_size()) p.bucket_size = static_cast<int>(s.bucket_size());
+  if (s.has_window()) p.window = static_cast<int>(s.window());
+  if (s.has_calibration_rows())
+    p.calibration_rows = static_cast<int>(s.calibration_rows());
+  p.causal = s.causal();
+  p.scale = s.scale();
+  p.seed = s.seed();
+  p.batch = sh.batch();
+  p.heads = sh.heads();
+  p.seq_q = sh.seq_q();
+  p.seq_k = sh.seq_k();
+  p.dim = sh.dim();
+  p.dim_v = sh.dim_v();
+  const pb::DType dt = h.dtype();
+  const int eb = DTypeBytes(dt);
+  std::vector<float> q(r.q.size() / eb), k(r.k.size() / eb), v(r.v.size() / eb);
+  DecodeToFloat(dt, r.q.data(), q.size(), q.data());
+  DecodeToFloat(dt, r.k.data(), k.size(), k.data());
+  DecodeToFloat(dt, r.v.data(), v.size(), v.data());
+  std::vector<float> out(p.batch * p.heads * p.seq_q * p.dim_v);
+  std::vector<int32_t> lengths(h.key_lengths().begin(), h.key_lengths().end());
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.out = out.data();
+  if (!lengths.empty()) p.key_lengths = lengths.data();
+  SetContiguousStrides(p);
+  auto backend = CreateBackend("cpu");
+  EXPECT_TRUE(backend.ok());
+  auto st = (*backend)->Forward(p);
+  EXPECT_TRUE(st.ok()) << st.status();
+  const pb::DType odt =
+      h.output_dtype() == pb::DTYPE_UNSPECIFIED ? dt : h.output_dtype();
+  std::string bytes(out.size() * DTypeBytes(odt), '\0');
+  EncodeFromFloat(odt, out.data(), out.size(), bytes.data());
+  return bytes;
+}
+
+// What came back for one request id.
+struct Reply {
+  int messages = 0;
+  bool has_header = false;
+  pb::ResponseHeader header;
+  std::string output;
+  int chunks = 0;
+  bool has_error = false;
+  int code = 0;
+  std::string message;
+  bool last = false;
+  bool out_of_order = false;
+};
+
+using Stream = std::unique_ptr<
+    grpc::ClientReaderWriter<pb::AttendRequest, pb::AttendResponse>>;
+
+void SendHeader(
+    grpc::ClientReaderWriterInterface<pb::AttendRequest, pb::AttendResponse>* s,
+    const pb::RequestHeader& h) {
+  pb::AttendRequest m;
+  *m.mutable_header() = h;
+  ASSERT_TRUE(s->Write(m));
+}
+
+void SendChunk(
+    grpc::ClientReaderWriterInterface<pb::AttendRequest, pb::AttendResponse>* s,
+    const std::string& id, pb::TensorName t, uint64_t offset,
+    absl::string_view data) {
+  pb::AttendRequest m;
+  pb::TensorChunk* c = m.mutable_chunk();
+  c->set_request_id(id);
+  c->set_tensor(t);
+  c->set_offset(offset);
+  c->set_data(std::string(data));
+  ASSERT_TRUE(s->Write(m));
+}
+
+void SendCancel(
+    grpc::ClientReaderWriterInterface<pb::AttendRequest, pb::AttendResponse>* s,
+    const std::string& id) {
+  pb::AttendRequest m;
+  m.mutable_cancel()->set_request_id(id);
+  ASSERT_TRUE(s->Write(m));
+}
+
+// Sends a whole request. `interleave`: round-robin over q, k and v chunks
+// (allowed: only each tensor's own chunks must be in order).
+void SendRequest(
+    grpc::ClientReaderWriterInterface<pb::AttendRequest, pb::AttendResponse>* s,
+    const Req& r, size_t chunk, bool interleave = false) {
+  SendHeader(s, r.header);
+  const std::string& id = r.header.request_id();
+  const std::pair<pb::TensorName, const std::string*> tensors[] = {
+      {pb::TENSOR_NAME_Q, &r.q},
+      {pb::TENSOR_NAME_K, &r.k},
+      {pb::TENSOR_NAME_V, &r.v}};
+  if (!interleave) {
+    for (const auto& [name, bytes] : tensors) {
+      for (size_t off = 0; off < bytes->size(); off += chunk) {
+        SendChunk(s, id, name, off,
+                  absl::string_view(*bytes).substr(off, chunk));
+      }
+    }
+    return;
+  }
+  size_t offs[3] = {0, 0, 0};
+  for (bool more = true; more;) {
+    more = false;
+    for (int t = 0; t < 3; ++t) {
+      const std::string& bytes = *tensors[t].second;
+      if (offs[t] >= bytes.size()) continue;
+      SendChunk(s, id, tensors[t].first, offs[t],
+                absl::string_view(bytes).substr(offs[t], chunk));
+      offs[t] += chunk;
+      more = true;
+    }
+  }
+}
+
+void Absorb(const pb::AttendResponse& m,
+            std::map<std::string, Reply>* replies) {
+  Reply& r = (*replies)[m.request_id()];
+  ++r.messages;
+  if (r.last) r.out_of_order = true;  // anything after `last` is a bug
+  switch (m.kind_case()) {
+    case pb::AttendResponse::kHeader:
+      if (r.has_header || r.chunks > 0) r.out_of_order = true;
+      r.has_header = true;
+      r.header = m.header();
+      break;
+    case pb::AttendResponse::kChunk:
+      if (!r.has_header || m.chunk().offset() != r.output.size() ||
+          m.chunk().tensor() != pb::TENSOR_NAME_OUTPUT ||
+          m.chunk().request_id() != m.request_id()) {
+        r.out_of_order = true;
+      }
+      r.output += m.chunk().data();
+      ++r.chunks;
+      break;
+    case pb::AttendResponse::kError:
+      r.has_error = true;
+      r.code = m.error().code();
+      r.message = m.error().message();
+      break;
+    default:
+      r.out_of_order = true;
+  }
+  if (m.last()) r.last = true;
+}
+
+// Reads until the server ends the stream.
+std::map<std::string, Reply> ReadAll(
+    grpc::ClientReaderWriterInterface<pb::AttendRequest, pb::AttendResponse>*
+        s) {
+  std::map<std::string, Reply> replies;
+  pb::AttendResponse m;
+  while (s->Read(&m)) Absorb(m, &replies);
+  return replies;
+}
+
+// Reads until every id in `ids` has its last message.
+std::map<std::string, Reply> ReadUntilDone(
+    grpc::ClientReaderWriterInterface<pb::AttendRequest, pb::AttendResponse>* s,
+    const std::vector<std::string>& ids) {
+  std::map<std::string, Reply> replies;
+  pb::AttendResponse m;
+  auto all_done = [&] {
+    for (const std::string& id : ids) {
+      auto it = replies.find(id);
+      if (it == replies.end() || !it->second.last) return false;
+    }
+    return true;
+  };
+  while (!all_done() && s->Read(&m)) Absorb(m, &replies);
+  return replies;
+}
+
+void ExpectOutput(const Reply& r, const Req& req, const std::string& what) {
+  ASSERT_FALSE(r.has_error) << what << ": " << r.message;
+  EXPECT_TRUE(r.last) << what;
+  EXPECT_FALSE(r.out_of_order) << what;
+  ASSERT_TRUE(r.has_header) << what;
+  EXPECT_EQ(r.header.shape().SerializeAsString(),
+            req.header.shape().SerializeAsString());
+  const std::string want = LocalOutput(req);
+  ASSERT_EQ(r.output.size(), want.size()) << what;
+  EXPECT_TRUE(r.output == want) << what << ": output differs from local";
+  const pb::Stats& st = r.header.stats();
+  EXPECT_GE(st.batch_size(), 1u);
+  EXPECT_GE(st.queue_seconds(), 0);
+  EXPECT_GE(st.compute_seconds(), 0);
+  EXPECT_EQ(st.backend(), "cpu");
+  EXPECT_EQ(st.memory_saved_bytes(),
+            st.dense_score_bytes() > st.workspace_bytes()
+                ? st.dense_score_bytes() - st.workspace_bytes()
+                : 0);
+}
+
+// The value of one sample line of the text exposition ("name{labels} v").
+double MetricValue(const std::string& text, const std::string& series) {
+  size_t pos = 0;
+  while ((pos = text.find(series, pos)) != std::string::npos) {
+    const bool line_start = pos == 0 || text[pos - 1] == '\n';
+    const size_t end = pos + series.size();
+    if (line_start && end < text.size() && text[end] == ' ') {
+      return std::stod(text.substr(end + 1, text.find('\n', end) - end - 1));
+    }
+    pos = end;
+  }
+  return -1;
+}
+
+// grpc.health.v1.Health/Check over the wire, without generated health
+// stubs: the request is empty, the response is field 1 (status) as varint.
+// Returns 1 SERVING, 2 NOT_SERVING, -1 on an RPC error.
+int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::Slice empty("");
+  grpc::ByteBuffer request(&empty, 1), response;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                 &request, &response,
+                 [&done](grpc::Status s) { done.set_value(s); });
+  const grpc::Status st = done.get_future().get();
+  if (!st.ok()) return -1;
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) return -1;
+  std::string bytes;
+  for (const grpc::Slice& s : slices) {
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  if (bytes.empty()) return 0;  // UNKNOWN (all fields default)
+  if (bytes.size() != 2 || bytes[0] != 0x08) return -2;
+  return bytes[1];
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  static ServerOptions TestOptions() {
+    ServerOptions o;
+    o.host = "127.0.0.1";
+    o.port = 0;
+    o.metrics_port = 0;
+    o.backend = "cpu";
+    o.batcher.max_queue_delay_us = 500;
+    o.chunk_bytes = 4096;
+    o.error_sample_rows = 4;
+    o.drain_timeout_s = 10;
+    return o;
+  }
+
+  void StartServer(const ServerOptions& o) {
+    absl::StatusOr<std::unique_ptr<Server>> s = Server::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+    channel_ = NewChannel();
+    stub_ = pb::AttentionService::NewStub(channel_);
+  }
+
+  // A channel with its own connection (a separate client).
+  std::shared_ptr<grpc::Channel> NewChannel() {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetMaxReceiveMessageSize(64 << 20);
+    return grpc::CreateCustomChannel(
+        absl::StrCat("127.0.0.1:", server_->port()),
+        grpc::InsecureChannelCredentials(), args);
+  }
+
+  // Polls `pred` (bounded: 10 s); true once it holds.
+  static bool Eventually(const std::function<bool()>& pred) {
+    for (int i = 0; i < 2000; ++i) {
+      if (pred()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return pred();
+  }
+
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown();
+  }
+
+  std::unique_ptr<Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::AttentionService::Stub> stub_;
+};
+
+TEST_F(ServiceTest, ConcurrentClientsOnSeveralStreamsMatchLocal) {
+  StartServer(TestOptions());
+  const pb::Method methods[] = {pb::METHOD_EXACT, pb::METHOD_PERFORMER,
+                                pb::METHOD_LSH, pb::METHOD_LOCAL,
+                                pb::METHOD_SCATTERBRAIN};
+  const pb::DType dtypes[] = {pb::DTYPE_FLOAT32, pb::DTYPE_FLOAT16,
+                              pb::DTYPE_BFLOAT16};
+  constexpr int kClients = 4, kStreamsPerClient = 2, kRequestsPerStream = 3;
+  std::vector<std::thread> threads;
+  std::vector<std::string> failures(kClients * kStreamsPerClient);
+  for (int c = 0; c < kClients; ++c) {
+    threads.emplace_back([&, c] {
+      auto channel = NewChannel();
+      auto stub = pb::AttentionService::NewStub(channel);
+      for (int s = 0; s < kStreamsPerClient; ++s) {
+        grpc::ClientContext ctx;
+        Stream stream = stub->Attend(&ctx);
+        std::vector<Req> reqs;
+        for (int r = 0; r < kRequestsPerStream; ++r) {
+          const int i = (c * kStreamsPerClient + s) * kRequestsPerStream + r;
+          Req req = MakeReq(absl::StrCat("c", c, "s", s, "r", r),
+                            methods[i % 5], dtypes[i % 3], 1 + i % 2, 2,
+                            24 + 8 * (i % 4), 40 + 4 * (i % 3), 16, 8, 100 + i);
+          if (i % 4 == 1) req.header.mutable_settings()->set_causal(true);
+          if (i % 5 == 2) req.header.set_output_dtype(pb::DTYPE_FLOAT32);
+          SendRequest(stream.get(), req, 1000 + 37 * r, /*interleave=*/r == 1);
+          reqs.push_back(std::move(req));
+        }
+        stream->WritesDone();
+        std::map<std::string, Reply> replies = ReadAll(stream.get());
+        const grpc::Status st = stream->Finish();
+        EXPECT_TRUE(st.ok()) << st.error_message();
+        EXPECT_EQ(replies.size(), reqs.size());
+        for (const Req& req : reqs) {
+          const std::string& id = req.header.request_id();
+          ExpectOutput(replies[id], req, id);
+          EXPECT_GT(replies[id].chunks, 0);
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  const std::string text = server_->metrics().Serialize();
+  EXPECT_GE(
+      MetricValue(text,
+                  "scatterbrain_requests_total{code=\"OK\",method=\"exact\"}"),
+      1)
+      << text;
+  EXPECT_EQ(server_->inflight_requests(), 0);
+}
+
+TEST_F(ServiceTest, RequestLargerThanOneMessage) {
+  ServerOptions o = TestOptions();
+  o.max_message_bytes = 256 << 10;
+  o.chunk_bytes = 64 << 10;
+  StartServer(o);
+  // q, k and v of 1.5 MiB each: many 200 KiB chunks, each under the
+  // server's 256 KiB message limit; the output comes back in 64 KiB chunks.
+  Req req = MakeReq("big", pb::METHOD_PERFORMER, pb::DTYPE_FLOAT32, 1, 4, 1536,
+                    1536, 64, 64, 5);
+  ASSERT_GT(req.q.size(), size_t{1} << 20);
+  grpc::ClientContext ctx;
+  Stream stream = stub_->Attend(&ctx);
+  SendRequest(stream.get(), req, 200 << 10);
+  stream->WritesDone();
+  std::map<std::string, Reply> replies = ReadAll(stream.get());
+  EXPECT_TRUE(stream->Finish().ok());
+  ExpectOutput(replies["big"], req, "big");
+  EXPECT_EQ(replies["big"].chunks,
+            static_cast<int>((replies["big"].output.size() + (64 << 10) - 1) /
+                             (64 << 10)));
+  EXPECT_TRUE(replies["big"].header.stats().has_estimated_relative_error());
+
+  // A single message over the limit is refused by gRPC itself.
+  grpc::ClientContext ctx2;
+  Stream s2 = stub_->Attend(&ctx2);
+  pb::AttendRequest m;
+  m.mutable_chunk()->set_request_id("x");
+  m.mutable_chunk()->set_data(std::string(300 << 10, 'a'));
+  s2->Write(m);
+  s2->WritesDone();
+  ReadAll(s2.get());
+  EXPECT_EQ(s2->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+}
+
+TEST_F(ServiceTest, BatchesFormAcrossStreamsWithDifferentLengths) {
+  ServerOptions o = TestOptions();
+  o.batcher.max_batch_requests = 4;
+  o.batcher.max_queue_delay_us = 30'000'000;  // only size closes the batch
+  StartServer(o);
+  std::vector<Req> reqs;
+  for (int i = 0; i < 4; ++i) {
+    reqs.push_back(MakeReq(absl::StrCat("b", i), pb::METHOD_SCATTERBRAIN,
+                           pb::DTYPE_FLOAT16, 1, 2, 32 + 16 * i, 48 + 8 * i, 16,
+                           16, 40 + i));
+  }
+  std::vector<std::thread> threads;
+  std::vector<Reply> got(4);
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = pb::AttentionService::NewStub(NewChannel());
+      grpc::ClientContext ctx;
+      Stream s = stub->Attend(&ctx);
+      SendRequest(s.get(), reqs[i], 512);
+      s->WritesDone();
+      got[i] = ReadAll(s.get())[reqs[i].header.request_id()];
+      EXPECT_TRUE(s->Finish().ok());
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < 4; ++i) {
+    ExpectOutput(got[i], reqs[i], reqs[i].header.request_id());
+    EXPECT_EQ(got[i].header.stats().batch_size(), 4u);
+  }
+  const std::string text = server_->metrics().Serialize();
+  EXPECT_EQ(MetricValue(text, "scatterbrain_batch_size_count"), 1) << text;
+  EXPECT_EQ(MetricValue(text, "scatterbrain_batch_size_sum"), 4) << text;
+  EXPECT_EQ(MetricValue(text, "scatterbrain_batch_size_bucket{le=\"2\"}"), 0);
+  EXPECT_EQ(MetricValue(text, "scatterbrain_batch_size_bucket{le=\"4\"}"), 1);
+  EXPECT_GE(
+      MetricValue(
+          text,
+          "scatterbrain_approx_relative_error_count{method=\"scatterbrain\"}"),
+      4);
+}
+
+TEST_F(ServiceTest, OneBadRequestInABatchFailsAlone) {
+  ServerOptions o = TestOptions();
+  o.batcher.max_batch_requests = 3;
+  o.batcher.max_queue_delay_us = 30'000'000;
+  StartServer(o);
+  std::vector<Req> reqs;
+  for (int i = 0; i < 3; ++i) {
+    reqs.push_back(MakeReq(absl::StrCat("n", i), pb::METHOD_EXACT,
+                           pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 70 + i));
+  }
+  const float nan = NAN;
+  std::memcpy(reqs[1].q.data() + 4 * 5, &nan, 4);  // q[0,0,1,1]
+  std::vector<std::thread> threads;
+  std::vector<Reply> got(3);
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = pb::AttentionService::NewStub(NewChannel());
+      grpc::ClientContext ctx;
+      Stream s = stub->Attend(&ctx);
+      SendRequest(s.get(), reqs[i], 64);
+      s->WritesDone();
+      got[i] = ReadAll(s.get())[reqs[i].header.request_id()];
+      EXPECT_TRUE(s->Finish().ok());
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  ExpectOutput(got[0], reqs[0], "n0");
+  ExpectOutput(got[2], reqs[2], "n2");
+  EXPECT_EQ(got[0].header.stats().batch_size(), 3u);
+  EXPECT_TRUE(got[1].has_error);
+  EXPECT_EQ(got[1].code, static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_THAT(got[1].message, HasSubstr("q: non-finite value at [0, 0, 1, 1]"));
+}
+
+TEST_F(ServiceTest, UnaryMatchesLocalWithStats) {
+  StartServer(TestOptions());
+  for (pb::DType dt :
+       {pb::DTYPE_FLOAT32, pb::DTYPE_FLOAT16, pb::DTYPE_BFLOAT16}) {
+    Req req = MakeReq("", pb::METHOD_SCATTERBRAIN, dt, 2, 2, 40, 40, 16, 8, 9);
+    req.header.add_key_lengths(40);
+    req.header.add_key_lengths(23);
+    pb::AttendUnaryRequest u;
+    *u.mutable_header() = req.header;
+    u.set_q(req.q);
+    u.set_k(req.k);
+    u.set_v(req.v);
+    pb::AttendUnaryResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status st = stub_->AttendUnary(&ctx, u, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_TRUE(resp.output() == LocalOutput(req)) << pb::DType_Name(dt);
+    EXPECT_EQ(resp.header().dtype(), dt);
+    EXPECT_EQ(resp.header().stats().batch_size(), 1u);
+    EXPECT_GT(resp.header().stats().dense_score_bytes(), 0u);
+    EXPECT_TRUE(resp.header().stats().has_estimated_relative_error());
+  }
+  // Same validation as the stream.
+  Req bad =
+      MakeReq("", pb::METHOD_EXACT, pb::DTYPE_FLOAT16, 1, 1, 4, 4, 4, 4, 1);
+  pb::AttendUnaryRequest u;
+  *u.mutable_header() = bad.header;
+  u.set_q(bad.q);
+  u.set_k(bad.k);
+  u.set_v(bad.v.substr(2));
+  pb::AttendUnaryResponse resp;
+  grpc::ClientContext ctx;
+  grpc::Status st = stub_->AttendUnary(&ctx, u, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("v: 30 bytes, expected 32"));
+  u.mutable_header()->mutable_settings()->set_method(pb::METHOD_UNSPECIFIED);
+  grpc::ClientContext ctx2;
+  st = stub_->AttendUnary(&ctx2, u, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("header.settings.method"));
+  const std::string text = server_->metrics().Serialize();
+  EXPECT_EQ(
+      MetricValue(
+          text,
+          "scatterbrain_requests_total{code=\"OK\",method=\"scatterbrain\"}"),
+      3)
+      << text;
+  EXPECT_EQ(MetricValue(text,
+                        "scatterbrain_requests_total{code=\"INVALID_ARGUMENT\","
+                        "method=\"exact\"}"),
+            1);
+}
+
+TEST_F(ServiceTest, StreamErrorsHaveCodesAndSpareOtherRequests) {
+  ServerOptions o = TestOptions();
+  o.max_request_bytes = 64 << 10;
+  o.max_seq = 512;
+  StartServer(o);
+  grpc::ClientContext ctx;
+  Stream s = stub_->Attend(&ctx);
+  auto* w = s.get();
+
+  const Req a =
+      MakeReq("A", pb::METHOD_EXACT, pb::DTYPE_FLOAT16, 1, 2, 16, 16, 8, 8, 1);
+  SendRequest(w, a, 100);
+
+  std::map<std::string, std::pair<grpc::StatusCode, std::string>> want;
+  auto bad_header = [&](const std::string& id,
+                        const std::function<void(pb::RequestHeader*)>& edit,
+                        grpc::StatusCode code, const std::string& text) {
+    Req r =
+        MakeReq(id, pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 3);
+    edit(&r.header);
+    SendRequest(w, r, 32);  // its chunks follow and must be dropped quietly
+    want[id] = {code, text};
+  };
+  bad_header(
+      "dim", [](pb::RequestHeader* h) { h->mutable_shape()->set_dim(0); },
+      grpc::StatusCode::INVALID_ARGUMENT, "header.shape.dim");
+  bad_header(
+      "dtype",
+      [](pb::RequestHeader* h) { h->set_dtype(static_cast<pb::DType>(7)); },
+      grpc::StatusCode::INVALID_ARGUMENT, "header.dtype");
+  bad_header(
+      "method",
+      [](pb::RequestHeader* h) {
+        h->mutable_settings()->set_method(pb::METHOD_UNSPECIFIED);
+      },
+      grpc::StatusCode::INVALID_ARGUMENT, "header.settings.method");
+  bad_header(
+      "features",
+      [](pb::RequestHeader* h) {
+        h->mutable_settings()->set_method(pb::METHOD_PERFORMER);
+        h->mutable_settings()->set_num_features(5);
+      },
+      grpc::StatusCode::INVALID_ARGUMENT, "header.settings.num_features");
+  bad_header(
+      "seq", [](pb::RequestHeader* h) { h->mutable_shape()->set_seq_k(513); },
+      grpc::StatusCode::RESOURCE_EXHAUSTED, "max_seq");
+  bad_header(
+      "bytes", [](pb::RequestHeader* h) { h->mutable_shape()->set_heads(200); },
+      grpc::StatusCode::RESOURCE_EXHAUSTED, "max_request_bytes");
+  bad_header(
+      "", [](pb::RequestHeader*) {}, grpc::StatusCode::INVALID_ARGUMENT,
+      "header.request_id");
+
+  // A chunk for an id with no header.
+  SendChunk(w, "ghost", pb::TENSOR_NAME_Q, 0, "abcd");
+  SendChunk(w, "ghost", pb::TENSOR_NAME_Q, 4, "abcd");  // no second error
+  want["ghost"] = {grpc::StatusCode::INVALID_ARGUMENT, "chunk.request_id"};
+
+  // Out of order: offset skips ahead.
+  Req r =
+      MakeReq("skip", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 4);
+  SendHeader(w, r.header);
+  SendChunk(w, "skip", pb::TENSOR_NAME_Q, 0,
+            absl::string_view(r.q).substr(0, 16));
+  SendChunk(w, "skip", pb::TENSOR_NAME_Q, 32,
+            absl::string_view(r.q).substr(32, 16));
+  SendChunk(w, "skip", pb::TENSOR_NAME_Q, 48,
+            absl::string_view(r.q).substr(48, 16));
+  want["skip"] = {grpc::StatusCode::INVALID_ARGUMENT,
+                  "chunk.offset: 32 for tensor q, expected 16"};
+
+  // Shape inconsistent with the bytes: more data than the header's shape.
+  r = MakeReq("over", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 5);
+  SendHeader(w, r.header);
+  SendChunk(w, "over", pb::TENSOR_NAME_K, 0, r.k + "xxxx");
+  want["over"] = {grpc::StatusCode::INVALID_ARGUMENT,
+                  "chunk.data: 132 bytes at offset 0 run past the end of "
+                  "tensor k (128 bytes"};
+
+  // Bad tensor name.
+  r = MakeReq("tname", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4,
+              5);
+  SendHeader(w, r.header);
+  SendChunk(w, "tname", pb::TENSOR_NAME_OUTPUT, 0, r.q);
+  want["tname"] = {grpc::StatusCode::INVALID_ARGUMENT, "chunk.tensor"};
+
+  // Duplicate id in flight (header twice): one error for the id.
+  r = MakeReq("dup", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 6);
+  SendHeader(w, r.header);
+  SendChunk(w, "dup", pb::TENSOR_NAME_Q, 0, r.q);
+  SendHeader(w, r.header);
+  SendChunk(w, "dup", pb::TENSOR_NAME_K, 0, r.k);
+  want["dup"] = {grpc::StatusCode::INVALID_ARGUMENT, "already in flight"};
+
+  // Cancelled while uploading; its later chunks are dropped.
+  r = MakeReq("cx", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 7);
+  SendHeader(w, r.header);
+  SendChunk(w, "cx", pb::TENSOR_NAME_Q, 0, r.q);
+  SendCancel(w, "cx");
+  SendChunk(w, "cx", pb::TENSOR_NAME_K, 0, r.k);
+  want["cx"] = {grpc::StatusCode::CANCELLED, "CancelRequest"};
+
+  // A good request after all the bad ones.
+  const Req c =
+      MakeReq("C", pb::METHOD_LOCAL, pb::DTYPE_BFLOAT16, 2, 1, 20, 12, 8, 4, 9);
+  SendRequest(w, c, 50, /*interleave=*/true);
+
+  // Missing chunks: the stream ends before "part" is complete.
+  r = MakeReq("part", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4,
+              10);
+  SendHeader(w, r.header);
+  SendChunk(w, "part", pb::TENSOR_NAME_Q, 0, r.q);
+  SendChunk(w, "part", pb::TENSOR_NAME_K, 0,
+            absl::string_view(r.k).substr(0, 20));
+  want["part"] = {grpc::StatusCode::INVALID_ARGUMENT,
+                  "tensor k: 20 of 128 bytes"};
+
+  s->WritesDone();
+  std::map<std::string, Reply> replies = ReadAll(w);
+  const grpc::Status st = s->Finish();
+  EXPECT_TRUE(st.ok()) << st.error_message();
+
+  ExpectOutput(replies["A"], a, "A");
+  ExpectOutput(replies["C"], c, "C");
+  for (const auto& [id, expect] : want) {
+    SCOPED_TRACE(id);
+    const Reply& rep = replies[id];
+    EXPECT_TRUE(rep.has_error);
+    EXPECT_EQ(rep.messages, 1) << "exactly one message per failed request";
+    EXPECT_TRUE(rep.last);
+    EXPECT_EQ(rep.code, static_cast<int>(expect.first)) << rep.message;
+    EXPECT_THAT(rep.message, HasSubstr(expect.second));
+  }
+  EXPECT_EQ(replies.size(), want.size() + 2);
+  EXPECT_EQ(server_->inflight_requests(), 0);
+}
+
+TEST_F(ServiceTest, InflightLimitPerStreamAndReuseOfIds) {
+  ServerOptions o = TestOptions();
+  o.max_inflight_per_stream = 2;
+  StartServer(o);
+  grpc::ClientContext ctx;
+  Stream s = stub_->Attend(&ctx);
+  const Req r1 =
+      MakeReq("1", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 1);
+  const Req r2 =
+      MakeReq("2", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 2);
+  const Req r3 =
+      MakeReq("3", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 3);
+  SendHeader(s.get(), r1.header);
+  SendHeader(s.get(), r2.header);
+  SendHeader(s.get(), r3.header);  // third in flight: refused
+  std::map<std::string, Reply> got = ReadUntilDone(s.get(), {"3"});
+  EXPECT_EQ(got["3"].code,
+            static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  EXPECT_THAT(got["3"].message, HasSubstr("max_inflight_per_stream"));
+  SendCancel(s.get(), "2");
+  got = ReadUntilDone(s.get(), {"2"});
+  EXPECT_EQ(got["2"].code, static_cast<int>(grpc::StatusCode::CANCELLED));
+  // Now there is room again: "1" (still uploading) completes, and the
+  // answered ids "2" and "3" may be used again.
+  for (const auto& [name, bytes] :
+       {std::pair<pb::TensorName, const std::string*>{pb::TENSOR_NAME_Q, &r1.q},
+        {pb::TENSOR_NAME_K, &r1.k},
+        {pb::TENSOR_NAME_V, &r1.v}}) {
+    SendChunk(s.get(), "1", name, 0, *bytes);
+  }
+  SendRequest(s.get(), r2, 48);
+  got = ReadUntilDone(s.get(), {"1", "2"});
+  ExpectOutput(got["1"], r1, "1");
+  ExpectOutput(got["2"], r2, "2");
+  SendRequest(s.get(), r3, 48);
+  got = ReadUntilDone(s.get(), {"3"});
+  ExpectOutput(got["3"], r3, "3");
+  s->WritesDone();
+  EXPECT_TRUE(ReadAll(s.get()).empty());
+  EXPECT_TRUE(s->Finish().ok());
+}
+
+TEST_F(ServiceTest, ClientThatDoesNotReadGetsEveryAnswerEventually) {
+  // 3000 chunks for distinct unknown ids: 3000 error answers, far more than
+  // the server queues per stream (8 here), sent while the client is not
+  // reading yet. The server stops reading while its answers back up, then
+  // goes on: every answer arrives, once.
+  ServerOptions o = TestOptions();
+  o.max_queued_answers = 8;
+  StartServer(o);
+  grpc::ClientContext ctx;
+  Stream s = stub_->Attend(&ctx);
+  constexpr int kMessages = 3000;
+  std::map<std::string, Reply> replies;
+  std::thread reader([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    replies = ReadAll(s.get());
+  });
+  for (int i = 0; i < kMessages; ++i) {
+    SendChunk(s.get(), absl::StrCat("u", i), pb::TENSOR_NAME_Q, 0, "abcd");
+  }
+  // A good request after the flood still works.
+  const Req a =
+      MakeReq("A", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 1);
+  SendRequest(s.get(), a, 64);
+  s->WritesDone();
+  reader.join();
+  EXPECT_TRUE(s->Finish().ok());
+  ASSERT_EQ(replies.size(), static_cast<size_t>(kMessages + 1));
+  for (int i = 0; i < kMessages; ++i) {
+    const Reply& r = replies[absl::StrCat("u", i)];
+    EXPECT_EQ(r.messages, 1);
+    EXPECT_EQ(r.code, static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  }
+  ExpectOutput(replies["A"], a, "A");
+}
+
+TEST_F(ServiceTest, QueueFullIsUnavailableAndCancelRemovesQueuedWork) {
+  ServerOptions o = TestOptions();
+  o.batcher.max_queue_requests = 1;
+  o.batcher.max_batch_requests = 8;
+  o.batcher.max_queue_delay_us = 60'000'000;  // A stays queued
+  StartServer(o);
+  grpc::ClientContext ctx1;
+  Stream s1 = stub_->Attend(&ctx1);
+  const Req a =
+      MakeReq("A", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 1);
+  SendRequest(s1.get(), a, 64);
+  ASSERT_TRUE(Eventually([&] { return server_->queued_requests() == 1; }));
+
+  auto stub2 = pb::AttentionService::NewStub(NewChannel());
+  grpc::ClientContext ctx2;
+  Stream s2 = stub2->Attend(&ctx2);
+  const Req b =
+      MakeReq("B", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 2);
+  SendRequest(s2.get(), b, 64);
+  std::map<std::string, Reply> got = ReadUntilDone(s2.get(), {"B"});
+  EXPECT_EQ(got["B"].code, static_cast<int>(grpc::StatusCode::UNAVAILABLE));
+  EXPECT_THAT(got["B"].message, HasSubstr("queue"));
+  s2->WritesDone();
+  EXPECT_TRUE(s2->Finish().ok());
+
+  SendCancel(s1.get(), "A");
+  got = ReadUntilDone(s1.get(), {"A"});
+  EXPECT_EQ(got["A"].code, static_cast<int>(grpc::StatusCode::CANCELLED));
+  EXPECT_EQ(got["A"].messages, 1);
+  EXPECT_EQ(server_->queued_requests(), 0);
+  s1->WritesDone();
+  EXPECT_TRUE(ReadAll(s1.get()).empty());
+  EXPECT_TRUE(s1->Finish().ok());
+  // Nothing was computed: no batch ran at all.
+  const std::string text = server_->metrics().Serialize();
+  EXPECT_LE(MetricValue(text, "scatterbrain_batch_size_count"), 0) << text;
+  EXPECT_EQ(
+      MetricValue(
+          text,
+          "scatterbrain_requests_total{code=\"CANCELLED\",method=\"exact\"}"),
+      1);
+  EXPECT_EQ(
+      MetricValue(
+          text,
+          "scatterbrain_requests_total{code=\"UNAVAILABLE\",method=\"exact\"}"),
+      1);
+}
+
+TEST_F(ServiceTest, ClientCancellationDropsTheStreamsWork) {
+  ServerOptions o = TestOptions();
+  o.batcher.max_queue_delay_us = 60'000'000;
+  StartServer(o);
+  // One request queued (complete), one half uploaded; then the client
+  // cancels the whole stream.
+  grpc::ClientContext ctx;
+  Stream s = stub_->Attend(&ctx);
+  const Req a =
+      MakeReq("A", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 2, 16, 16, 8, 8, 1);
+  const Req b =
+      MakeReq("B", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 2, 16, 16, 8, 8, 2);
+  SendRequest(s.get(), a, 128);
+  SendHeader(s.get(), b.header);
+  SendChunk(s.get(), "B", pb::TENSOR_NAME_Q, 0,
+            absl::string_view(b.q).substr(0, 100));
+  ASSERT_TRUE(Eventually([&] {
+    return server_->queued_requests() == 1 && server_->inflight_requests() == 2;
+  }));
+  ctx.TryCancel();
+  ReadAll(s.get());
+  EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(Eventually([&] {
+    return server_->queued_requests() == 0 && server_->inflight_requests() == 0;
+  }));
+  const std::string text = server_->metrics().Serialize();
+  EXPECT_LE(MetricValue(text, "scatterbrain_batch_size_count"), 0) << text;
+  EXPECT_EQ(
+      MetricValue(
+          text,
+          "scatterbrain_requests_total{code=\"CANCELLED\",method=\"exact\"}"),
+      2);
+  EXPECT_EQ(MetricValue(text, "scatterbrain_inflight_requests"), 0);
+  // The server is fine afterwards.
+  grpc::ClientContext ctx2;
+  Stream s2 = stub_->Attend(&ctx2);
+  SendRequest(s2.get(), a, 128);
+  SendCancel(s2.get(), "A");  // cancelled while queued (60 s delay)
+  s2->WritesDone();
+  std::map<std::string, Reply> got = ReadAll(s2.get());
+  EXPECT_EQ(got["A"].code, static_cast<int>(grpc::StatusCode::CANCELLED));
+  EXPECT_TRUE(s2->Finish().ok());
+}
+
+TEST_F(ServiceTest, StreamDeadlineDropsWork) {
+  ServerOptions o = TestOptions();
+  o.batcher.max_queue_delay_us = 60'000'000;
+  StartServer(o);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(300));
+  Stream s = stub_->Attend(&ctx);
+  const Req a =
+      MakeReq("A", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 1);
+  SendRequest(s.get(), a, 64);
+  ReadAll(s.get());  // returns when the deadline ends the stream
+  EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(Eventually([&] {
+    return server_->queued_requests() == 0 && server_->inflight_requests() == 0;
+  }));
+  // The same for a unary call.
+  pb::AttendUnaryRequest u;
+  *u.mutable_header() = a.header;
+  u.set_q(a.q);
+  u.set_k(a.k);
+  u.set_v(a.v);
+  pb::AttendUnaryResponse resp;
+  grpc::ClientContext uctx;
+  uctx.set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::milliseconds(300));
+  EXPECT_EQ(stub_->AttendUnary(&uctx, u, &resp).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(Eventually([&] {
+    return server_->queued_requests() == 0 && server_->inflight_requests() == 0;
+  }));
+  const std::string text = server_->metrics().Serialize();
+  EXPECT_LE(MetricValue(text, "scatterbrain_batch_size_count"), 0);
+  // Both dropped requests are counted; as DEADLINE_EXCEEDED normally (a
+  // cancel that beats the server's copy of the deadline by more than the
+  // server's slack, on a loaded machine, counts as CANCELLED).
+  EXPECT_TRUE(Eventually([&] {
+    const std::string t = server_->metrics().Serialize();
+    return std::max(0.0,
+                    MetricValue(t,
+                                "scatterbrain_requests_total{code="
+                                "\"DEADLINE_EXCEEDED\",method=\"exact\"}")) +
+               std::max(0.0, MetricValue(t,
+                                         "scatterbrain_requests_total{code="
+                                         "\"CANCELLED\",method=\"exact\"}")) ==
+           2;
+  }));
+}
+
+TEST_F(ServiceTest, ServerInfoHealthAndReflection) {
+  ServerOptions o = TestOptions();
+  o.max_seq = 4096;
+  o.batcher.max_batch_requests = 5;
+  StartServer(o);
+  pb::ServerInfo info;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(
+      stub_->GetServerInfo(&ctx, pb::GetServerInfoRequest(), &info).ok());
+  EXPECT_FALSE(info.version().empty());
+  EXPECT_EQ(info.backend(), "cpu");
+  EXPECT_THAT(info.backends(), ::testing::Contains("cpu"));
+  EXPECT_FALSE(info.devices().empty());
+  EXPECT_EQ(info.limits().max_seq(), 4096u);
+  EXPECT_EQ(info.limits().max_batch_requests(), 5u);
+  EXPECT_EQ(info.limits().chunk_bytes(), static_cast<uint64_t>(o.chunk_bytes));
+  EXPECT_EQ(info.limits().max_request_bytes(),
+            static_cast<uint64_t>(o.max_request_bytes));
+  EXPECT_EQ(info.limits().error_sample_rows(), 4u);
+
+  EXPECT_EQ(HealthStatus(channel_), 1);  // SERVING
+
+  // Reflection: list_services (field 7) on the v1alpha stream.
+  grpc::GenericStub generic(channel_);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext rctx;
+  rctx.set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::seconds(10));
+  auto call = generic.PrepareCall(
+      &rctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+      &cq);
+  auto step = [&cq](void* tag) {
+    void* got = nullptr;
+    bool ok = false;
+    EXPECT_TRUE(cq.Next(&got, &ok));
+    EXPECT_EQ(got, tag);
+    return ok;
+  };
+  int tags[5];
+  call->StartCall(&tags[0]);
+  ASSERT_TRUE(step(&tags[0]));
+  const char list_services[] = {0x3a, 0x00};
+  grpc::Slice req_slice(list_services, 2);
+  grpc::ByteBuffer req(&req_slice, 1);
+  call->Write(req, &tags[1]);
+  ASSERT_TRUE(step(&tags[1]));
+  grpc::ByteBuffer resp;
+  call->Read(&resp, &tags[2]);
+  ASSERT_TRUE(step(&tags[2]));
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(resp.Dump(&slices).ok());
+  std::string bytes;
+  for (const grpc::Slice& sl : slices) {
+    bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  }
+  EXPECT_THAT(bytes, HasSubstr("scatterbrain.v1.AttentionService"));
+  call->WritesDone(&tags[3]);
+  step(&tags[3]);
+  grpc::Status status;
+  call->Finish(&status, &tags[4]);
+  step(&tags[4]);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
+TEST_F(ServiceTest, DrainFinishesInFlightWorkAndRefusesNewWork) {
+  StartServer(TestOptions());
+  // An idle second stream: the drain must end it rather than wait for it.
+  auto stub2 = pb::AttentionService::NewStub(NewChannel());
+  grpc::ClientContext idle_ctx;
+  Stream idle = stub2->Attend(&idle_ctx);
+
+  grpc::ClientContext ctx;
+  Stream s = stub_->Attend(&ctx);
+  const Req a = MakeReq("A", pb::METHOD_SCATTERBRAIN, pb::DTYPE_FLOAT16, 1, 2,
+                        64, 64, 16, 16, 1);
+  // A is accepted but not complete: it stays in flight until we finish it.
+  SendHeader(s.get(), a.header);
+  SendChunk(s.get(), "A", pb::TENSOR_NAME_Q, 0, a.q);
+  ASSERT_TRUE(Eventually([&] { return server_->inflight_requests() == 1; }));
+
+  std::thread drain([&] { server_->Shutdown(); });
+  ASSERT_TRUE(
+      Eventually([&] { return HealthStatus(channel_) == 2; }));  // NOT_SERVING
+
+  // New work is refused: on the open stream, and as a unary call.
+  const Req b =
+      MakeReq("B", pb::METHOD_EXACT, pb::DTYPE_FLOAT32, 1, 1, 8, 8, 4, 4, 2);
+  SendHeader(s.get(), b.header);
+  std::map<std::string, Reply> got = ReadUntilDone(s.get(), {"B"});
+  EXPECT_EQ(got["B"].code, static_cast<int>(grpc::StatusCode::UNAVAILABLE));
+  EXPECT_THAT(got["B"].message, HasSubstr("draining"));
+  pb::AttendUnaryRequest u;
+  *u.mutable_header() = b.header;
+  u.set_q(b.q);
+  u.set_k(b.k);
+  u.set_v(b.v);
+  pb::AttendUnaryResponse resp;
+  grpc::ClientContext uctx;
+  EXPECT_EQ(stub_->AttendUnary(&uctx, u, &resp).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+
+  // The idle stream was ended by the drain.
+  EXPECT_TRUE(ReadAll(idle.get()).empty());
+  EXPECT_EQ(idle->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+
+  // The in-flight request completes normally.
+  SendChunk(s.get(), "A", pb::TENSOR_NAME_K, 0, a.k);
+  SendChunk(s.get(), "A", pb::TENSOR_NAME_V, 0, a.v);
+  got = ReadUntilDone(s.get(), {"A"});
+  ExpectOutput(got["A"], a, "A");
+  s->WritesDone();
+  ReadAll(s.get());
+  const grpc::Status st = s->Finish();
+  EXPECT_TRUE(st.ok() || st.error_code() == grpc::StatusCode::UNAVAILABLE)
+      << st.error_message();
+  drain.join();
+  EXPECT_EQ(server_->inflight_requests(), 0);
+
+  // After the drain the server is gone.
+  auto late = pb::AttentionService::NewStub(NewChannel());
+  grpc::ClientContext lctx;
+  lctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  pb::ServerInfo info;
+  EXPECT_FALSE(
+      late->GetServerInfo(&lctx, pb::GetServerInfoRequest(), &info).ok());
+}
+
+TEST_F(ServiceTest, StartFailsCleanlyOnBadOptionsAndBusyPort) {
+  ServerOptions o = TestOptions();
+  o.chunk_bytes = 1;
+  EXPECT_EQ(Server::Start(o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  o = TestOptions();
+  o.backend = "tpu";
+  EXPECT_EQ(Server::Start(o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  StartServer(TestOptions());
+  o = TestOptions();
+  o.port = server_->port();
+  absl::StatusOr<std::unique_ptr<Server>> second = Server::Start(o);
+  EXPECT_FALSE(second.ok());
+}
+
+// Many streams doing everything at once — complete, partial, cancelled and
+// duplicate requests; client cancels mid-stream, after the first answer, or
+// half-closes — against small batches and a tiny answer queue. Whatever the
+// interleaving, every stream ends and the server is left with nothing in
+// flight. (Run under AddressSanitizer, this is the reactor-lifetime test.)
+TEST_F(ServiceTest, ManyStreamsMisbehavingAtOnceLeaveNothingBehind) {
+  ServerOptions o = TestOptions();
+  o.batcher.max_batch_requests = 3;
+  o.batcher.max_queue_delay_us = 2000;
+  o.max_queued_answers = 4;
+  StartServer(o);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      auto stub = pb::AttentionService::NewStub(NewChannel());
+      for (int iter = 0; iter < 40; ++iter) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(20));
+        Stream s = stub->Attend(&ctx);
+        bool answered = false;  // some request will get an answer
+        const int n = 1 + rng() % 5;
+        for (int r = 0; r < n; ++r) {
+          // Ids repeat within a stream: duplicates and reuse happen.
+          const Req req =
+              MakeReq(absl::StrCat("r", r % 3), pb::METHOD_SCATTERBRAIN,
+                      pb::DTYPE_FLOAT16, 1, 2, 32, 32, 16, 16, r);
+          const int mode = rng() % 6;
+          if (mode == 0) {  // header and a few bytes only
+            SendHeader(s.get(), req.header);
+            SendChunk(s.get(), req.header.request_id(), pb::TENSOR_NAME_Q, 0,
+                      absl::string_view(req.q).substr(0, 10));
+          } else {
+            SendRequest(s.get(), req, 300);
+            answered = true;
+          }
+          if (mode == 1) SendCancel(s.get(), req.header.request_id());
+        }
+        const int end = rng() % 4;
+        if (end == 0) {
+          ctx.TryCancel();
+        } else if (end == 1 && answered) {
+          pb::AttendResponse m;
+          s->Read(&m);
+          ctx.TryCancel();
+        } else {
+          s->WritesDone();
+        }
+        pb::AttendResponse m;
+        while (s->Read(&m)) {
+        }
+        const grpc::Status st = s->Finish();
+        EXPECT_TRUE(st.ok() || st.error_code() == grpc::StatusCode::CANCELLED)
+            << st.error_message();
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_TRUE(Eventually([&] {
+    return server_->inflight_requests() == 0 && server_->queued_requests() == 0;
+  }));
+  EXPECT_EQ(MetricValue(server_->metrics().Serialize(),
+                        "scatterbrain_inflight_requests"),
+            0);
+}
+
+}  // namespace
+}  // namespace server
+}  // namespace scatterbrain
