@@ -1,0 +1,1102 @@
+// scatterbrain/client/cpp/client.cc — see client.h.
+#include "client/cpp/client.h"
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/channel_arguments.h>
+#include <grpcpp/support/client_callback.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <deque>
+#include <limits>
+#include <new>
+#include <optional>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error \
+    "the wire format is little-endian; this client assumes a little-endian host"
+#endif
+
+namespace scatterbrain {
+namespace client {
+namespace {
+
+// Requests above this many elements per tensor are refused before any
+// allocation (2^36 floats = 256 GiB, as the CLI's .npy reader).
+constexpr int64_t kMaxElements = int64_t{1} << 36;
+
+uint32_t FloatBits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+float BitsFloat(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+absl::Status StatusFromCode(int code, const std::string& message) {
+  if (code <= 0 ||
+      code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
+    return absl::UnknownError(
+        absl::StrCat(message, " (server sent code ", code, ")"));
+  }
+  return absl::Status(static_cast<absl::StatusCode>(code), message);
+}
+
+// Multiplies non-negative sizes, refusing overflow past kMaxElements.
+bool CheckedProduct(std::initializer_list<int64_t> dims, int64_t* out) {
+  int64_t n = 1;
+  for (int64_t d : dims) {
+    if (d < 0) return false;
+    if (d != 0 && n > kMaxElements / d) return false;
+    n *= d;
+  }
+  *out = n;
+  return true;
+}
+
+void SetDeadline(grpc::ClientContext* ctx, absl::Duration deadline) {
+  if (deadline != absl::InfiniteDuration()) {
+    ctx->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  }
+}
+
+// Decodes a float output of `count` elements from `bytes`, checking size.
+absl::Status DecodeOutput(const std::string& bytes, v1::DType dtype,
+                          int64_t count, std::vector<float>* out) {
+  const int eb = DTypeBytes(dtype);
+  if (eb == 0) {
+    return absl::InternalError(
+        absl::StrCat("server answered in unknown dtype ", dtype));
+  }
+  if (static_cast<int64_t>(bytes.size()) != count * eb) {
+    return absl::InternalError(absl::StrCat(
+        "server sent ", bytes.size(), " output bytes, expected ", count * eb));
+  }
+  out->resize(static_cast<size_t>(count));
+  DecodeFloats(bytes.data(), count, dtype, out->data());
+  return absl::OkStatus();
+}
+
+// --- grpc.health.v1 without generated stubs --------------------------------
+// Debian ships no C++ stubs for health.proto; its two messages are one
+// field each, so they are encoded by hand: HealthCheckRequest{string
+// service = 1}, HealthCheckResponse{ServingStatus status = 1}.
+
+std::string EncodeHealthRequest(const std::string& service) {
+  std::string out;
+  if (service.empty()) return out;
+  out.push_back(0x0A);  // field 1, length-delimited
+  uint64_t n = service.size();
+  while (n >= 0x80) {
+    out.push_back(static_cast<char>((n & 0x7F) | 0x80));
+    n >>= 7;
+  }
+  out.push_back(static_cast<char>(n));
+  out += service;
+  return out;
+}
+
+bool ReadVarint(const std::string& s, size_t* pos, uint64_t* v) {
+  *v = 0;
+  for (int shift = 0; shift < 64 && *pos < s.size(); shift += 7) {
+    const uint8_t b = static_cast<uint8_t>(s[(*pos)++]);
+    *v |= static_cast<uint64_t>(b & 0x7F) << shift;
+    if ((b & 0x80) == 0) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<int> DecodeHealthResponse(const std::string& s) {
+  int status = 0;  // proto3 default: UNKNOWN
+  size_t pos = 0;
+  while (pos < s.size()) {
+    uint64_t key;
+    if (!ReadVarint(s, &pos, &key)) break;
+    const int wire = static_cast<int>(key & 7);
+    uint64_t v = 0;
+    if (wire == 0) {
+      if (!ReadVarint(s, &pos, &v)) break;
+      if ((key >> 3) == 1) status = static_cast<int>(v);
+    } else if (wire == 2) {
+      if (!ReadVarint(s, &pos, &v) || v > s.size() - pos) break;
+      pos += v;
+    } else if (wire == 1) {
+      pos += 8;
+    } else if (wire == 5) {
+      pos += 4;
+    } else {
+      break;
+    }
+    if (pos > s.size()) break;
+    if (pos == s.size()) return status;
+  }
+  if (pos == s.size()) return status;
+  return absl::InternalError("malformed grpc.health.v1.HealthCheckResponse");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Conversions
+// ---------------------------------------------------------------------------
+
+// Branch-free IEEE half conversions (after Maratyszcza's FP16 library):
+// exact for every input, round to nearest even, NaN stays NaN.
+uint16_t FloatToHalf(float f) {
+  const float scale_to_inf = 0x1.0p+112f;
+  const float scale_to_zero = 0x1.0p-110f;
+  float base = (std::fabs(f) * scale_to_inf) * scale_to_zero;
+  const uint32_t w = FloatBits(f);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  base = BitsFloat((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = FloatBits(base);
+  const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
+  const uint32_t mantissa_bits = bits & 0x00000FFFu;
+  const uint32_t nonsign = exp_bits + mantissa_bits;
+  return static_cast<uint16_t>((sign >> 16) |
+                               (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t w = static_cast<uint32_t>(h) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const uint32_t exp_offset = 0xE0u << 23;
+  const float exp_scale = 0x1.0p-112f;
+  const float normalized = BitsFloat((two_w >> 4) + exp_offset) * exp_scale;
+  const uint32_t magic_mask = 126u << 23;
+  const float magic_bias = 0.5f;
+  const float denormalized = BitsFloat((two_w >> 17) | magic_mask) - magic_bias;
+  const uint32_t denormalized_cutoff = 1u << 27;
+  const uint32_t result =
+      sign | (two_w < denormalized_cutoff ? FloatBits(denormalized)
+                                          : FloatBits(normalized));
+  return BitsFloat(result);
+}
+
+uint16_t FloatToBFloat16(float f) {
+  const uint32_t u = FloatBits(f);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) {  // NaN: keep it quiet, keep sign
+    return static_cast<uint16_t>((u >> 16) | 0x0040u);
+  }
+  const uint32_t rounding = 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>((u + rounding) >> 16);
+}
+
+float BFloat16ToFloat(uint16_t b) {
+  return BitsFloat(static_cast<uint32_t>(b) << 16);
+}
+
+void EncodeFloats(absl::Span<const float> in, v1::DType dtype, char* out) {
+  switch (dtype) {
+    case v1::DTYPE_FLOAT32:
+      std::memcpy(out, in.data(), in.size() * sizeof(float));
+      return;
+    case v1::DTYPE_FLOAT16:
+      for (size_t i = 0; i < in.size(); ++i) {
+        const uint16_t h = FloatToHalf(in[i]);
+        std::memcpy(out + 2 * i, &h, 2);
+      }
+      return;
+    case v1::DTYPE_BFLOAT16:
+      for (size_t i = 0; i < in.size(); ++i) {
+        const uint16_t h = FloatToBFloat16(in[i]);
+        std::memcpy(out + 2 * i, &h, 2);
+      }
+      return;
+    default:
+      return;
+  }
+}
+
+void DecodeFloats(const char* in, int64_t count, v1::DType dtype, float* out) {
+  switch (dtype) {
+    case v1::DTYPE_FLOAT32:
+      std::memcpy(out, in, static_cast<size_t>(count) * sizeof(float));
+      return;
+    case v1::DTYPE_FLOAT16:
+      for (int64_t i = 0; i < count; ++i) {
+        uint16_t h;
+        std::memcpy(&h, in + 2 * i, 2);
+        out[i] = HalfToFloat(h);
+      }
+      return;
+    case v1::DTYPE_BFLOAT16:
+      for (int64_t i = 0; i < count; ++i) {
+        uint16_t h;
+        std::memcpy(&h, in + 2 * i, 2);
+        out[i] = BFloat16ToFloat(h);
+      }
+      return;
+    default:
+      return;
+  }
+}
+
+bool ParseDType(absl::string_view name, v1::DType* out) {
+  const std::string s = absl::AsciiStrToLower(name);
+  if (s == "float32" || s == "fp32" || s == "f32") {
+    *out = v1::DTYPE_FLOAT32;
+  } else if (s == "float16" || s == "fp16" || s == "f16" || s == "half") {
+    *out = v1::DTYPE_FLOAT16;
+  } else if (s == "bfloat16" || s == "bf16") {
+    *out = v1::DTYPE_BFLOAT16;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+const char* DTypeName(v1::DType d) {
+  switch (d) {
+    case v1::DTYPE_FLOAT32:
+      return "float32";
+    case v1::DTYPE_FLOAT16:
+      return "float16";
+    case v1::DTYPE_BFLOAT16:
+      return "bfloat16";
+    default:
+      return "unspecified";
+  }
+}
+
+int DTypeBytes(v1::DType d) {
+  switch (d) {
+    case v1::DTYPE_FLOAT32:
+      return 4;
+    case v1::DTYPE_FLOAT16:
+    case v1::DTYPE_BFLOAT16:
+      return 2;
+    default:
+      return 0;
+  }
+}
+
+const char* ServingStatusName(ServingStatus s) {
+  switch (s) {
+    case ServingStatus::kServing:
+      return "SERVING";
+    case ServingStatus::kNotServing:
+      return "NOT_SERVING";
+    case ServingStatus::kServiceUnknown:
+      return "SERVICE_UNKNOWN";
+    default:
+      return "UNKNOWN";
+  }
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return StatusFromCode(static_cast<int>(status.error_code()),
+                        status.error_message());
+}
+
+Stats StatsFromProto(const v1::Stats& s) {
+  Stats out;
+  out.queue_seconds = s.queue_seconds();
+  out.compute_seconds = s.compute_seconds();
+  out.batch_size = static_cast<int>(s.batch_size());
+  out.dense_score_bytes = static_cast<int64_t>(s.dense_score_bytes());
+  out.workspace_bytes = static_cast<int64_t>(s.workspace_bytes());
+  out.memory_saved_bytes = static_cast<int64_t>(s.memory_saved_bytes());
+  if (s.has_estimated_relative_error()) {
+    out.estimated_relative_error = s.estimated_relative_error();
+  }
+  out.denominator_guards = static_cast<int64_t>(s.denominator_guards());
+  out.fallbacks = static_cast<int64_t>(s.fallbacks());
+  out.backend = s.backend();
+  return out;
+}
+
+TensorShape ShapeFromProto(const v1::Shape& s) {
+  TensorShape t;
+  t.batch = s.batch();
+  t.heads = s.heads();
+  t.seq_q = s.seq_q();
+  t.seq_k = s.seq_k();
+  t.dim = s.dim();
+  t.dim_v = s.dim_v();
+  return t;
+}
+
+v1::Shape ShapeToProto(const TensorShape& t) {
+  v1::Shape s;
+  s.set_batch(static_cast<uint32_t>(t.batch));
+  s.set_heads(static_cast<uint32_t>(t.heads));
+  s.set_seq_q(static_cast<uint32_t>(t.seq_q));
+  s.set_seq_k(static_cast<uint32_t>(t.seq_k));
+  s.set_dim(static_cast<uint32_t>(t.dim));
+  s.set_dim_v(static_cast<uint32_t>(t.dim_v));
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// Targets and requests
+// ---------------------------------------------------------------------------
+
+absl::StatusOr<ResolvedTarget> ResolveTarget(const ClientOptions& options) {
+  const std::string target(absl::StripAsciiWhitespace(options.target));
+  if (target.empty()) {
+    return absl::InvalidArgumentError("target: empty (want host:port)");
+  }
+  ResolvedTarget r;
+  r.lb_policy = options.load_balancing_policy;
+  const bool is_uri =
+      absl::StrContains(target, ":///") || absl::StartsWith(target, "unix:") ||
+      absl::StartsWith(target, "unix-abstract:") ||
+      absl::StartsWith(target, "ipv4:") || absl::StartsWith(target, "ipv6:") ||
+      absl::StartsWith(target, "dns:");
+  if (is_uri || !absl::StrContains(target, ',')) {
+    r.uri = target;
+    return r;
+  }
+  // Several "host:port" endpoints: a static address list. gRPC's ipv4 /
+  // ipv6 schemes take IP literals only; localhost is the one name allowed.
+  std::vector<std::string> v4, v6;
+  for (absl::string_view part : absl::StrSplit(target, ',')) {
+    std::string ep(absl::StripAsciiWhitespace(part));
+    if (ep.empty()) continue;
+    const size_t colon = ep.rfind(':');
+    int port = 0;
+    if (colon == std::string::npos ||
+        !absl::SimpleAtoi(ep.substr(colon + 1), &port) || port <= 0 ||
+        port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "target: endpoint '", ep, "' is not host:port (port 1..65535)"));
+    }
+    std::string host = ep.substr(0, colon);
+    if (host == "localhost") host = "127.0.0.1";
+    if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) {
+      v6.push_back(absl::StrCat(host, ":", port));
+      continue;
+    }
+    int dots = 0;
+    bool ipv4 = !host.empty();
+    for (char c : host) {
+      if (c == '.') {
+        ++dots;
+      } else if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) {
+        ipv4 = false;
+      }
+    }
+    if (!ipv4 || dots != 3) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "target: endpoint '", ep,
+          "': a list of endpoints takes IP literals (or localhost); use "
+          "dns:///NAME:PORT for a name that resolves to several addresses"));
+    }
+    v4.push_back(absl::StrCat(host, ":", port));
+  }
+  if (!v4.empty() && !v6.empty()) {
+    return absl::InvalidArgumentError(
+        "target: a list of endpoints cannot mix IPv4 and IPv6 addresses");
+  }
+  if (v4.empty() && v6.empty()) {
+    return absl::InvalidArgumentError("target: no endpoint given");
+  }
+  r.uri = v4.empty() ? absl::StrCat("ipv6:///", absl::StrJoin(v6, ","))
+                     : absl::StrCat("ipv4:///", absl::StrJoin(v4, ","));
+  if (r.lb_policy.empty()) r.lb_policy = "round_robin";
+  return r;
+}
+
+namespace {
+
+// Prepare() into a caller-owned request (AttendUnary moves its buffers).
+absl::Status PrepareInto(const AttendInput& in, PreparedRequest* req) {
+  const TensorShape& s = in.shape;
+  for (const auto& [name, d] :
+       {std::pair<const char*, int64_t>{"batch", s.batch},
+        {"heads", s.heads},
+        {"seq_q", s.seq_q},
+        {"seq_k", s.seq_k},
+        {"dim", s.dim},
+        {"dim_v", s.dim_v}}) {
+    if (d < 0 || d > std::numeric_limits<uint32_t>::max()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shape.", name, ": ", d, " is out of range"));
+    }
+  }
+  const int eb = DTypeBytes(in.dtype);
+  if (eb == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dtype: ", in.dtype, " is not float32|float16|bfloat16"));
+  }
+  if (in.output_dtype != v1::DTYPE_UNSPECIFIED &&
+      DTypeBytes(in.output_dtype) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "output_dtype: ", in.output_dtype, " is not float32|float16|bfloat16"));
+  }
+  int64_t nq, nk, nv;
+  if (!CheckedProduct({s.batch, s.heads, s.seq_q, s.dim}, &nq) ||
+      !CheckedProduct({s.batch, s.heads, s.seq_k, s.dim}, &nk) ||
+      !CheckedProduct({s.batch, s.heads, s.seq_k, s.dim_v}, &nv)) {
+    return absl::InvalidArgumentError("shape: tensors too large");
+  }
+  for (const auto& [name, span, n] :
+       {std::tuple<const char*, absl::Span<const float>, int64_t>{"q", in.q,
+                                                                  nq},
+        {"k", in.k, nk},
+        {"v", in.v, nv}}) {
+    if (static_cast<int64_t>(span.size()) != n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": ", span.size(), " values, shape needs ", n));
+    }
+  }
+  v1::RequestHeader& h = req->header;
+  *h.mutable_settings() = in.settings;
+  *h.mutable_shape() = ShapeToProto(s);
+  h.set_dtype(in.dtype);
+  h.set_output_dtype(in.output_dtype);
+  for (int32_t len : in.key_lengths) h.add_key_lengths(len);
+  try {
+    for (const auto& [dst, span] :
+         {std::pair<std::string*, absl::Span<const float>>{&req->q, in.q},
+          {&req->k, in.k},
+          {&req->v, in.v}}) {
+      dst->resize(span.size() * eb);
+      EncodeFloats(span, in.dtype, dst->data());
+    }
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory encoding the tensors");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const PreparedRequest>> Prepare(
+    const AttendInput& in) {
+  auto req = std::make_shared<PreparedRequest>();
+  absl::Status s = PrepareInto(in, req.get());
+  if (!s.ok()) return s;
+  return std::shared_ptr<const PreparedRequest>(std::move(req));
+}
+
+// ---------------------------------------------------------------------------
+// AttendStream
+// ---------------------------------------------------------------------------
+
+// The stream's reactor. Writes go one at a time (gRPC allows one write in
+// flight): requests queue in `sending_`, and the next message (a header or a
+// chunk of at most chunk_bytes) is cut from the queue's front only when the
+// previous write is done, so a request's bytes exist once (in its
+// PreparedRequest) however long the queue. A read is always outstanding
+// until the stream ends; StartWrite from outside a reaction happens under
+// mu_ and only while !read_closed_, which is what keeps OnDone from running
+// concurrently with it (the outstanding read holds the call open).
+class AttendStream::Reactor
+    : public grpc::ClientBidiReactor<v1::AttendRequest, v1::AttendResponse> {
+ public:
+  Reactor(v1::AttentionService::Stub* stub, int64_t chunk_bytes,
+          int max_on_wire, absl::Duration deadline)
+      : chunk_bytes_(std::max<int64_t>(1, chunk_bytes)),
+        max_on_wire_(max_on_wire > 0 ? max_on_wire
+                                     : std::numeric_limits<int>::max()) {
+    SetDeadline(&ctx_, deadline);
+    stub->async()->Attend(&ctx_, this);
+    StartRead(&read_msg_);
+    StartCall();
+  }
+
+  ~Reactor() override = default;
+
+  absl::StatusOr<std::string> Submit(std::shared_ptr<const PreparedRequest> req,
+                                     std::string id, Callback done) {
+    absl::MutexLock lock(&mu_);
+    if (closing_) {
+      return absl::FailedPreconditionError(
+          "the Attend stream is closed (Finish was called); open a new one");
+    }
+    if (finished_) {
+      absl::Status s = FromGrpcStatus(final_status_);
+      if (s.ok()) {
+        return absl::FailedPreconditionError(
+            "the Attend stream has ended; open a new one");
+      }
+      return s;
+    }
+    // After the read side closed (the call failed) but before OnDone, the
+    // request is registered and not sent: OnDone fails it with the call's
+    // status, so the caller sees why (UNAVAILABLE, DEADLINE_EXCEEDED...).
+    if (id.empty()) {
+      do {
+        id = absl::StrCat("r", next_id_++);
+      } while (inflight_.count(id));
+    } else if (id.size() > 128) {
+      return absl::InvalidArgumentError("request_id: longer than 128 bytes");
+    } else if (inflight_.count(id)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "request_id: '", id, "' is already in flight on this stream"));
+    }
+    Incoming& in = inflight_[id];
+    in.done = std::move(done);
+    in.result.request_id = id;
+    sending_.push_back(Outgoing{id, std::move(req)});
+    MaybeStartWriteLocked();
+    return id;
+  }
+
+  void Cancel(const std::string& id) {
+    Callback done;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = inflight_.find(id);
+      if (it == inflight_.end() || it->second.cancel_sent) return;
+      // Not started on the wire: drop it here, the server never hears of it.
+      auto unsent = std::find_if(
+          sending_.begin(), sending_.end(),
+          [&](const Outgoing& o) { return o.id == id && !o.header_sent; });
+      if (unsent != sending_.end()) {
+        sending_.erase(unsent);
+        done = std::move(it->second.done);
+        inflight_.erase(it);
+      } else {
+        // Stop sending its chunks, tell the server; the server answers
+        // CANCELLED (or the result, if it was already done).
+        it->second.cancel_sent = true;
+        auto sending =
+            std::find_if(sending_.begin(), sending_.end(),
+                         [&](const Outgoing& o) { return o.id == id; });
+        if (sending != sending_.end() && sending != sending_.begin()) {
+          sending_.erase(sending);
+        } else if (sending != sending_.end()) {
+          sending->abandoned = true;  // the front may be mid-write
+        }
+        v1::AttendRequest msg;
+        msg.mutable_cancel()->set_request_id(id);
+        control_.push_back(std::move(msg));
+        MaybeStartWriteLocked();
+      }
+    }
+    if (done) done(absl::CancelledError("request cancelled by the client"));
+  }
+
+  int64_t inflight() const {
+    absl::MutexLock lock(&mu_);
+    return static_cast<int64_t>(inflight_.size());
+  }
+
+  absl::Status Finish() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!closing_) {
+        closing_ = true;
+        MaybeStartWriteLocked();  // sends WritesDone when nothing is queued
+      }
+    }
+    done_.WaitForNotification();
+    absl::MutexLock lock(&mu_);
+    return FromGrpcStatus(final_status_);
+  }
+
+  void TryCancel() { ctx_.TryCancel(); }
+
+  void WaitDone() { done_.WaitForNotification(); }
+  bool IsDone() const { return done_.HasBeenNotified(); }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) {
+      // The call is over (server ended it, cancel or deadline): nothing
+      // more can be written; OnDone reports the status.
+      write_failed_ = true;
+      return;
+    }
+    MaybeStartWriteLocked();
+  }
+
+  void OnWritesDoneDone(bool /*ok*/) override {}
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      absl::MutexLock lock(&mu_);
+      read_closed_ = true;
+      return;
+    }
+    Callback done;
+    std::optional<absl::StatusOr<AttendResult>> result = HandleResponse(&done);
+    StartRead(&read_msg_);
+    if (result.has_value() && done) done(*std::move(result));
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::vector<Callback> orphans;
+    absl::Status err;
+    {
+      absl::MutexLock lock(&mu_);
+      finished_ = true;
+      final_status_ = status;
+      err = status.ok() ? absl::UnavailableError(
+                              "the Attend stream ended before the response")
+                        : FromGrpcStatus(status);
+      for (auto& [id, in] : inflight_) {
+        if (in.done) orphans.push_back(std::move(in.done));
+      }
+      inflight_.clear();
+      sending_.clear();
+      control_.clear();
+    }
+    for (Callback& cb : orphans) cb(err);
+    // Last touch of `this`: the owner may delete the reactor once notified.
+    done_.Notify();
+  }
+
+ private:
+  struct Outgoing {
+    std::string id;
+    std::shared_ptr<const PreparedRequest> req;
+    bool header_sent = false;
+    bool abandoned = false;  // cancelled while its chunks were being sent
+    int tensor = 0;          // 0 q, 1 k, 2 v
+    int64_t offset = 0;      // in that tensor
+  };
+  struct Incoming {
+    Callback done;
+    bool cancel_sent = false;
+    bool on_wire = false;  // its header was sent (counts in on_wire_)
+    bool header = false;
+    v1::DType dtype = v1::DTYPE_UNSPECIFIED;
+    int64_t expected_bytes = 0;
+    int64_t received_bytes = 0;
+    AttendResult result;
+  };
+
+  // Fills write_msg_ with the next message; false when nothing is queued.
+  bool FillNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!control_.empty()) {
+      write_msg_ = std::move(control_.front());
+      control_.pop_front();
+      return true;
+    }
+    while (!sending_.empty()) {
+      Outgoing& o = sending_.front();
+      if (o.abandoned) {
+        sending_.pop_front();
+        continue;
+      }
+      if (!o.header_sent) {
+        // The window is full: this request (and those behind it) wait for
+        // a response to complete.
+        if (on_wire_ >= max_on_wire_) return false;
+        ++on_wire_;
+        inflight_[o.id].on_wire = true;
+        write_msg_.Clear();
+        v1::RequestHeader* h = write_msg_.mutable_header();
+        *h = o.req->header;
+        h->set_request_id(o.id);
+        o.header_sent = true;
+        return true;
+      }
+      const std::string* tensors[3] = {&o.req->q, &o.req->k, &o.req->v};
+      while (o.tensor < 3 &&
+             o.offset >= static_cast<int64_t>(tensors[o.tensor]->size())) {
+        ++o.tensor;
+        o.offset = 0;
+      }
+      if (o.tensor == 3) {
+        sending_.pop_front();
+        continue;
+      }
+      const std::string& t = *tensors[o.tensor];
+      const int64_t n = std::min<int64_t>(
+          chunk_bytes_, static_cast<int64_t>(t.size()) - o.offset);
+      write_msg_.Clear();
+      v1::TensorChunk* c = write_msg_.mutable_chunk();
+      c->set_request_id(o.id);
+      static constexpr v1::TensorName kNames[3] = {
+          v1::TENSOR_NAME_Q, v1::TENSOR_NAME_K, v1::TENSOR_NAME_V};
+      c->set_tensor(kNames[o.tensor]);
+      c->set_offset(static_cast<uint64_t>(o.offset));
+      c->set_data(t.data() + o.offset, static_cast<size_t>(n));
+      o.offset += n;
+      // Release the request's bytes as soon as its last chunk is cut.
+      if (o.tensor == 2 && o.offset >= static_cast<int64_t>(t.size())) {
+        sending_.pop_front();
+      }
+      return true;
+    }
+    return false;
+  }
+
+  void MaybeStartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || write_failed_ || read_closed_ || finished_ ||
+        writes_done_) {
+      return;
+    }
+    if (FillNextLocked()) {
+      writing_ = true;
+      StartWrite(&write_msg_);
+    } else if (closing_ && sending_.empty() && control_.empty()) {
+      writes_done_ = true;
+      StartWritesDone();
+    }
+  }
+
+  // Consumes read_msg_; returns the finished request's result (and its
+  // callback in *done) when this message completed one, else nullopt.
+  std::optional<absl::StatusOr<AttendResult>> HandleResponse(Callback* done) {
+    absl::MutexLock lock(&mu_);
+    const std::string& id = read_msg_.request_id();
+    auto it = inflight_.find(id);
+    if (it == inflight_.end()) {
+      // The rest of a request already failed here (and cancelled on the
+      // server), or a server bug: nobody waits for it.
+      return std::nullopt;
+    }
+    Incoming& in = it->second;
+    absl::Status error;
+    switch (read_msg_.kind_case()) {
+      case v1::AttendResponse::kHeader: {
+        const v1::ResponseHeader& h = read_msg_.header();
+        in.header = true;
+        in.result.shape = ShapeFromProto(h.shape());
+        in.result.stats = StatsFromProto(h.stats());
+        in.dtype = h.dtype();
+        int64_t n;
+        const int eb = DTypeBytes(in.dtype);
+        if (eb == 0) {
+          error = absl::InternalError(
+              absl::StrCat("server answered in unknown dtype ", in.dtype));
+        } else if (!CheckedProduct(
+                       {in.result.shape.batch, in.result.shape.heads,
+                        in.result.shape.seq_q, in.result.shape.dim_v},
+                       &n)) {
+          error = absl::InternalError("server sent an absurd output shape");
+        } else {
+          in.expected_bytes = n * eb;
+          try {
+            in.result.out.assign(static_cast<size_t>(n), 0.0f);
+          } catch (const std::bad_alloc&) {
+            error = absl::ResourceExhaustedError(
+                "out of memory for the output tensor");
+          }
+        }
+        break;
+      }
+      case v1::AttendResponse::kChunk: {
+        const v1::TensorChunk& c = read_msg_.chunk();
+        const int eb = DTypeBytes(in.dtype);
+        const int64_t size = static_cast<int64_t>(c.data().size());
+        if (!in.header) {
+          error = absl::InternalError("output chunk before the header");
+        } else if (c.tensor() != v1::TENSOR_NAME_OUTPUT ||
+                   static_cast<int64_t>(c.offset()) != in.received_bytes ||
+                   size % eb != 0 ||
+                   in.received_bytes + size > in.expected_bytes) {
+          error = absl::InternalError(
+              absl::StrCat("output chunk out of order: offset ", c.offset(),
+                           ", ", size, " bytes, expected offset ",
+                           in.received_bytes, " of ", in.expected_bytes));
+        } else {
+          DecodeFloats(c.data().data(), size / eb, in.dtype,
+                       in.result.out.data() + in.received_bytes / eb);
+          in.received_bytes += size;
+        }
+        break;
+      }
+      case v1::AttendResponse::kError:
+        error = StatusFromCode(read_msg_.error().code(),
+                               read_msg_.error().message());
+        break;
+      default:
+        error = absl::InternalError("empty AttendResponse");
+        break;
+    }
+    if (error.ok() && !read_msg_.last()) return std::nullopt;
+    if (error.ok() && in.received_bytes != in.expected_bytes) {
+      error = absl::InternalError(
+          absl::StrCat("output incomplete: ", in.received_bytes, " of ",
+                       in.expected_bytes, " bytes"));
+    }
+    *done = std::move(in.done);
+    absl::StatusOr<AttendResult> result =
+        error.ok() ? absl::StatusOr<AttendResult>(std::move(in.result))
+                   : absl::StatusOr<AttendResult>(error);
+    // A request that failed on our side mid-response is cancelled on the
+    // server too, and its remaining messages are ignored (unknown id).
+    if (!error.ok() && read_msg_.kind_case() != v1::AttendResponse::kError &&
+        !read_msg_.last() && !in.cancel_sent) {
+      v1::AttendRequest msg;
+      msg.mutable_cancel()->set_request_id(id);
+      control_.push_back(std::move(msg));
+      MaybeStartWriteLocked();
+    }
+    if (in.on_wire) {
+      --on_wire_;
+      MaybeStartWriteLocked();  // a waiting request may go now
+    }
+    inflight_.erase(it);
+    return result;
+  }
+
+  grpc::ClientContext ctx_;
+  const int64_t chunk_bytes_;
+  const int max_on_wire_;
+
+  mutable absl::Mutex mu_;
+  int on_wire_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<v1::AttendRequest> control_ ABSL_GUARDED_BY(mu_);
+  std::deque<Outgoing> sending_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<std::string, Incoming> inflight_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_failed_ ABSL_GUARDED_BY(mu_) = false;
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  bool writes_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // The message of the write in flight (written under mu_ only while no
+  // write is in flight; gRPC reads it until OnWriteDone).
+  v1::AttendRequest write_msg_;
+  // Touched only by OnReadDone (one read in flight) and under mu_.
+  v1::AttendResponse read_msg_;
+  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);  // set by OnDone
+  absl::Notification done_;
+};
+
+AttendStream::AttendStream(std::unique_ptr<Reactor> reactor)
+    : reactor_(std::move(reactor)) {}
+
+AttendStream::~AttendStream() {
+  if (!reactor_->IsDone()) {
+    if (reactor_->inflight() > 0) reactor_->TryCancel();
+    reactor_->Finish().IgnoreError();
+  }
+}
+
+absl::StatusOr<std::string> AttendStream::Submit(const AttendInput& in,
+                                                 Callback done) {
+  absl::StatusOr<std::shared_ptr<const PreparedRequest>> req = Prepare(in);
+  if (!req.ok()) return req.status();
+  return reactor_->Submit(*std::move(req), in.request_id, std::move(done));
+}
+
+absl::StatusOr<std::string> AttendStream::Submit(
+    std::shared_ptr<const PreparedRequest> request, std::string request_id,
+    Callback done) {
+  if (request == nullptr) {
+    return absl::InvalidArgumentError("request: null PreparedRequest");
+  }
+  return reactor_->Submit(std::move(request), std::move(request_id),
+                          std::move(done));
+}
+
+std::future<absl::StatusOr<AttendResult>> AttendStream::Submit(
+    std::shared_ptr<const PreparedRequest> request, std::string request_id) {
+  auto promise = std::make_shared<std::promise<absl::StatusOr<AttendResult>>>();
+  std::future<absl::StatusOr<AttendResult>> future = promise->get_future();
+  absl::StatusOr<std::string> id =
+      Submit(std::move(request), std::move(request_id),
+             [promise](absl::StatusOr<AttendResult> r) {
+               promise->set_value(std::move(r));
+             });
+  if (!id.ok()) promise->set_value(id.status());
+  return future;
+}
+
+std::future<absl::StatusOr<AttendResult>> AttendStream::Submit(
+    const AttendInput& in) {
+  absl::StatusOr<std::shared_ptr<const PreparedRequest>> req = Prepare(in);
+  if (!req.ok()) {
+    std::promise<absl::StatusOr<AttendResult>> p;
+    p.set_value(req.status());
+    return p.get_future();
+  }
+  return Submit(*std::move(req), in.request_id);
+}
+
+absl::StatusOr<AttendResult> AttendStream::Attend(const AttendInput& in) {
+  return Submit(in).get();
+}
+
+void AttendStream::Cancel(const std::string& request_id) {
+  reactor_->Cancel(request_id);
+}
+
+int64_t AttendStream::inflight() const { return reactor_->inflight(); }
+
+absl::Status AttendStream::Finish() { return reactor_->Finish(); }
+
+void AttendStream::TryCancel() { reactor_->TryCancel(); }
+
+// ---------------------------------------------------------------------------
+// AttentionClient
+// ---------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<AttentionClient>> AttentionClient::Create(
+    Options options) {
+  if (options.chunk_bytes <= 0) {
+    return absl::InvalidArgumentError("chunk_bytes: must be > 0");
+  }
+  if (options.max_message_bytes <= 0) {
+    return absl::InvalidArgumentError("max_message_bytes: must be > 0");
+  }
+  absl::StatusOr<ResolvedTarget> target = ResolveTarget(options);
+  if (!target.ok()) return target.status();
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  args.SetMaxSendMessageSize(options.max_message_bytes);
+  if (!target->lb_policy.empty()) {
+    args.SetLoadBalancingPolicyName(target->lb_policy);
+  }
+  if (options.own_connection) {
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  }
+  std::shared_ptr<grpc::ChannelCredentials> creds =
+      options.credentials ? options.credentials
+                          : grpc::InsecureChannelCredentials();
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(target->uri, creds, args);
+  if (channel == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("target: cannot create a channel to '", target->uri, "'"));
+  }
+  return std::unique_ptr<AttentionClient>(
+      new AttentionClient(std::move(options), std::move(channel)));
+}
+
+AttentionClient::AttentionClient(Options options,
+                                 std::shared_ptr<grpc::Channel> channel)
+    : options_(std::move(options)),
+      channel_(std::move(channel)),
+      stub_(v1::AttentionService::NewStub(channel_)) {}
+
+AttentionClient::~AttentionClient() = default;
+
+std::unique_ptr<AttendStream> AttentionClient::OpenStream(
+    absl::Duration deadline) {
+  return std::unique_ptr<AttendStream>(
+      new AttendStream(std::make_unique<AttendStream::Reactor>(
+          stub_.get(), options_.chunk_bytes, options_.max_inflight_per_stream,
+          deadline)));
+}
+
+absl::StatusOr<AttendResult> AttentionClient::Attend(const AttendInput& in) {
+  absl::StatusOr<std::shared_ptr<const PreparedRequest>> req = Prepare(in);
+  if (!req.ok()) return req.status();
+  std::unique_ptr<AttendStream> stream = OpenStream(options_.deadline);
+  absl::StatusOr<AttendResult> result =
+      stream->Submit(*std::move(req), in.request_id).get();
+  absl::Status finish = stream->Finish();
+  if (result.ok() && !finish.ok()) return finish;
+  return result;
+}
+
+absl::StatusOr<AttendResult> AttentionClient::AttendUnary(
+    const AttendInput& in) {
+  v1::AttendUnaryRequest request;
+  {
+    // The encoded buffers move into the message: no second copy.
+    PreparedRequest req;
+    absl::Status s = PrepareInto(in, &req);
+    if (!s.ok()) return s;
+    *request.mutable_header() = std::move(req.header);
+    request.mutable_header()->set_request_id(in.request_id);
+    *request.mutable_q() = std::move(req.q);
+    *request.mutable_k() = std::move(req.k);
+    *request.mutable_v() = std::move(req.v);
+  }
+
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, options_.deadline);
+  v1::AttendUnaryResponse response;
+  grpc::Status st = stub_->AttendUnary(&ctx, request, &response);
+  if (!st.ok()) return FromGrpcStatus(st);
+  AttendResult r;
+  r.request_id = in.request_id;
+  r.shape = ShapeFromProto(response.header().shape());
+  r.stats = StatsFromProto(response.header().stats());
+  int64_t n;
+  if (!CheckedProduct(
+          {r.shape.batch, r.shape.heads, r.shape.seq_q, r.shape.dim_v}, &n)) {
+    return absl::InternalError("server sent an absurd output shape");
+  }
+  absl::Status d =
+      DecodeOutput(response.output(), response.header().dtype(), n, &r.out);
+  if (!d.ok()) return d;
+  return r;
+}
+
+absl::StatusOr<ServingStatus> AttentionClient::Health(
+    const std::string& service) {
+  grpc::GenericStub generic(channel_);
+  const std::string encoded = EncodeHealthRequest(service);
+  grpc::Slice slice(encoded);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, options_.deadline);
+  absl::Notification done;
+  grpc::Status status;
+  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                    &request, &response, [&](grpc::Status s) {
+                      status = std::move(s);
+                      done.Notify();
+                    });
+  done.WaitForNotification();
+  if (!status.ok()) return FromGrpcStatus(status);
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) {
+    return absl::InternalError("unreadable health response");
+  }
+  std::string bytes;
+  for (const grpc::Slice& s : slices) {
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  absl::StatusOr<int> code = DecodeHealthResponse(bytes);
+  if (!code.ok()) return code.status();
+  switch (*code) {
+    case 1:
+      return ServingStatus::kServing;
+    case 2:
+      return ServingStatus::kNotServing;
+    case 3:
+      return ServingStatus::kServiceUnknown;
+    default:
+      return ServingStatus::kUnknown;
+  }
+}
+
+absl::StatusOr<v1::ServerInfo> AttentionClient::GetServerInfo() {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, options_.deadline);
+  v1::ServerInfo info;
+  grpc::Status st =
+      stub_->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &info);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return info;
+}
+
+bool AttentionClient::WaitForConnected(absl::Duration timeout) {
+  return channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+}  // namespace client
+}  // namespace scatterbrain

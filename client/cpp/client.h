@@ -1,0 +1,256 @@
+// scatterbrain/client/cpp/client.h — C++ client of scatterbrain.v1.
+//
+// AttentionClient owns a channel. Attend() sends one request over an
+// Attend stream (header + chunks of at most chunk_bytes, so tensors of any
+// size travel); AttendStream multiplexes many requests in flight on one
+// stream; AttendUnary() is the one-message call for small tensors. Inputs
+// and outputs are float32 in memory; float16 / bfloat16 on the wire are
+// converted here. Every error is an absl::Status (gRPC codes map 1:1; a
+// per-request error on a stream carries the server's code and message).
+#ifndef SCATTERBRAIN_CLIENT_CPP_CLIENT_H_
+#define SCATTERBRAIN_CLIENT_CPP_CLIENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "scatterbrain/v1/attention.grpc.pb.h"
+
+namespace grpc {
+class Channel;
+class ChannelCredentials;
+class Status;
+}  // namespace grpc
+
+namespace scatterbrain {
+namespace client {
+
+namespace v1 = ::scatterbrain::v1;
+
+struct ClientOptions {
+  // Where the server is:
+  //  "host:port"                      one endpoint (gRPC's dns resolver);
+  //  "10.0.0.1:50051,10.0.0.2:50051"  several endpoints, IP literals (or
+  //                                   localhost): an ipv4:/// (ipv6:///)
+  //                                   address list, balanced round_robin;
+  //  any gRPC target URI ("dns:///name:port", "ipv4:///...", "unix:...")
+  //                                   passed through as is.
+  std::string target = "localhost:50051";
+  // Bytes of tensor data per TensorChunk message on Attend streams.
+  int64_t chunk_bytes = int64_t{1} << 20;
+  // Requests of one AttendStream on the wire at once (header sent, last
+  // response not received); more wait in the client, in order, so a stream
+  // never exceeds the server's max_inflight_per_stream (64 by default).
+  // 0 = no limit.
+  int max_inflight_per_stream = 32;
+  // Deadline of each unary call and of each blocking Attend() (its stream);
+  // streams from OpenStream() take theirs as an argument. Infinite = none.
+  absl::Duration deadline = absl::InfiniteDuration();
+  // Largest gRPC message sent or received (AttendUnary carries whole
+  // tensors in one message; the server's own limit is in ServerInfo).
+  int max_message_bytes = 256 << 20;
+  // "" = round_robin when target lists several endpoints, else gRPC's
+  // default (pick_first or what the resolver's service config says).
+  std::string load_balancing_policy;
+  // Give this channel its own TCP connection(s) instead of sharing gRPC's
+  // global subchannel pool with identical channels in the process (load
+  // generators: one connection per simulated client).
+  bool own_connection = false;
+  // nullptr = insecure (plaintext), what scatterbrain_server serves.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+};
+
+// [batch, heads, seq, dim] shapes of one request: q is [batch, heads,
+// seq_q, dim], k [batch, heads, seq_k, dim], v [batch, heads, seq_k, dim_v],
+// the output [batch, heads, seq_q, dim_v].
+struct TensorShape {
+  int64_t batch = 1;
+  int64_t heads = 1;
+  int64_t seq_q = 0;
+  int64_t seq_k = 0;
+  int64_t dim = 0;
+  int64_t dim_v = 0;
+
+  int64_t q_elements() const { return batch * heads * seq_q * dim; }
+  int64_t k_elements() const { return batch * heads * seq_k * dim; }
+  int64_t v_elements() const { return batch * heads * seq_k * dim_v; }
+  int64_t out_elements() const { return batch * heads * seq_q * dim_v; }
+};
+
+// One request. The spans are read (and converted to `dtype`) before the
+// call that takes the input returns; they need not outlive it.
+struct AttendInput {
+  absl::Span<const float> q, k, v;  // row-major, sizes as `shape` says
+  TensorShape shape;
+  // Method and its settings, causal, scale, seed (as the CLI's flags).
+  v1::MethodSettings settings;
+  // Valid keys per batch entry (size batch) or empty (all keys).
+  std::vector<int32_t> key_lengths;
+  v1::DType dtype = v1::DTYPE_FLOAT32;             // of q, k, v on the wire
+  v1::DType output_dtype = v1::DTYPE_UNSPECIFIED;  // on the wire; = dtype
+  // Streams: empty = the stream picks a unique id ("r<n>").
+  std::string request_id;
+};
+
+// What the server reported for one request (v1.Stats).
+struct Stats {
+  double queue_seconds = 0;
+  double compute_seconds = 0;
+  int batch_size = 0;
+  int64_t dense_score_bytes = 0;
+  int64_t workspace_bytes = 0;
+  int64_t memory_saved_bytes = 0;
+  std::optional<double> estimated_relative_error;  // when sampled
+  int64_t denominator_guards = 0;
+  int64_t fallbacks = 0;
+  std::string backend;
+};
+
+struct AttendResult {
+  std::string request_id;
+  TensorShape shape;
+  std::vector<float> out;  // [batch, heads, seq_q, dim_v], float32
+  Stats stats;
+};
+
+// A request converted to wire bytes once; may be submitted any number of
+// times (load generators) without converting or copying it again.
+struct PreparedRequest {
+  v1::RequestHeader header;  // request_id is set per submission
+  std::string q, k, v;       // wire bytes in header.dtype()
+  int64_t tensor_bytes() const {
+    return static_cast<int64_t>(q.size() + k.size() + v.size());
+  }
+};
+
+// Checks `in` (span sizes vs shape, dtypes, key_lengths) and converts it.
+absl::StatusOr<std::shared_ptr<const PreparedRequest>> Prepare(
+    const AttendInput& in);
+
+enum class ServingStatus { kUnknown, kServing, kNotServing, kServiceUnknown };
+const char* ServingStatusName(ServingStatus s);
+
+// Many requests in flight on one Attend stream. Thread-safe: Submit from any
+// thread. Callbacks run on gRPC's callback threads, one at a time per
+// response, and must not block (nor destroy this stream).
+class AttendStream {
+ public:
+  using Callback = std::function<void(absl::StatusOr<AttendResult>)>;
+
+  ~AttendStream();  // cancels requests still in flight, waits for the end
+  AttendStream(const AttendStream&) = delete;
+  AttendStream& operator=(const AttendStream&) = delete;
+
+  // Queues a request; `done` gets its result or error exactly once (not at
+  // all when Submit itself fails: bad input, stream finished, duplicate id).
+  // Returns the request id.
+  absl::StatusOr<std::string> Submit(const AttendInput& in, Callback done);
+  absl::StatusOr<std::string> Submit(
+      std::shared_ptr<const PreparedRequest> request, std::string request_id,
+      Callback done);
+  // The same with a future (Submit errors arrive through it).
+  std::future<absl::StatusOr<AttendResult>> Submit(const AttendInput& in);
+  std::future<absl::StatusOr<AttendResult>> Submit(
+      std::shared_ptr<const PreparedRequest> request,
+      std::string request_id = "");
+  // Blocking convenience: Submit and wait.
+  absl::StatusOr<AttendResult> Attend(const AttendInput& in);
+
+  // Drops one request: its callback gets CANCELLED (now if it has not been
+  // sent yet, else when the server confirms). Unknown ids are ignored.
+  void Cancel(const std::string& request_id);
+  // Requests submitted and not completed (waiting to be sent included).
+  int64_t inflight() const;
+  // Half-closes the stream and waits for every request in flight to
+  // complete and the stream to end; returns the stream's final status.
+  absl::Status Finish();
+  // Ends the stream now: every request in flight gets CANCELLED.
+  void TryCancel();
+
+ private:
+  friend class AttentionClient;
+  class Reactor;
+  explicit AttendStream(std::unique_ptr<Reactor> reactor);
+  std::unique_ptr<Reactor> reactor_;
+};
+
+class AttentionClient {
+ public:
+  using Options = ClientOptions;
+
+  // INVALID_ARGUMENT for a malformed target or options. Does not connect
+  // (gRPC connects lazily); see WaitForConnected.
+  static absl::StatusOr<std::unique_ptr<AttentionClient>> Create(
+      Options options);
+  ~AttentionClient();
+
+  // One request over its own Attend stream (chunked: any size).
+  absl::StatusOr<AttendResult> Attend(const AttendInput& in);
+  // One request in one message (limited by the message size).
+  absl::StatusOr<AttendResult> AttendUnary(const AttendInput& in);
+  // A stream for many requests in flight; `deadline` bounds the stream.
+  std::unique_ptr<AttendStream> OpenStream(
+      absl::Duration deadline = absl::InfiniteDuration());
+
+  // grpc.health.v1 Check of `service` ("" = the whole server).
+  absl::StatusOr<ServingStatus> Health(const std::string& service = "");
+  absl::StatusOr<v1::ServerInfo> GetServerInfo();
+  // True once the channel is READY (connects if idle).
+  bool WaitForConnected(absl::Duration timeout);
+
+  const Options& options() const { return options_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+
+ private:
+  AttentionClient(Options options, std::shared_ptr<grpc::Channel> channel);
+
+  Options options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::AttentionService::Stub> stub_;
+};
+
+// --- helpers (exposed for the CLI and tests) ------------------------------
+
+// The gRPC target and load-balancing policy ClientOptions resolve to.
+struct ResolvedTarget {
+  std::string uri;
+  std::string lb_policy;  // "" = gRPC's default
+};
+absl::StatusOr<ResolvedTarget> ResolveTarget(const ClientOptions& options);
+
+// grpc::Status -> absl::Status (same code numbers and message).
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// "float32" | "float16" | "bfloat16" (also "fp32", "f32", "fp16", "f16",
+// "half", "bf16").
+bool ParseDType(absl::string_view name, v1::DType* out);
+const char* DTypeName(v1::DType d);
+// Bytes per element; 0 for UNSPECIFIED / unknown.
+int DTypeBytes(v1::DType d);
+
+// float32 <-> wire bytes (little-endian). Half: round to nearest even,
+// overflow to inf, NaN kept (quiet). bfloat16: round to nearest even.
+void EncodeFloats(absl::Span<const float> in, v1::DType dtype, char* out);
+void DecodeFloats(const char* in, int64_t count, v1::DType dtype, float* out);
+uint16_t FloatToHalf(float f);
+float HalfToFloat(uint16_t h);
+uint16_t FloatToBFloat16(float f);
+float BFloat16ToFloat(uint16_t b);
+
+Stats StatsFromProto(const v1::Stats& s);
+TensorShape ShapeFromProto(const v1::Shape& s);
+v1::Shape ShapeToProto(const TensorShape& s);
+
+}  // namespace client
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_CLIENT_CPP_CLIENT_H_

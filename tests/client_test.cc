@@ -1,0 +1,857 @@
+// Tests of the C++ client (client/cpp) and the CLI's server modes against a
+// real scatterbrain_server process on loopback (spawned from build/bin, next
+// to this test binary, on free ports, --backend=cpu so outputs can be
+// compared bit for bit with the local CPU backend), plus the client's pure
+// helpers (dtype conversions, targets) without a server.
+#include "client/cpp/client.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <future>
+#include <memory>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "client/cli/npy.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kernels/params.h"
+
+namespace scatterbrain {
+namespace {
+
+using client::AttendInput;
+using client::AttendResult;
+using client::AttentionClient;
+using ::testing::HasSubstr;
+
+// --- helpers
+// ------------------------------------------------------------------
+
+std::string BinDir() {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return ".";
+  std::string path(buf, static_cast<size_t>(n));
+  return path.substr(0, path.rfind('/'));
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = -1;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+std::vector<float> RandomVector(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+// Owned inputs of one request plus the matching AttendInput.
+struct Qkv {
+  client::TensorShape shape;
+  std::vector<float> q, k, v;
+
+  static Qkv Make(int64_t batch, int64_t heads, int64_t seq_q, int64_t seq_k,
+                  int64_t dim, uint32_t seed) {
+    Qkv t;
+    t.shape = {batch, heads, seq_q, seq_k, dim, dim};
+    t.q = RandomVector(t.shape.q_elements(), seed);
+    t.k = RandomVector(t.shape.k_elements(), seed + 1000);
+    t.v = RandomVector(t.shape.v_elements(), seed + 2000);
+    return t;
+  }
+
+  AttendInput Input(v1::Method method) const {
+    AttendInput in;
+    in.q = q;
+    in.k = k;
+    in.v = v;
+    in.shape = shape;
+    in.settings.set_method(method);
+    in.settings.set_num_features(16);
+    in.settings.set_bucket_size(8);
+    in.settings.set_window(8);
+    in.settings.set_seed(7);
+    return in;
+  }
+};
+
+// The same computation on the local CPU backend (the CLI's local mode).
+std::vector<float> Local(const AttendInput& in,
+                         const std::vector<int32_t>& key_lengths = {}) {
+  AttentionParams p;
+  p.q = in.q.data();
+  p.k = in.k.data();
+  p.v = in.v.data();
+  p.batch = in.shape.batch;
+  p.heads = in.shape.heads;
+  p.seq_q = in.shape.seq_q;
+  p.seq_k = in.shape.seq_k;
+  p.dim = in.shape.dim;
+  p.dim_v = in.shape.dim_v;
+  switch (in.settings.method()) {
+    case v1::METHOD_EXACT:
+      p.method = Method::kExact;
+      break;
+    case v1::METHOD_PERFORMER:
+      p.method = Method::kPerformer;
+      break;
+    case v1::METHOD_LSH:
+      p.method = Method::kLsh;
+      break;
+    case v1::METHOD_LOCAL:
+      p.method = Method::kLocal;
+      break;
+    default:
+      p.method = Method::kScatterbrain;
+      break;
+  }
+  if (in.settings.has_num_features()) {
+    p.num_features = static_cast<int>(in.settings.num_features());
+  }
+  if (in.settings.has_bucket_size()) {
+    p.bucket_size = static_cast<int>(in.settings.bucket_size());
+  }
+  if (in.settings.has_window())
+    p.window = static_cast<int>(in.settings.window());
+  p.causal = in.settings.causal();
+  p.seed = in.settings.seed();
+  p.key_lengths = key_lengths.empty() ? nullptr : key_lengths.data();
+  std::vector<float> out(static_cast<size_t>(in.shape.out_elements()));
+  p.out = out.data();
+  SetContiguousStrides(p);
+  auto backend = CreateBackend("cpu");
+  EXPECT_TRUE(backend.ok());
+  auto st = (*backend)->Forward(p);
+  EXPECT_TRUE(st.ok()) << st.status();
+  return out;
+}
+
+// --- the server process
+// -------------------------------------------------------
+
+class ServerProcess {
+ public:
+  // Starts the server; false (with a message) when it does not come up.
+  bool Start(std::string* error) {
+    const std::string bin = BinDir() + "/scatterbrain_server";
+    if (!Exists(bin)) {
+      *error = "no server binary at " + bin;
+      return false;
+    }
+    port_ = FreePort();
+    metrics_port_ = FreePort();
+    log_ = absl::StrCat(::testing::TempDir(), "/client_test_server.",
+                        ::getpid(), ".log");
+    const std::string port_flag = absl::StrCat("--port=", port_);
+    const std::string metrics_flag =
+        absl::StrCat("--metrics_port=", metrics_port_);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd >= 0) {
+        ::dup2(fd, 1);
+        ::dup2(fd, 2);
+      }
+      ::execl(bin.c_str(), bin.c_str(), port_flag.c_str(), metrics_flag.c_str(),
+              "--backend=cpu", "--drain_timeout_s=10",
+              static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    if (pid_ < 0) {
+      *error = "fork failed";
+      return false;
+    }
+    client::ClientOptions o;
+    o.target = target();
+    o.deadline = absl::Seconds(1);
+    auto c = AttentionClient::Create(o);
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (absl::Now() < deadline) {
+      int status;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        *error = "server exited early: " + ReadFile(log_);
+        return false;
+      }
+      auto h = (*c)->Health();
+      if (h.ok() && *h == client::ServingStatus::kServing) return true;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    *error = "server not SERVING after 30 s: " + ReadFile(log_);
+    Stop();
+    return false;
+  }
+
+  // SIGTERM (the server drains and exits 0), then SIGKILL after 20 s.
+  // Returns "" on a clean exit, else what happened and the server's log.
+  std::string Stop() {
+    if (pid_ <= 0) return "not running";
+    ::kill(pid_, SIGTERM);
+    int status = 0;
+    std::string what;
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (absl::Now() > deadline) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        what = "still running 20 s after SIGTERM (killed)";
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    pid_ = -1;
+    if (what.empty()) {
+      if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return "";
+      what = WIFEXITED(status)
+                 ? absl::StrCat("exit status ", WEXITSTATUS(status))
+                 : absl::StrCat("killed by signal ", WTERMSIG(status));
+    }
+    return absl::StrCat(what, "; server log:\n", ReadFile(log_));
+  }
+
+  std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
+  int metrics_port() const { return metrics_port_; }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  int metrics_port_ = 0;
+  std::string log_;
+};
+
+class ClientServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server_ = new ServerProcess;
+    std::string error;
+    if (!server_->Start(&error)) {
+      start_error_ = new std::string(error);
+      delete server_;
+      server_ = nullptr;
+    }
+  }
+  static void TearDownTestSuite() {
+    if (server_ != nullptr) {
+      const std::string stop = server_->Stop();
+      EXPECT_EQ(stop, "") << "the server did not exit 0 on SIGTERM";
+      delete server_;
+      server_ = nullptr;
+    }
+  }
+
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr) << (start_error_ ? *start_error_ : "");
+    client_ = NewClient();
+  }
+
+  std::unique_ptr<AttentionClient> NewClient(int64_t chunk_bytes = 1 << 20) {
+    client::ClientOptions o;
+    o.target = server_->target();
+    o.chunk_bytes = chunk_bytes;
+    o.deadline = absl::Seconds(60);
+    auto c = AttentionClient::Create(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return *std::move(c);
+  }
+
+  static ServerProcess* server_;
+  static std::string* start_error_;
+  std::unique_ptr<AttentionClient> client_;
+};
+
+ServerProcess* ClientServerTest::server_ = nullptr;
+std::string* ClientServerTest::start_error_ = nullptr;
+
+// --- client against the server
+// ------------------------------------------------
+
+TEST_F(ClientServerTest, HealthAndInfo) {
+  auto h = client_->Health();
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(*h, client::ServingStatus::kServing);
+  auto info = client_->GetServerInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_FALSE(info->version().empty());
+  EXPECT_EQ(info->backend(), "cpu");
+  EXPECT_GT(info->limits().max_request_bytes(), 0u);
+  EXPECT_GT(info->limits().chunk_bytes(), 0u);
+}
+
+TEST_F(ClientServerTest, AttendEqualsLocalComputation) {
+  const Qkv t = Qkv::Make(2, 2, 40, 40, 16, 1);
+  for (v1::Method m : {v1::METHOD_EXACT, v1::METHOD_PERFORMER, v1::METHOD_LSH,
+                       v1::METHOD_LOCAL, v1::METHOD_SCATTERBRAIN}) {
+    SCOPED_TRACE(v1::Method_Name(m));
+    const AttendInput in = t.Input(m);
+    auto r = client_->Attend(in);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->shape.seq_q, 40);
+    EXPECT_EQ(r->out, Local(in));
+    EXPECT_GE(r->stats.batch_size, 1);
+    EXPECT_EQ(r->stats.dense_score_bytes, 2 * 2 * 40 * 40 * 4);
+    EXPECT_EQ(r->stats.backend, "cpu");
+  }
+}
+
+TEST_F(ClientServerTest, CausalCrossAttentionWithKeyLengths) {
+  const Qkv t = Qkv::Make(2, 2, 24, 37, 8, 2);
+  AttendInput in = t.Input(v1::METHOD_EXACT);
+  in.settings.set_causal(true);
+  in.key_lengths = {37, 30};
+  auto r = client_->Attend(in);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->out, Local(in, in.key_lengths));
+}
+
+TEST_F(ClientServerTest, UnaryEqualsStream) {
+  const Qkv t = Qkv::Make(1, 2, 33, 33, 16, 3);
+  const AttendInput in = t.Input(v1::METHOD_SCATTERBRAIN);
+  auto a = client_->AttendUnary(in);
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = client_->Attend(in);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->out, b->out);
+  EXPECT_EQ(a->out, Local(in));
+}
+
+TEST_F(ClientServerTest, RequestLargerThanOneMessage) {
+  // 1000-byte chunks split floats across messages; q alone is 64 chunks.
+  auto c = NewClient(/*chunk_bytes=*/1000);
+  const Qkv t = Qkv::Make(1, 2, 256, 256, 32, 4);
+  const AttendInput in = t.Input(v1::METHOD_EXACT);
+  auto r = c->Attend(in);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->out, Local(in));
+}
+
+TEST_F(ClientServerTest, ManyRequestsMultiplexedOnOneStream) {
+  std::unique_ptr<client::AttendStream> stream = client_->OpenStream();
+  std::vector<Qkv> inputs;
+  for (int i = 0; i < 8; ++i) {
+    inputs.push_back(Qkv::Make(1, 2, 16 + 9 * i, 16 + 9 * i, 16, 10 + i));
+  }
+  std::vector<std::future<absl::StatusOr<AttendResult>>> futures;
+  for (int i = 0; i < 8; ++i) {
+    AttendInput in =
+        inputs[i].Input(i % 2 ? v1::METHOD_SCATTERBRAIN : v1::METHOD_EXACT);
+    in.request_id = absl::StrCat("req-", i);
+    futures.push_back(stream->Submit(in));
+  }
+  for (int i = 0; i < 8; ++i) {
+    absl::StatusOr<AttendResult> r = futures[i].get();
+    ASSERT_TRUE(r.ok()) << i << ": " << r.status();
+    EXPECT_EQ(r->request_id, absl::StrCat("req-", i));
+    EXPECT_EQ(r->out, Local(inputs[i].Input(i % 2 ? v1::METHOD_SCATTERBRAIN
+                                                  : v1::METHOD_EXACT)));
+  }
+  EXPECT_EQ(stream->inflight(), 0);
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(ClientServerTest, WindowHoldsBackRequestsBeyondTheLimit) {
+  client::ClientOptions o;
+  o.target = server_->target();
+  o.max_inflight_per_stream = 2;
+  auto c = AttentionClient::Create(o);
+  ASSERT_TRUE(c.ok());
+  std::unique_ptr<client::AttendStream> stream = (*c)->OpenStream();
+  const Qkv t = Qkv::Make(1, 2, 32, 32, 16, 30);
+  const AttendInput in = t.Input(v1::METHOD_EXACT);
+  std::vector<std::future<absl::StatusOr<AttendResult>>> futures;
+  for (int i = 0; i < 9; ++i) futures.push_back(stream->Submit(in));
+  EXPECT_TRUE(stream->Finish().ok());  // waits for all nine
+  const std::vector<float> want = Local(in);
+  for (auto& f : futures) {
+    absl::StatusOr<AttendResult> r = f.get();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->out, want);
+  }
+}
+
+TEST_F(ClientServerTest, CallbacksAndGeneratedIds) {
+  std::unique_ptr<client::AttendStream> stream = client_->OpenStream();
+  const Qkv t = Qkv::Make(1, 1, 20, 20, 8, 20);
+  absl::Mutex mu;
+  std::vector<std::string> ids;
+  int done = 0;
+  for (int i = 0; i < 4; ++i) {
+    auto id = stream->Submit(t.Input(v1::METHOD_EXACT),
+                             [&](absl::StatusOr<AttendResult> r) {
+                               absl::MutexLock lock(&mu);
+                               EXPECT_TRUE(r.ok()) << r.status();
+                               ++done;
+                             });
+    ASSERT_TRUE(id.ok()) << id.status();
+    ids.push_back(*id);
+  }
+  EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), 4u);
+  EXPECT_TRUE(stream->Finish().ok());
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(done, 4);
+}
+
+TEST_F(ClientServerTest, DuplicateIdInFlightIsRefused) {
+  std::unique_ptr<client::AttendStream> stream = client_->OpenStream();
+  const Qkv t = Qkv::Make(1, 2, 64, 64, 16, 21);
+  AttendInput in = t.Input(v1::METHOD_EXACT);
+  in.request_id = "same";
+  auto first = stream->Submit(in);
+  auto second = stream->Submit(in);
+  // The second is refused locally while the first is in flight... unless
+  // the first already completed, when reusing the id is allowed.
+  absl::StatusOr<AttendResult> b = second.get();
+  absl::StatusOr<AttendResult> a = first.get();
+  ASSERT_TRUE(a.ok()) << a.status();
+  if (!b.ok()) {
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(b.status().message(), HasSubstr("request_id"));
+  }
+}
+
+TEST_F(ClientServerTest, Float16AndBFloat16OnTheWire) {
+  Qkv t = Qkv::Make(1, 2, 33, 33, 16, 5);
+  // Round the inputs to float16 so both sides compute on the same values.
+  for (auto* x : {&t.q, &t.k, &t.v}) {
+    for (float& f : *x) f = client::HalfToFloat(client::FloatToHalf(f));
+  }
+  AttendInput in = t.Input(v1::METHOD_EXACT);
+  const std::vector<float> want = Local(in);
+  in.dtype = v1::DTYPE_FLOAT16;
+  in.output_dtype = v1::DTYPE_FLOAT32;
+  auto r = client_->Attend(in);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->out, want);  // exact inputs, float32 output: bit-equal
+
+  in.output_dtype = v1::DTYPE_UNSPECIFIED;  // = float16 back
+  r = client_->Attend(in);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(r->out[i], client::HalfToFloat(client::FloatToHalf(want[i])));
+  }
+
+  in.dtype = v1::DTYPE_BFLOAT16;
+  r = client_->Attend(in);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_NEAR(r->out[i], want[i], 0.05 * (1 + std::fabs(want[i]))) << i;
+  }
+}
+
+TEST_F(ClientServerTest, ServerErrorsComeBackAsStatus) {
+  const Qkv t = Qkv::Make(1, 2, 16, 16, 8, 6);
+  AttendInput in = t.Input(v1::METHOD_PERFORMER);
+  in.settings.set_num_features(7);  // odd: rejected
+  auto r = client_->Attend(in);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("num_features"));
+  r = client_->AttendUnary(in);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+
+  in = t.Input(v1::METHOD_UNSPECIFIED);
+  r = client_->Attend(in);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ClientServerTest, BadRequestDoesNotFailOthersOnTheStream) {
+  std::unique_ptr<client::AttendStream> stream = client_->OpenStream();
+  const Qkv t = Qkv::Make(1, 2, 16, 16, 8, 7);
+  AttendInput good = t.Input(v1::METHOD_EXACT);
+  AttendInput bad = good;
+  bad.settings.set_method(v1::METHOD_UNSPECIFIED);
+  auto a = stream->Submit(good);
+  auto b = stream->Submit(bad);
+  auto c = stream->Submit(good);
+  EXPECT_TRUE(a.get().ok());
+  EXPECT_EQ(b.get().status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(c.get().ok());
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(ClientServerTest, ClientSideValidation) {
+  const Qkv t = Qkv::Make(1, 2, 16, 16, 8, 8);
+  AttendInput in = t.Input(v1::METHOD_EXACT);
+  in.shape.seq_q = 17;  // q has 16 rows
+  auto r = client_->Attend(in);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("q:"));
+  in = t.Input(v1::METHOD_EXACT);
+  in.dtype = v1::DTYPE_UNSPECIFIED;
+  EXPECT_EQ(client_->Attend(in).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ClientServerTest, CancelAndDestroyWithRequestsInFlight) {
+  const Qkv t = Qkv::Make(1, 4, 512, 512, 64, 9);
+  std::unique_ptr<client::AttendStream> stream = client_->OpenStream();
+  AttendInput in = t.Input(v1::METHOD_EXACT);
+  in.request_id = "to-cancel";
+  auto f = stream->Submit(in);
+  stream->Cancel("to-cancel");
+  absl::StatusOr<AttendResult> r = f.get();
+  // Cancelled before or after the server finished it: either is valid.
+  if (!r.ok()) {
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  }
+  // A stream destroyed with work in flight cancels it and does not hang.
+  auto g = stream->Submit(in);
+  stream.reset();
+  r = g.get();
+  if (!r.ok()) {
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  }
+}
+
+TEST_F(ClientServerTest, DeadlineExceeded) {
+  const Qkv t = Qkv::Make(1, 2, 16, 16, 8, 10);
+  std::unique_ptr<client::AttendStream> stream =
+      client_->OpenStream(absl::Nanoseconds(1));
+  auto r = stream->Submit(t.Input(v1::METHOD_EXACT)).get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(ClientServerTest, SubmitAfterFinishIsRefused) {
+  std::unique_ptr<client::AttendStream> stream = client_->OpenStream();
+  EXPECT_TRUE(stream->Finish().ok());
+  const Qkv t = Qkv::Make(1, 1, 8, 8, 8, 11);
+  auto r = stream->Submit(t.Input(v1::METHOD_EXACT)).get();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ClientServerTest, SeveralEndpointsRoundRobin) {
+  client::ClientOptions o;
+  o.target = absl::StrCat(server_->target(), ",", server_->target());
+  auto c = AttentionClient::Create(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const Qkv t = Qkv::Make(1, 1, 8, 8, 8, 12);
+  auto r = (*c)->Attend(t.Input(v1::METHOD_EXACT));
+  ASSERT_TRUE(r.ok()) << r.status();
+}
+
+TEST(ClientNoServerTest, UnreachableServerIsUnavailable) {
+  client::ClientOptions o;
+  o.target = absl::StrCat("127.0.0.1:", FreePort());
+  o.deadline = absl::Seconds(10);
+  auto c = AttentionClient::Create(o);
+  ASSERT_TRUE(c.ok());
+  const Qkv t = Qkv::Make(1, 1, 8, 8, 8, 13);
+  EXPECT_EQ((*c)->Attend(t.Input(v1::METHOD_EXACT)).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*c)->Health().status().code(), absl::StatusCode::kUnavailable);
+}
+
+// --- the CLI's server modes
+// ---------------------------------------------------
+
+struct RunResult {
+  int code = -1;
+  std::string out, err;
+};
+
+class CliServerTest : public ClientServerTest {
+ protected:
+  void SetUp() override {
+    ClientServerTest::SetUp();
+    std::string templ = ::testing::TempDir() + "/client_cli.XXXXXX";
+    ASSERT_NE(::mkdtemp(templ.data()), nullptr);
+    dir_ = templ;
+  }
+  void TearDown() override {
+    std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
+  }
+  std::string Path(const std::string& name) const {
+    return absl::StrCat(dir_, "/", name);
+  }
+  RunResult Run(const std::vector<std::string>& args) {
+    std::string cmd = absl::StrCat("'", BinDir(), "/scatterbrain_cli'");
+    for (const std::string& a : args) absl::StrAppend(&cmd, " '", a, "'");
+    absl::StrAppend(&cmd, " >'", Path("stdout.txt"), "' 2>'",
+                    Path("stderr.txt"), "'");
+    const int status = std::system(cmd.c_str());
+    RunResult r;
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.out = ReadFile(Path("stdout.txt"));
+    r.err = ReadFile(Path("stderr.txt"));
+    return r;
+  }
+  void WriteQkv() {
+    int i = 0;
+    for (const char* name : {"q", "k", "v"}) {
+      const std::vector<float> x = RandomVector(2 * 2 * 48 * 16, 100 + i++);
+      ASSERT_TRUE(
+          WriteNpy(Path(absl::StrCat(name, ".npy")), {2, 2, 48, 16}, x.data())
+              .ok());
+    }
+  }
+  std::vector<std::string> AttendArgs(const std::string& out,
+                                      const std::string& method) {
+    return {"attend",
+            "--q=" + Path("q.npy"),
+            "--k=" + Path("k.npy"),
+            "--v=" + Path("v.npy"),
+            "--out=" + Path(out),
+            "--method=" + method,
+            "--num_features=16",
+            "--bucket_size=8",
+            "--seed=5"};
+  }
+
+  std::string dir_;
+};
+
+TEST_F(CliServerTest, AttendOnServerWritesTheLocalOutput) {
+  WriteQkv();
+  for (const std::string method : {"exact", "scatterbrain", "performer"}) {
+    SCOPED_TRACE(method);
+    RunResult local = Run(AttendArgs("local.npy", method));
+    ASSERT_EQ(local.code, 0) << local.err;
+    std::vector<std::string> args = AttendArgs("remote.npy", method);
+    args.push_back("--server=" + server_->target());
+    args.push_back("--stats");
+    RunResult remote = Run(args);
+    ASSERT_EQ(remote.code, 0) << remote.err;
+    EXPECT_THAT(remote.out, HasSubstr("batch_size="));
+    EXPECT_THAT(remote.out, HasSubstr("backend=cpu"));
+    const std::string a = ReadFile(Path("local.npy"));
+    ASSERT_FALSE(a.empty());
+    EXPECT_EQ(a, ReadFile(Path("remote.npy")));  // byte-identical .npy
+    args.push_back("--unary");
+    args[4] = "--out=" + Path("unary.npy");
+    RunResult unary = Run(args);
+    ASSERT_EQ(unary.code, 0) << unary.err;
+    EXPECT_EQ(a, ReadFile(Path("unary.npy")));
+  }
+}
+
+TEST_F(CliServerTest, AttendServerErrors) {
+  WriteQkv();
+  std::vector<std::string> args = AttendArgs("o.npy", "performer");
+  args[6] = "--num_features=7";
+  args.push_back("--server=" + server_->target());
+  RunResult r = Run(args);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT"));
+  EXPECT_THAT(r.err, HasSubstr("num_features"));
+  EXPECT_FALSE(Exists(Path("o.npy")));
+
+  args = AttendArgs("o.npy", "exact");
+  args.push_back("--server=" + server_->target());
+  args.push_back("--threads=2");
+  r = Run(args);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--threads"));
+
+  args = AttendArgs("o.npy", "exact");
+  args.push_back("--dtype=float16");  // without --server
+  r = Run(args);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("needs --server"));
+
+  args = AttendArgs("o.npy", "exact");
+  args.push_back(absl::StrCat("--server=127.0.0.1:", FreePort()));
+  args.push_back("--timeout_s=10");
+  r = Run(args);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, HasSubstr("UNAVAILABLE"));
+  EXPECT_FALSE(Exists(Path("o.npy")));
+}
+
+TEST_F(CliServerTest, AttendFloat16OnTheWire) {
+  WriteQkv();
+  std::vector<std::string> args = AttendArgs("o.npy", "exact");
+  args.push_back("--server=" + server_->target());
+  args.push_back("--dtype=float16");
+  RunResult r = Run(args);
+  ASSERT_EQ(r.code, 0) << r.err;
+  RunResult local = Run(AttendArgs("local.npy", "exact"));
+  ASSERT_EQ(local.code, 0) << local.err;
+  auto a = ReadNpy(Path("o.npy"));
+  auto b = ReadNpy(Path("local.npy"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->data.size(), b->data.size());
+  for (size_t i = 0; i < a->data.size(); ++i) {
+    ASSERT_NEAR(a->data[i], b->data[i], 5e-3) << i;
+  }
+}
+
+TEST_F(CliServerTest, HealthExitCodes) {
+  RunResult r = Run({"health", "--server=" + server_->target()});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "SERVING\n");
+  r = Run({"health", absl::StrCat("--server=127.0.0.1:", FreePort()),
+           "--timeout_s=5"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.out, HasSubstr("UNAVAILABLE"));
+  EXPECT_THAT(r.err, HasSubstr("error:"));
+  r = Run({"health"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--server"));
+}
+
+TEST_F(CliServerTest, InfoOnServer) {
+  RunResult r = Run({"info", "--server=" + server_->target()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("scatterbrain 0.1.0"));
+  EXPECT_THAT(r.out, HasSubstr("backend: cpu"));
+  EXPECT_THAT(r.out, HasSubstr("max_batch_requests"));
+}
+
+TEST_F(CliServerTest, BenchRunsATinyLoad) {
+  RunResult r = Run({"bench", "--server=" + server_->target(), "--clients=2",
+                     "--requests=6", "--seq=64", "--heads=2", "--dim=16",
+                     "--num_features=16", "--bucket_size=16"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr("completed: 6 ok, 0 failed"));
+  EXPECT_THAT(r.out, HasSubstr("requests/s"));
+  EXPECT_THAT(r.out, HasSubstr("MB/s"));
+  EXPECT_THAT(r.out, HasSubstr("p50="));
+  EXPECT_THAT(r.out, HasSubstr("p90="));
+  EXPECT_THAT(r.out, HasSubstr("p99="));
+  EXPECT_THAT(r.out, HasSubstr("batch sizes: "));
+
+  r = Run({"bench", "--server=" + server_->target(), "--clients=1",
+           "--requests=2", "--seq=32", "--heads=1", "--dim=8", "--method=exact",
+           "--dtype=bfloat16"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr("bfloat16"));
+
+  r = Run({"bench", "--server=" + server_->target(), "--clients=0"});
+  EXPECT_EQ(r.code, 2);
+}
+
+// --- helpers without a server
+// -------------------------------------------------
+
+TEST(ClientConversionTest, HalfRoundTripsEveryValue) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = client::HalfToFloat(static_cast<uint16_t>(h));
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(client::HalfToFloat(client::FloatToHalf(f))));
+      continue;
+    }
+    ASSERT_EQ(client::FloatToHalf(f), h) << h;
+  }
+  EXPECT_EQ(client::FloatToHalf(1e6f), 0x7C00);  // overflow: inf
+  EXPECT_EQ(client::FloatToHalf(-1e6f), 0xFC00);
+  EXPECT_EQ(client::FloatToHalf(1.0f + 1.0f / 2048), 0x3C00);  // tie: even
+  EXPECT_EQ(client::FloatToHalf(1.0f + 3.0f / 2048), 0x3C02);
+  EXPECT_EQ(client::HalfToFloat(0x0001), std::ldexp(1.0f, -24));  // subnormal
+}
+
+TEST(ClientConversionTest, BFloat16) {
+  EXPECT_EQ(client::FloatToBFloat16(1.0f), 0x3F80);
+  EXPECT_EQ(client::BFloat16ToFloat(0x3F80), 1.0f);
+  // 1 + 2^-8 is a tie between 1 and 1 + 2^-7: rounds to even (1).
+  EXPECT_EQ(client::FloatToBFloat16(1.0f + std::ldexp(1.0f, -8)), 0x3F80);
+  EXPECT_EQ(client::FloatToBFloat16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3F82);
+  EXPECT_TRUE(std::isnan(
+      client::BFloat16ToFloat(client::FloatToBFloat16(std::nanf("")))));
+  EXPECT_EQ(client::FloatToBFloat16(-INFINITY), 0xFF80);
+  const std::vector<float> x = {0.5f, -2.0f, 3.140625f};
+  std::string bytes(x.size() * 2, '\0');
+  client::EncodeFloats(x, v1::DTYPE_BFLOAT16, bytes.data());
+  std::vector<float> y(x.size());
+  client::DecodeFloats(bytes.data(), 3, v1::DTYPE_BFLOAT16, y.data());
+  EXPECT_EQ(x, y);  // all exactly representable
+}
+
+TEST(ClientTargetTest, Resolve) {
+  client::ClientOptions o;
+  o.target = "localhost:50051";
+  auto r = client::ResolveTarget(o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->uri, "localhost:50051");
+  EXPECT_EQ(r->lb_policy, "");
+
+  o.target = "10.0.0.1:50051, 10.0.0.2:50052,localhost:7";
+  r = client::ResolveTarget(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->uri, "ipv4:///10.0.0.1:50051,10.0.0.2:50052,127.0.0.1:7");
+  EXPECT_EQ(r->lb_policy, "round_robin");
+
+  o.target = "dns:///scatterbrain.default.svc:50051";
+  r = client::ResolveTarget(o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->uri, o.target);
+
+  o.target = "[::1]:1,[::1]:2";
+  r = client::ResolveTarget(o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->uri, "ipv6:///[::1]:1,[::1]:2");
+
+  for (const char* bad : {"", "a.example:1,b.example:2", "10.0.0.1,10.0.0.2",
+                          "10.0.0.1:0,10.0.0.2:1", "10.0.0.1:1,[::1]:2"}) {
+    o.target = bad;
+    EXPECT_EQ(client::ResolveTarget(o).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
+  o.target = "1.2.3.4:5";
+  o.chunk_bytes = 0;
+  EXPECT_FALSE(AttentionClient::Create(o).ok());
+}
+
+TEST(ClientTargetTest, DTypeNames) {
+  v1::DType d;
+  ASSERT_TRUE(client::ParseDType("float16", &d));
+  EXPECT_EQ(d, v1::DTYPE_FLOAT16);
+  ASSERT_TRUE(client::ParseDType("BF16", &d));
+  EXPECT_EQ(d, v1::DTYPE_BFLOAT16);
+  EXPECT_FALSE(client::ParseDType("int8", &d));
+  EXPECT_EQ(client::DTypeBytes(v1::DTYPE_FLOAT32), 4);
+  EXPECT_STREQ(client::DTypeName(v1::DTYPE_BFLOAT16), "bfloat16");
+}
+
+}  // namespace
+}  // namespace scatterbrain
