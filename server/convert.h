@@ -21,6 +21,8 @@
 #include "kernels/params.h"
 #include "scatterbrain/v1/attention.pb.h"
 
+#include "common/float16.h"
+
 namespace scatterbrain {
 namespace server {
 
@@ -70,12 +72,12 @@ std::string MethodLabel(v1::Method method);
 int DTypeBytes(v1::DType dtype);
 const char* DTypeName(v1::DType dtype);
 
-// Scalar conversions (exact on decode: subnormals, inf and nan included;
-// round-to-nearest-even on encode, overflow to inf, nan stays nan).
-float HalfToFloat(uint16_t h);
-uint16_t FloatToHalf(float f);
-float BFloat16ToFloat(uint16_t b);
-uint16_t FloatToBFloat16(float f);
+// Scalar conversions: common/float16.h (exact on decode; round to nearest
+// even on encode), shared with the client library and the .npy reader.
+using ::scatterbrain::BFloat16ToFloat;
+using ::scatterbrain::FloatToBFloat16;
+using ::scatterbrain::FloatToHalf;
+using ::scatterbrain::HalfToFloat;
 
 // `n` elements of little-endian `dtype` bytes at `src` -> float32 at `dst`.
 void DecodeToFloat(v1::DType dtype, const char* src, int64_t n, float* dst);

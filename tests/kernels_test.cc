@@ -217,7 +217,9 @@ TEST(SupportTest, PairsFoundInSeveralRoundsCountOnce) {
       EXPECT_NEAR(logit_max, acc.emax[i], 1e-4);
       for (int64_t j = 0; j < nk; ++j) {
         const float w = acc.ev[i * nk + j];
-        if (w > 0) EXPECT_NEAR(w, std::exp(logit[j] - acc.emax[i]), 1e-5);
+        if (w > 0) {
+          EXPECT_NEAR(w, std::exp(logit[j] - acc.emax[i]), 1e-5);
+        }
       }
       total += members;
     }

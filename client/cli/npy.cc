@@ -392,55 +392,6 @@ absl::Status WriteAll(int fd, const char* p, size_t n) {
 
 }  // namespace
 
-float HalfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  const uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    // Zero or subnormal: mant * 2^-24, exactly representable in float.
-    float mag = std::ldexp(static_cast<float>(mant), -24);
-    return sign ? -mag : mag;
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);  // inf, or NaN with payload
-  } else {
-    bits = sign | ((exp - 15 + 127) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-uint16_t FloatToHalf(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
-  const uint32_t abs = x & 0x7fffffffu;
-  if (abs >= 0x7f800000u) {  // inf or NaN
-    if (abs == 0x7f800000u) return sign | 0x7c00u;
-    uint16_t payload = static_cast<uint16_t>((abs >> 13) & 0x3ffu);
-    return sign | 0x7c00u | (payload ? payload : 0x200u);  // stay a NaN
-  }
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: inf
-  if (abs < 0x38800000u) {
-    // Result is subnormal (or zero) in half: value / 2^-24, round to even.
-    if (abs < 0x33000000u) return sign;  // < 2^-25: rounds to zero
-    const uint32_t e = abs >> 23;        // 102..112
-    const uint32_t m = (abs & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126 - e;  // 14..24
-    uint32_t q = m >> shift;
-    const uint32_t rem = m & ((1u << shift) - 1);
-    const uint32_t half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (q & 1u))) ++q;
-    return sign | static_cast<uint16_t>(q);
-  }
-  // Normal: rebias exponent, round mantissa 23 -> 10 bits to nearest even.
-  uint32_t v = abs - (112u << 23);  // exponent bias 127 -> 15
-  const uint32_t rem = v & 0x1fffu;
-  v >>= 13;
-  if (rem > 0x1000u || (rem == 0x1000u && (v & 1u))) ++v;  // may carry to exp
-  return sign | static_cast<uint16_t>(v);
-}
 
 absl::StatusOr<NpyArray> ParseNpy(absl::string_view bytes,
                                   absl::string_view name, int required_rank) {

@@ -14,6 +14,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
+#include "common/float16.h"
+
 namespace scatterbrain {
 
 struct NpyArray {
@@ -48,11 +50,8 @@ absl::Status WriteNpy(const std::string& path,
 // The bytes WriteNpy would write (header + data), for tests and pipes.
 std::string EncodeNpy(const std::vector<int64_t>& shape, const float* data);
 
-// IEEE binary16 <-> binary32. HalfToFloat is exact for every input
-// (subnormals, signed zeros, inf, NaN payloads preserved). FloatToHalf
-// rounds to nearest even, overflowing to inf.
-float HalfToFloat(uint16_t h);
-uint16_t FloatToHalf(float f);
+// IEEE binary16 <-> binary32: HalfToFloat / FloatToHalf from
+// common/float16.h (shared with the server and the client library).
 
 }  // namespace scatterbrain
 

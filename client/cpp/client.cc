@@ -162,55 +162,6 @@ absl::StatusOr<int> DecodeHealthResponse(const std::string& s) {
 // Conversions
 // ---------------------------------------------------------------------------
 
-// Branch-free IEEE half conversions (after Maratyszcza's FP16 library):
-// exact for every input, round to nearest even, NaN stays NaN.
-uint16_t FloatToHalf(float f) {
-  const float scale_to_inf = 0x1.0p+112f;
-  const float scale_to_zero = 0x1.0p-110f;
-  float base = (std::fabs(f) * scale_to_inf) * scale_to_zero;
-  const uint32_t w = FloatBits(f);
-  const uint32_t shl1_w = w + w;
-  const uint32_t sign = w & 0x80000000u;
-  uint32_t bias = shl1_w & 0xFF000000u;
-  if (bias < 0x71000000u) bias = 0x71000000u;
-  base = BitsFloat((bias >> 1) + 0x07800000u) + base;
-  const uint32_t bits = FloatBits(base);
-  const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
-  const uint32_t mantissa_bits = bits & 0x00000FFFu;
-  const uint32_t nonsign = exp_bits + mantissa_bits;
-  return static_cast<uint16_t>((sign >> 16) |
-                               (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
-}
-
-float HalfToFloat(uint16_t h) {
-  const uint32_t w = static_cast<uint32_t>(h) << 16;
-  const uint32_t sign = w & 0x80000000u;
-  const uint32_t two_w = w + w;
-  const uint32_t exp_offset = 0xE0u << 23;
-  const float exp_scale = 0x1.0p-112f;
-  const float normalized = BitsFloat((two_w >> 4) + exp_offset) * exp_scale;
-  const uint32_t magic_mask = 126u << 23;
-  const float magic_bias = 0.5f;
-  const float denormalized = BitsFloat((two_w >> 17) | magic_mask) - magic_bias;
-  const uint32_t denormalized_cutoff = 1u << 27;
-  const uint32_t result =
-      sign | (two_w < denormalized_cutoff ? FloatBits(denormalized)
-                                          : FloatBits(normalized));
-  return BitsFloat(result);
-}
-
-uint16_t FloatToBFloat16(float f) {
-  const uint32_t u = FloatBits(f);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) {  // NaN: keep it quiet, keep sign
-    return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  }
-  const uint32_t rounding = 0x7FFFu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>((u + rounding) >> 16);
-}
-
-float BFloat16ToFloat(uint16_t b) {
-  return BitsFloat(static_cast<uint32_t>(b) << 16);
-}
 
 void EncodeFloats(absl::Span<const float> in, v1::DType dtype, char* out) {
   switch (dtype) {

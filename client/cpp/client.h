@@ -25,6 +25,8 @@
 #include "absl/types/span.h"
 #include "scatterbrain/v1/attention.grpc.pb.h"
 
+#include "common/float16.h"
+
 namespace grpc {
 class Channel;
 class ChannelCredentials;
@@ -241,10 +243,10 @@ int DTypeBytes(v1::DType d);
 // overflow to inf, NaN kept (quiet). bfloat16: round to nearest even.
 void EncodeFloats(absl::Span<const float> in, v1::DType dtype, char* out);
 void DecodeFloats(const char* in, int64_t count, v1::DType dtype, float* out);
-uint16_t FloatToHalf(float f);
-float HalfToFloat(uint16_t h);
-uint16_t FloatToBFloat16(float f);
-float BFloat16ToFloat(uint16_t b);
+using ::scatterbrain::BFloat16ToFloat;
+using ::scatterbrain::FloatToBFloat16;
+using ::scatterbrain::FloatToHalf;
+using ::scatterbrain::HalfToFloat;
 
 Stats StatsFromProto(const v1::Stats& s);
 TensorShape ShapeFromProto(const v1::Shape& s);

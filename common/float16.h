@@ -1,0 +1,20 @@
+// scatterbrain/common/float16.h — IEEE binary16 and bfloat16 conversions,
+// shared by the server, the client library and the .npy reader so that the
+// wire and file formats are decoded and encoded one way everywhere.
+// Exact for every input; float -> 16 bits rounds to nearest even; NaN stays
+// NaN (quiet), infinities stay infinite. No dependencies.
+#ifndef SCATTERBRAIN_COMMON_FLOAT16_H_
+#define SCATTERBRAIN_COMMON_FLOAT16_H_
+
+#include <cstdint>
+
+namespace scatterbrain {
+
+float HalfToFloat(uint16_t h);
+uint16_t FloatToHalf(float f);
+float BFloat16ToFloat(uint16_t b);
+uint16_t FloatToBFloat16(float f);
+
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_COMMON_FLOAT16_H_
