@@ -15,12 +15,12 @@ enum class SparseSupport { kLsh, kLocal, kBoth };
 // How Scatterbrain combines its sparse and low-rank parts.
 //  kCalibrated: (default) per-(batch, head) the combination of exact-on-support
 //    and low-rank-off-support is chosen on a few query rows computed exactly
-//    (see scatterbrain.md in the README): biased, far lower error.
+//    (README, Accuracy): biased, far lower error.
 //  kUnbiased: the textbook estimator (A_hat V) / (A_hat 1) of the paper.
 enum class Estimator { kCalibrated, kUnbiased };
-// What the LSH hashes.
-//  kNone: (default) the raw directions of q and k (angular hashing). On our
-//    measured families it finds far more attention mass (README, Accuracy).
+// What the cross-polytope LSH hashes.
+//  kNone: (default) the raw directions of q and k (angular hashing); on our
+//    measured families it finds more attention mass (README, Accuracy).
 //  kSmyrf: SMYRF's asymmetric transform q -> [q, 0, sqrt(M - |q|^2)],
 //    k -> [k, sqrt(M - |k|^2), 0], M = max|q|^2 + max|k|^2, which turns
 //    maximum inner product into nearest neighbour; better when key norms
