@@ -16,6 +16,8 @@
 #include <limits>
 #include <new>
 #include <optional>
+#include <random>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <utility>
@@ -29,6 +31,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error \
@@ -161,7 +164,6 @@ absl::StatusOr<int> DecodeHealthResponse(const std::string& s) {
 // ---------------------------------------------------------------------------
 // Conversions
 // ---------------------------------------------------------------------------
-
 
 void EncodeFloats(absl::Span<const float> in, v1::DType dtype, char* out) {
   switch (dtype) {
@@ -568,6 +570,21 @@ class AttendStream::Reactor
 
   void TryCancel() { ctx_.TryCancel(); }
 
+  // The call failed or ended: a new request here would fail too.
+  bool Broken() const {
+    absl::MutexLock lock(&mu_);
+    return finished_ || read_closed_ || write_failed_;
+  }
+
+  // Half-closes without waiting (a stream replaced after a failure).
+  void Close() {
+    absl::MutexLock lock(&mu_);
+    if (!closing_) {
+      closing_ = true;
+      MaybeStartWriteLocked();
+    }
+  }
+
   void WaitDone() { done_.WaitForNotification(); }
   bool IsDone() const { return done_.HasBeenNotified(); }
 
@@ -832,21 +849,290 @@ class AttendStream::Reactor
   absl::Notification done_;
 };
 
-AttendStream::AttendStream(std::unique_ptr<Reactor> reactor)
-    : reactor_(std::move(reactor)) {}
-
-AttendStream::~AttendStream() {
-  if (!reactor_->IsDone()) {
-    if (reactor_->inflight() > 0) reactor_->TryCancel();
-    reactor_->Finish().IgnoreError();
+// What AttendStream is: the stream (Reactor) its requests currently go to,
+// the streams it replaced (kept until they end: their reactions may still
+// run), and every request not yet completed, so that one that failed with
+// UNAVAILABLE can be resubmitted on a new stream. The waits between tries
+// run on a thread started at the first retry (callbacks must not block).
+// Lock order: Impl::mu_, then Reactor::mu_ (Reactor::Submit); a reactor
+// calls back into OnResult without holding its own lock.
+class AttendStream::Impl {
+ public:
+  Impl(v1::AttentionService::Stub* stub, const ClientOptions& options,
+       absl::Duration deadline)
+      : stub_(stub), options_(options), deadline_(deadline) {
+    absl::MutexLock lock(&mu_);
+    RollLocked();
   }
-}
+
+  ~Impl() {
+    if (inflight() > 0) TryCancel();
+    Finish().IgnoreError();
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+      cv_.SignalAll();
+    }
+    if (retrier_.joinable()) retrier_.join();
+  }
+
+  absl::StatusOr<std::string> Submit(std::shared_ptr<const PreparedRequest> req,
+                                     std::string id, Callback done) {
+    absl::MutexLock lock(&mu_);
+    if (closing_) {
+      return absl::FailedPreconditionError(
+          "the Attend stream is closed (Finish was called); open a new one");
+    }
+    // Ids are unique across the streams this one spans (a resubmitted
+    // request keeps its id).
+    if (id.empty()) {
+      do {
+        id = absl::StrCat("r", next_id_++);
+      } while (pending_.count(id));
+    } else if (pending_.count(id)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "request_id: '", id, "' is already in flight on this stream"));
+    }
+    Pending& p = pending_[id];
+    p.req = req;
+    p.done = std::move(done);
+    p.reactor = current_.get();
+    absl::StatusOr<std::string> s =
+        current_->Submit(std::move(req), id, Wrap(id));
+    if (!s.ok()) {
+      if (absl::IsUnavailable(s.status()) && MayRetryLocked(p)) {
+        ScheduleRetryLocked(id, &p);
+        return id;
+      }
+      pending_.erase(id);
+      return s.status();
+    }
+    return id;
+  }
+
+  void Cancel(const std::string& id) {
+    Callback done;
+    Reactor* reactor = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = pending_.find(id);
+      if (it == pending_.end()) return;
+      if (it->second.waiting) {  // between tries: not on any stream
+        done = std::move(it->second.done);
+        pending_.erase(it);
+        cv_.SignalAll();
+      } else {
+        it->second.cancelled = true;  // no retry from now on
+        reactor = it->second.reactor;
+      }
+    }
+    if (done) done(absl::CancelledError("request cancelled by the client"));
+    if (reactor != nullptr) reactor->Cancel(id);
+  }
+
+  int64_t inflight() const {
+    absl::MutexLock lock(&mu_);
+    return static_cast<int64_t>(pending_.size());
+  }
+
+  absl::Status Finish() {
+    std::vector<Reactor*> reactors;
+    {
+      absl::MutexLock lock(&mu_);
+      closing_ = true;
+      while (!pending_.empty()) cv_.Wait(&mu_);
+      // Nothing pending and no Submit accepted: the set of streams is final.
+      for (auto& r : old_) reactors.push_back(r.get());
+      reactors.push_back(current_.get());
+    }
+    absl::Status status;
+    for (Reactor* r : reactors) status = r->Finish();  // the current one's
+    return status;
+  }
+
+  void TryCancel() {
+    std::vector<Callback> waiting;
+    std::vector<Reactor*> reactors;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      for (auto it = pending_.begin(); it != pending_.end();) {
+        if (it->second.waiting) {
+          waiting.push_back(std::move(it->second.done));
+          it = pending_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      for (auto& r : old_) reactors.push_back(r.get());
+      reactors.push_back(current_.get());
+      cv_.SignalAll();
+    }
+    for (Callback& cb : waiting) {
+      if (cb) cb(absl::CancelledError("request cancelled by the client"));
+    }
+    for (Reactor* r : reactors) r->TryCancel();
+  }
+
+ private:
+  struct Pending {
+    std::shared_ptr<const PreparedRequest> req;
+    Callback done;                 // the caller's
+    Reactor* reactor = nullptr;    // the stream of its current try
+    Reactor* failed_on = nullptr;  // the stream of its last failed try
+    int attempts = 1;
+    bool waiting = false;    // between tries (in no stream)
+    bool cancelled = false;  // by Cancel: never retried
+  };
+
+  Callback Wrap(const std::string& id) {
+    return [this, id](absl::StatusOr<AttendResult> r) {
+      OnResult(id, std::move(r));
+    };
+  }
+
+  bool MayRetryLocked(const Pending& p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !p.cancelled && !cancelled_ && p.attempts < options_.max_attempts;
+  }
+
+  void ScheduleRetryLocked(const std::string& id, Pending* p)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    p->waiting = true;
+    p->failed_on = p->reactor;
+    p->reactor = nullptr;
+    retries_.emplace_back(absl::Now() + RetryBackoff(options_, p->attempts),
+                          id);
+    ++p->attempts;
+    if (!retrier_.joinable()) retrier_ = std::thread([this] { RetryLoop(); });
+    cv_.SignalAll();
+  }
+
+  // A reactor's answer for `id` (each reactor answers each id once).
+  void OnResult(const std::string& id, absl::StatusOr<AttendResult> r) {
+    Callback done;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = pending_.find(id);
+      if (it == pending_.end()) return;
+      if (!r.ok() && absl::IsUnavailable(r.status()) &&
+          MayRetryLocked(it->second)) {
+        ScheduleRetryLocked(id, &it->second);
+        return;
+      }
+      if (!r.ok() && it->second.attempts > 1) {
+        r = absl::Status(r.status().code(),
+                         absl::StrCat(r.status().message(), " (after ",
+                                      it->second.attempts, " tries)"));
+      }
+      done = std::move(it->second.done);
+      pending_.erase(it);
+      cv_.SignalAll();
+    }
+    if (done) done(std::move(r));
+  }
+
+  // Replaces the current stream by a new call (round_robin picks a live
+  // server for it); the old one is half-closed and kept until it ends.
+  void RollLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (current_ != nullptr) {
+      current_->Close();
+      old_.push_back(std::move(current_));
+    }
+    current_ =
+        std::make_unique<Reactor>(stub_, options_.chunk_bytes,
+                                  options_.max_inflight_per_stream, deadline_);
+  }
+
+  void RetryLoop() {
+    for (;;) {
+      std::vector<std::string> due;
+      {
+        absl::MutexLock lock(&mu_);
+        for (;;) {
+          if (stop_) return;
+          const absl::Time now = absl::Now();
+          absl::Time next = absl::InfiniteFuture();
+          for (const auto& [t, id] : retries_) next = std::min(next, t);
+          if (next <= now) break;
+          cv_.WaitWithDeadline(&mu_, next);
+        }
+        const absl::Time now = absl::Now();
+        for (auto it = retries_.begin(); it != retries_.end();) {
+          if (it->first <= now) {
+            due.push_back(std::move(it->second));
+            it = retries_.erase(it);
+          } else {
+            ++it;
+          }
+        }
+      }
+      for (const std::string& id : due) Resubmit(id);
+    }
+  }
+
+  void Resubmit(const std::string& id) {
+    Callback done;
+    absl::Status error;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = pending_.find(id);
+      if (it == pending_.end() || !it->second.waiting) return;  // cancelled
+      Pending& p = it->second;
+      p.waiting = false;
+      if (cancelled_) {
+        error = absl::CancelledError("request cancelled by the client");
+      } else {
+        // The failed stream (the current one, or one already replaced) is
+        // not reused: a request retried goes on a stream opened after its
+        // failure.
+        if (current_.get() == p.failed_on || current_->Broken()) {
+          RollLocked();
+        }
+        absl::StatusOr<std::string> s = current_->Submit(p.req, id, Wrap(id));
+        if (s.ok()) {
+          p.reactor = current_.get();
+          return;
+        }
+        if (absl::IsUnavailable(s.status()) && MayRetryLocked(p)) {
+          ScheduleRetryLocked(id, &p);
+          return;
+        }
+        error = s.status();
+      }
+      done = std::move(p.done);
+      pending_.erase(it);
+      cv_.SignalAll();
+    }
+    if (done) done(error);
+  }
+
+  v1::AttentionService::Stub* const stub_;
+  const ClientOptions options_;
+  const absl::Duration deadline_;
+
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;  // pending_ shrank, retries_ grew, stop_ / cancel
+  std::unique_ptr<Reactor> current_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<Reactor>> old_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<std::string, Pending> pending_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<absl::Time, std::string>> retries_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread retrier_;
+};
+
+AttendStream::AttendStream(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+
+AttendStream::~AttendStream() = default;
 
 absl::StatusOr<std::string> AttendStream::Submit(const AttendInput& in,
                                                  Callback done) {
   absl::StatusOr<std::shared_ptr<const PreparedRequest>> req = Prepare(in);
   if (!req.ok()) return req.status();
-  return reactor_->Submit(*std::move(req), in.request_id, std::move(done));
+  return impl_->Submit(*std::move(req), in.request_id, std::move(done));
 }
 
 absl::StatusOr<std::string> AttendStream::Submit(
@@ -855,8 +1141,8 @@ absl::StatusOr<std::string> AttendStream::Submit(
   if (request == nullptr) {
     return absl::InvalidArgumentError("request: null PreparedRequest");
   }
-  return reactor_->Submit(std::move(request), std::move(request_id),
-                          std::move(done));
+  return impl_->Submit(std::move(request), std::move(request_id),
+                       std::move(done));
 }
 
 std::future<absl::StatusOr<AttendResult>> AttendStream::Submit(
@@ -888,14 +1174,14 @@ absl::StatusOr<AttendResult> AttendStream::Attend(const AttendInput& in) {
 }
 
 void AttendStream::Cancel(const std::string& request_id) {
-  reactor_->Cancel(request_id);
+  impl_->Cancel(request_id);
 }
 
-int64_t AttendStream::inflight() const { return reactor_->inflight(); }
+int64_t AttendStream::inflight() const { return impl_->inflight(); }
 
-absl::Status AttendStream::Finish() { return reactor_->Finish(); }
+absl::Status AttendStream::Finish() { return impl_->Finish(); }
 
-void AttendStream::TryCancel() { reactor_->TryCancel(); }
+void AttendStream::TryCancel() { impl_->TryCancel(); }
 
 // ---------------------------------------------------------------------------
 // AttentionClient
@@ -909,6 +1195,13 @@ absl::StatusOr<std::unique_ptr<AttentionClient>> AttentionClient::Create(
   if (options.max_message_bytes <= 0) {
     return absl::InvalidArgumentError("max_message_bytes: must be > 0");
   }
+  if (options.max_attempts < 1) {
+    return absl::InvalidArgumentError("max_attempts: must be >= 1");
+  }
+  if (options.initial_backoff < absl::ZeroDuration() ||
+      options.max_backoff < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("initial_backoff, max_backoff: >= 0");
+  }
   absl::StatusOr<ResolvedTarget> target = ResolveTarget(options);
   if (!target.ok()) return target.status();
   grpc::ChannelArguments args;
@@ -916,6 +1209,11 @@ absl::StatusOr<std::unique_ptr<AttentionClient>> AttentionClient::Create(
   args.SetMaxSendMessageSize(options.max_message_bytes);
   if (!target->lb_policy.empty()) {
     args.SetLoadBalancingPolicyName(target->lb_policy);
+  } else {
+    // round_robin by default, also for dns:/// names with several
+    // addresses (gRPC's own default, pick_first, would use one of them).
+    args.SetServiceConfigJSON(
+        R"({"loadBalancingConfig":[{"round_robin":{}}]})");
   }
   if (options.own_connection) {
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
@@ -943,24 +1241,51 @@ AttentionClient::~AttentionClient() = default;
 
 std::unique_ptr<AttendStream> AttentionClient::OpenStream(
     absl::Duration deadline) {
-  return std::unique_ptr<AttendStream>(
-      new AttendStream(std::make_unique<AttendStream::Reactor>(
-          stub_.get(), options_.chunk_bytes, options_.max_inflight_per_stream,
-          deadline)));
+  return std::unique_ptr<AttendStream>(new AttendStream(
+      std::make_unique<AttendStream::Impl>(stub_.get(), options_, deadline)));
+}
+
+absl::Duration RetryBackoff(const ClientOptions& options, int retry) {
+  absl::Duration d = options.initial_backoff;
+  for (int i = 1; i < retry && d < options.max_backoff; ++i) d *= 2;
+  d = std::min(d, options.max_backoff);
+  thread_local std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<double> jitter(0.8, 1.2);
+  return d * jitter(rng);
 }
 
 absl::StatusOr<AttendResult> AttentionClient::Attend(const AttendInput& in) {
   absl::StatusOr<std::shared_ptr<const PreparedRequest>> req = Prepare(in);
   if (!req.ok()) return req.status();
+  // The stream retries UNAVAILABLE itself (a new call per try, which
+  // round_robin sends to a live server).
   std::unique_ptr<AttendStream> stream = OpenStream(options_.deadline);
   absl::StatusOr<AttendResult> result =
       stream->Submit(*std::move(req), in.request_id).get();
   absl::Status finish = stream->Finish();
-  if (result.ok() && !finish.ok()) return finish;
+  // The last stream's status: an earlier, replaced one may have failed.
+  // UNAVAILABLE after a complete answer (the server died before the
+  // stream's trailers) does not undo the answer.
+  if (result.ok() && !finish.ok() && !absl::IsUnavailable(finish)) {
+    return finish;
+  }
   return result;
 }
 
 absl::StatusOr<AttendResult> AttentionClient::AttendUnary(
+    const AttendInput& in) {
+  absl::StatusOr<AttendResult> result;
+  for (int attempt = 1;; ++attempt) {
+    result = AttendUnaryOnce(in);
+    if (result.ok() || !absl::IsUnavailable(result.status()) ||
+        attempt >= options_.max_attempts) {
+      return result;
+    }
+    absl::SleepFor(RetryBackoff(options_, attempt));
+  }
+}
+
+absl::StatusOr<AttendResult> AttentionClient::AttendUnaryOnce(
     const AttendInput& in) {
   v1::AttendUnaryRequest request;
   {

@@ -23,9 +23,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "scatterbrain/v1/attention.grpc.pb.h"
-
 #include "common/float16.h"
+#include "scatterbrain/v1/attention.grpc.pb.h"
 
 namespace grpc {
 class Channel;
@@ -60,9 +59,22 @@ struct ClientOptions {
   // Largest gRPC message sent or received (AttendUnary carries whole
   // tensors in one message; the server's own limit is in ServerInfo).
   int max_message_bytes = 256 << 20;
-  // "" = round_robin when target lists several endpoints, else gRPC's
-  // default (pick_first or what the resolver's service config says).
+  // "" = round_robin: a list of endpoints, and a dns:/// name resolving to
+  // several addresses, spread calls over all of them (set as the channel's
+  // default service config). Any other gRPC policy name overrides it.
   std::string load_balancing_policy;
+  // Retries of UNAVAILABLE (a server down, restarting or unreachable, or a
+  // stream that broke before the request's answer was complete): the
+  // computation is deterministic and side-effect free, so a whole request is
+  // sent again, up to max_attempts tries in all (1 = no retry), waiting
+  // initial_backoff, then x2 per try up to max_backoff, each wait with
+  // +-20% jitter. Applies to Attend(), AttendUnary() and AttendStream
+  // (whose unanswered requests are resubmitted on a new stream, same ids).
+  // Other codes (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED...)
+  // are never retried. The deadline applies to each try.
+  int max_attempts = 5;
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(1);
   // Give this channel its own TCP connection(s) instead of sharing gRPC's
   // global subchannel pool with identical channels in the process (load
   // generators: one connection per simulated client).
@@ -142,8 +154,13 @@ enum class ServingStatus { kUnknown, kServing, kNotServing, kServiceUnknown };
 const char* ServingStatusName(ServingStatus s);
 
 // Many requests in flight on one Attend stream. Thread-safe: Submit from any
-// thread. Callbacks run on gRPC's callback threads, one at a time per
-// response, and must not block (nor destroy this stream).
+// thread. Callbacks run on gRPC's callback threads (or the stream's retry
+// thread), one at a time per response, and must not block (nor destroy this
+// stream). When the stream fails with UNAVAILABLE (its server died), the
+// requests without a complete answer are resubmitted, same ids, on a new
+// stream after a backoff, up to ClientOptions.max_attempts tries each; each
+// request still completes exactly once. Finish() then reports the status
+// of the newest stream.
 class AttendStream {
  public:
   using Callback = std::function<void(absl::StatusOr<AttendResult>)>;
@@ -180,9 +197,10 @@ class AttendStream {
 
  private:
   friend class AttentionClient;
-  class Reactor;
-  explicit AttendStream(std::unique_ptr<Reactor> reactor);
-  std::unique_ptr<Reactor> reactor_;
+  class Reactor;  // one gRPC call
+  class Impl;     // the calls (a new one after UNAVAILABLE) and retries
+  explicit AttendStream(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
 };
 
 class AttentionClient {
@@ -195,9 +213,11 @@ class AttentionClient {
       Options options);
   ~AttentionClient();
 
-  // One request over its own Attend stream (chunked: any size).
+  // One request over its own Attend stream (chunked: any size). Retries
+  // UNAVAILABLE as ClientOptions.max_attempts says.
   absl::StatusOr<AttendResult> Attend(const AttendInput& in);
-  // One request in one message (limited by the message size).
+  // One request in one message (limited by the message size). Retries
+  // UNAVAILABLE as ClientOptions.max_attempts says.
   absl::StatusOr<AttendResult> AttendUnary(const AttendInput& in);
   // A stream for many requests in flight; `deadline` bounds the stream.
   std::unique_ptr<AttendStream> OpenStream(
@@ -214,6 +234,7 @@ class AttentionClient {
 
  private:
   AttentionClient(Options options, std::shared_ptr<grpc::Channel> channel);
+  absl::StatusOr<AttendResult> AttendUnaryOnce(const AttendInput& in);
 
   Options options_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -225,9 +246,13 @@ class AttentionClient {
 // The gRPC target and load-balancing policy ClientOptions resolve to.
 struct ResolvedTarget {
   std::string uri;
-  std::string lb_policy;  // "" = gRPC's default
+  std::string lb_policy;  // "" = the client's default (round_robin)
 };
 absl::StatusOr<ResolvedTarget> ResolveTarget(const ClientOptions& options);
+
+// The wait before retry number `retry` (1 = the first retry):
+// initial * 2^(retry-1), capped at max, times a random factor in [0.8, 1.2].
+absl::Duration RetryBackoff(const ClientOptions& options, int retry);
 
 // grpc::Status -> absl::Status (same code numbers and message).
 absl::Status FromGrpcStatus(const grpc::Status& status);

@@ -8,9 +8,13 @@ Outputs come back as float32 arrays [batch, heads, seq_q, dim_v].
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
+import json
+import random
 import threading
+import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import grpc
@@ -22,6 +26,9 @@ pb, pb_grpc = _stubs.load()
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_CHUNK_BYTES = 1 << 20
+# round_robin: calls spread over every address of the target (a list of
+# endpoints, or a dns:/// name resolving to several).
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 # Method settings accepted as keyword arguments (MethodSettings fields).
 _INT_SETTINGS = ("num_features", "bucket_size", "num_hashes",
@@ -334,6 +341,38 @@ def _decode_health_response(data: bytes) -> str:
     return _HEALTH_STATUS.get(status, "UNKNOWN")
 
 
+class _Source:
+    """attend_many's requests, shared by the streams of its tries: items
+    taken by a stream that broke before sending them go back to the front."""
+
+    def __init__(self, items: Iterable):
+        self._it = iter(items)
+        self._front: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._exhausted = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self._lock:
+            if self._front:
+                return self._front.popleft()
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._exhausted = True
+            raise
+
+    def push_front(self, items) -> None:
+        with self._lock:
+            self._front.extendleft(reversed(list(items)))
+
+    def done(self) -> bool:
+        with self._lock:
+            return self._exhausted and not self._front
+
+
 # --- the client -------------------------------------------------------------
 
 class Client:
@@ -341,27 +380,47 @@ class Client:
     manager or call close().
 
     target: "host:port", several "host:port,host:port" (IP literals,
-    balanced round robin) or any gRPC target URI ("dns:///name:port").
+    an ipv4:/// list) or any gRPC target URI ("dns:///name:port"); calls
+    are balanced round robin over every address (pass your own
+    grpc.lb_policy_name / grpc.service_config in `options` to override).
+
+    Retries: UNAVAILABLE (a server down or restarting, a stream broken
+    before the answer) is retried, the whole request sent again (the
+    computation is deterministic), up to `max_attempts` tries, waiting
+    `initial_backoff` seconds, x2 per try up to `max_backoff`, +-20%
+    jitter. attend_many resubmits its unanswered requests (same ids) on a
+    new stream. Other codes are never retried. `timeout` is per try.
     """
 
     def __init__(self, target: str = DEFAULT_TARGET, *,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  timeout: Optional[float] = None,
                  max_message_bytes: int = 256 << 20,
+                 max_attempts: int = 5,
+                 initial_backoff: float = 0.05,
+                 max_backoff: float = 1.0,
                  options: Sequence = ()):
         if chunk_bytes <= 0:
             raise ValueError("chunk_bytes: must be > 0")
+        if max_attempts < 1:
+            raise ValueError("max_attempts: must be >= 1")
         self.target = target
         self.chunk_bytes = int(chunk_bytes)
         self.timeout = timeout
+        self.max_attempts = int(max_attempts)
+        self.initial_backoff = float(initial_backoff)
+        self.max_backoff = float(max_backoff)
         opts = [("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes)]
-        uri = target
-        if "," in target and "://" not in target:
+        uri = target.strip()
+        if "," in uri and "://" not in uri and not uri.startswith(
+                ("ipv4:", "ipv6:", "dns:", "unix:")):
             hosts = [h.strip().replace("localhost", "127.0.0.1")
-                     for h in target.split(",") if h.strip()]
+                     for h in uri.split(",") if h.strip()]
             uri = "ipv4:///" + ",".join(hosts)
-            opts.append(("grpc.lb_policy_name", "round_robin"))
+        own = {name for name, _ in options}
+        if not own & {"grpc.lb_policy_name", "grpc.service_config"}:
+            opts.append(("grpc.service_config", _ROUND_ROBIN))
         opts.extend(options)
         self._channel = grpc.insecure_channel(uri, options=opts)
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
@@ -374,6 +433,11 @@ class Client:
 
     def close(self) -> None:
         self._channel.close()
+
+    def _backoff(self, retry: int) -> float:
+        """Seconds before retry number `retry` (1 = the first)."""
+        d = min(self.initial_backoff * (2 ** (retry - 1)), self.max_backoff)
+        return d * random.uniform(0.8, 1.2)
 
     def __enter__(self) -> "Client":
         return self
@@ -415,7 +479,15 @@ class Client:
         req = Request(q, k, v, method, dtype, output_dtype, causal,
                       key_lengths, None, settings)
         if unary:
-            out, stats = self._attend_unary(req, timeout)
+            for attempt in itertools.count(1):
+                try:
+                    out, stats = self._attend_unary(req, timeout)
+                    break
+                except AttendError as e:
+                    if (e.code() != grpc.StatusCode.UNAVAILABLE
+                            or attempt >= self.max_attempts):
+                        raise
+                time.sleep(self._backoff(attempt))
         else:
             # Encoded here, so bad arguments raise ValueError / TypeError.
             with self._ids_lock:
@@ -456,10 +528,49 @@ class Client:
         """
         if max_in_flight < 1:
             raise ValueError("max_in_flight: must be >= 1")
+        source = _Source(requests)
+        attempts: Dict[str, int] = {}
+        idle_failures = 0  # broken streams in a row that answered nothing
+        while True:
+            state: Dict[str, Any] = {}
+            retry: List[_Encoded] = []
+            progress = False
+            for result, enc in self._attend_stream(source, max_in_flight,
+                                                   timeout, state):
+                rid = result.request_id
+                if (result.error is not None and enc is not None
+                        and result.error.code() == grpc.StatusCode.UNAVAILABLE
+                        and attempts.get(rid, 1) < self.max_attempts):
+                    attempts[rid] = attempts.get(rid, 1) + 1
+                    retry.append(enc)
+                    continue
+                attempts.pop(rid, None)
+                progress = progress or result.ok
+                yield result
+            err = state.get("error")
+            broken = err is not None and err.code() == grpc.StatusCode.UNAVAILABLE
+            if not retry and (not broken or source.done()):
+                return
+            idle_failures = 0 if progress else idle_failures + 1
+            if not retry and idle_failures >= self.max_attempts:
+                return  # the rest of `requests` cannot be sent
+            source.push_front(retry)
+            time.sleep(self._backoff(
+                max([attempts[e.request_id] - 1 for e in retry] +
+                    [idle_failures, 1])))
+
+    def _attend_stream(self, source: "_Source", max_in_flight: int,
+                       timeout: Optional[float], state: Dict[str, Any]):
+        """One Attend stream over `source`; yields (AttendResult, its
+        _Encoded or None); sets state["error"] when the stream failed."""
         slots = threading.BoundedSemaphore(max_in_flight)
         closed = threading.Event()
         lock = threading.Lock()
+        # Held by the feed from taking an item to registering it: once the
+        # stream is over, taking it means no item is half taken.
+        feed_lock = threading.Lock()
         pending: Dict[str, _Incoming] = {}
+        encoded: Dict[str, _Encoded] = {}
         local: List[AttendResult] = []   # failed before sending (guarded by lock)
         feed_error: List[BaseException] = []
 
@@ -470,36 +581,44 @@ class Client:
         def feed():
             # Runs on gRPC's request-consuming thread.
             try:
-                for item in requests:
-                    while not slots.acquire(timeout=0.1):
+                while not closed.is_set():
+                    with feed_lock:
                         if closed.is_set():
                             return
-                    if closed.is_set():
-                        return
-                    enc, rid = None, None
-                    try:
-                        if isinstance(item, _Encoded):  # from attend()
-                            enc, rid = item, item.request_id
-                        else:
-                            req = _as_request(item)
-                            rid = req.request_id or next_id()
-                            enc = _Encoded(req, rid)
-                    except (ValueError, TypeError) as e:
-                        rid = rid or next_id()
-                        slots.release()
-                        with lock:
-                            local.append(AttendResult(rid, error=AttendError(
-                                grpc.StatusCode.INVALID_ARGUMENT, str(e), rid)))
-                        continue
-                    with lock:
-                        if rid in pending:
-                            local.append(AttendResult(rid, error=AttendError(
-                                grpc.StatusCode.INVALID_ARGUMENT,
-                                f"request_id: '{rid}' is already in flight",
-                                rid)))
+                        try:
+                            item = next(source)
+                        except StopIteration:
+                            return
+                        while not slots.acquire(timeout=0.1):
+                            if closed.is_set():
+                                source.push_front([item])
+                                return
+                        enc, rid = None, None
+                        try:
+                            if isinstance(item, _Encoded):  # attend(), retries
+                                enc, rid = item, item.request_id
+                            else:
+                                req = _as_request(item)
+                                rid = req.request_id or next_id()
+                                enc = _Encoded(req, rid)
+                        except (ValueError, TypeError) as e:
+                            rid = rid or next_id()
                             slots.release()
+                            with lock:
+                                local.append(AttendResult(rid, error=AttendError(
+                                    grpc.StatusCode.INVALID_ARGUMENT, str(e),
+                                    rid)))
                             continue
-                        pending[rid] = _Incoming()
+                        with lock:
+                            if rid in pending:
+                                local.append(AttendResult(rid, error=AttendError(
+                                    grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"request_id: '{rid}' is already in flight",
+                                    rid)))
+                                slots.release()
+                                continue
+                            pending[rid] = _Incoming()
+                            encoded[rid] = enc
                     for m in enc.messages(self.chunk_bytes):
                         if closed.is_set():
                             return
@@ -518,7 +637,8 @@ class Client:
 
         try:
             for resp in call:
-                yield from drain_local()
+                for r in drain_local():
+                    yield r, None
                 rid = resp.request_id
                 with lock:
                     inc = pending.get(rid)
@@ -528,15 +648,20 @@ class Client:
                 if result is not None:
                     with lock:
                         pending.pop(rid, None)
+                        enc = encoded.pop(rid, None)
                     slots.release()
-                    yield result
+                    yield result, enc
             stream_error = None
         except grpc.RpcError as e:
             stream_error = _error_from_rpc(e)
         finally:
             closed.set()
             call.cancel()
-        yield from drain_local()
+        with feed_lock:  # the feed takes nothing from `source` from now on
+            pass
+        state["error"] = stream_error
+        for r in drain_local():
+            yield r, None
         if feed_error:
             raise feed_error[0]
         with lock:
@@ -546,8 +671,8 @@ class Client:
             err = stream_error or AttendError(
                 grpc.StatusCode.UNAVAILABLE,
                 "the Attend stream ended before the response", rid)
-            yield AttendResult(rid, error=AttendError(err.code(), err.details(),
-                                                      rid))
+            yield AttendResult(rid, error=AttendError(
+                err.code(), err.details(), rid)), encoded.get(rid)
 
     def _on_response(self, rid: str, inc: _Incoming,
                      resp) -> Optional[AttendResult]:
