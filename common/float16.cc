@@ -6,17 +6,6 @@
 namespace scatterbrain {
 namespace {
 
-uint32_t FloatBits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return u;
-}
-
-float BitsFloat(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
 
 // fp16 -> fp32 for every bit pattern, built once (256 KiB): decoding is then
 // one load per element.

@@ -7,8 +7,21 @@
 #define SCATTERBRAIN_COMMON_FLOAT16_H_
 
 #include <cstdint>
+#include <cstring>
 
 namespace scatterbrain {
+
+// The bits of a float and back (memcpy: no aliasing UB).
+inline uint32_t FloatBits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+inline float BitsFloat(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
 
 float HalfToFloat(uint16_t h);
 uint16_t FloatToHalf(float f);

@@ -46,17 +46,6 @@ namespace {
 // allocation (2^36 floats = 256 GiB, as the CLI's .npy reader).
 constexpr int64_t kMaxElements = int64_t{1} << 36;
 
-uint32_t FloatBits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return u;
-}
-
-float BitsFloat(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
 
 absl::Status StatusFromCode(int code, const std::string& message) {
   if (code <= 0 ||
