@@ -17,6 +17,26 @@ void SetContiguousStrides(AttentionParams& p) {
   p.out_strides = ContiguousStrides(p.heads, p.seq_q, p.dim_v);
 }
 
+AttentionShape ShapeOf(const AttentionParams& p) {
+  AttentionShape s;
+  s.batch = p.batch;
+  s.heads = p.heads;
+  s.seq_q = p.seq_q;
+  s.seq_k = p.seq_k;
+  s.dim = p.dim;
+  s.dim_v = p.dim_v;
+  return s;
+}
+
+void SetShape(const AttentionShape& s, AttentionParams& p) {
+  p.batch = s.batch;
+  p.heads = s.heads;
+  p.seq_q = s.seq_q;
+  p.seq_k = s.seq_k;
+  p.dim = s.dim;
+  p.dim_v = s.dim_v;
+}
+
 float EffectiveScale(const AttentionParams& p) {
   if (p.scale != 0.0f) return p.scale;
   return p.dim > 0 ? 1.0f / std::sqrt(static_cast<float>(p.dim)) : 1.0f;

@@ -118,6 +118,33 @@ struct AttentionStats {
   int64_t fallbacks = 0;
 };
 
+// The six sizes of a call, apart from its tensors and settings: q is
+// [batch, heads, seq_q, dim], k [batch, heads, seq_k, dim], v [batch,
+// heads, seq_k, dim_v], the output [batch, heads, seq_q, dim_v]. The wire's
+// Shape message maps onto this (proto/convert/wire.h), and this onto
+// AttentionParams (ShapeOf / SetShape), so each size is copied in one place.
+struct AttentionShape {
+  int64_t batch = 1;
+  int64_t heads = 1;
+  int64_t seq_q = 0;
+  int64_t seq_k = 0;
+  int64_t dim = 0;
+  int64_t dim_v = 0;
+
+  int64_t q_elements() const { return batch * heads * seq_q * dim; }
+  int64_t k_elements() const { return batch * heads * seq_k * dim; }
+  int64_t v_elements() const { return batch * heads * seq_k * dim_v; }
+  int64_t out_elements() const { return batch * heads * seq_q * dim_v; }
+  bool operator==(const AttentionShape& o) const {
+    return batch == o.batch && heads == o.heads && seq_q == o.seq_q &&
+           seq_k == o.seq_k && dim == o.dim && dim_v == o.dim_v;
+  }
+  bool operator!=(const AttentionShape& o) const { return !(*this == o); }
+};
+AttentionShape ShapeOf(const AttentionParams& p);
+// Sets the six sizes of `p` (not its strides: see SetContiguousStrides).
+void SetShape(const AttentionShape& shape, AttentionParams& p);
+
 // Helpers for the common contiguous layout.
 Strides ContiguousStrides(int64_t heads, int64_t seq, int64_t dim);
 // Fills all four stride sets for contiguous [B, H, N, D] tensors.

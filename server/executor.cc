@@ -203,9 +203,9 @@ void Executor::RunBatch(Batch<JobPtr>& batch) {
                             result.stats.compute_seconds);
       metrics_->MemorySaved(result.stats.memory_saved_bytes);
       metrics_->DenominatorGuards(result.stats.denominator_guards);
-      if (result.stats.has_error_estimate) {
+      if (result.stats.estimated_relative_error.has_value()) {
         metrics_->ApproxError(job->spec.method_label,
-                              result.stats.estimated_relative_error);
+                              *result.stats.estimated_relative_error);
       }
     } else {
       result.out.Release();
@@ -248,7 +248,6 @@ absl::Status Executor::Compute(Job& job, JobResult* result) {
           p.seed ^ kErrorSampleSalt);
       // No estimate (e.g. every sampled row is all-zero) is not an error.
       if (err.ok()) {
-        rs.has_error_estimate = true;
         rs.estimated_relative_error = *err;
       }
     }

@@ -27,8 +27,9 @@
 #include "kernels/backend.h"
 #include "server/batcher.h"
 #include "server/clock.h"
-#include "server/convert.h"
 #include "server/metrics.h"
+#include "server/request.h"
+#include "server/tensor_assembler.h"
 
 namespace scatterbrain {
 namespace server {

@@ -481,11 +481,6 @@ class AttentionServiceImpl::AttendReactor final
     dead_order_.erase(std::find(dead_order_.begin(), dead_order_.end(), id));
   }
 
-  static std::string TensorLabel(v1::TensorName t) {
-    const google::protobuf::EnumValueDescriptor* v =
-        v1::TensorName_descriptor()->FindValueByNumber(t);
-    return v != nullptr ? v->name() : absl::StrCat(static_cast<int>(t));
-  }
 
   // --- executor completions (dispatcher thread or a canceller) ------------
 

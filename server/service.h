@@ -25,7 +25,7 @@
 #include "grpcpp/grpcpp.h"
 #include "scatterbrain/v1/attention.grpc.pb.h"
 #include "server/clock.h"
-#include "server/convert.h"
+#include "server/proto_convert.h"
 #include "server/executor.h"
 #include "server/metrics.h"
 

@@ -1,5 +1,4 @@
-// In-process tests of the server: dtype conversion and header validation
-// (convert.h), then a real Server on 127.0.0.1 (port 0) called through the
+// In-process tests of the server: a real Server on 127.0.0.1 (port 0) called through the
 // generated stubs: outputs equal to local computation, batching across
 // streams, every error code, cancellation, health, reflection, drain.
 //
@@ -30,7 +29,8 @@
 #include "kernels/backend.h"
 #include "kernels/params.h"
 #include "scatterbrain/v1/attention.grpc.pb.h"
-#include "server/convert.h"
+#include "proto/convert/settings.h"
+#include "proto/convert/wire.h"
 #include "server/server.h"
 
 namespace scatterbrain {
@@ -39,301 +39,6 @@ namespace {
 
 namespace pb = ::scatterbrain::v1;
 using ::testing::HasSubstr;
-
-// ===========================================================================
-// Conversion
-// ===========================================================================
-
-uint32_t Bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-float FromBits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-// The textbook value of an fp16 bit pattern, computed in double.
-double HalfValue(uint16_t h) {
-  const int sign = (h >> 15) ? -1 : 1;
-  const int exp = (h >> 10) & 0x1f;
-  const int mant = h & 0x3ff;
-  if (exp == 0) return sign * std::ldexp(mant, -24);
-  if (exp == 31) {
-    return mant == 0 ? sign * std::numeric_limits<double>::infinity()
-                     : std::numeric_limits<double>::quiet_NaN();
-  }
-  return sign * std::ldexp(1024 + mant, exp - 25);
-}
-
-TEST(ConvertTest, HalfDecodeIsExactForEveryPattern) {
-  for (uint32_t h = 0; h < 65536; ++h) {
-    const double want = HalfValue(static_cast<uint16_t>(h));
-    const float got = HalfToFloat(static_cast<uint16_t>(h));
-    if (std::isnan(want)) {
-      EXPECT_TRUE(std::isnan(got)) << h;
-    } else {
-      EXPECT_EQ(static_cast<double>(got), want) << h;
-      EXPECT_EQ(std::signbit(got), (h & 0x8000) != 0) << h;
-    }
-  }
-}
-
-TEST(ConvertTest, HalfEncodeRoundTripsAndRoundsToNearestEven) {
-  for (uint32_t h = 0; h < 65536; ++h) {
-    const float f = HalfToFloat(static_cast<uint16_t>(h));
-    if (std::isnan(f)) {
-      const uint16_t back = FloatToHalf(f);
-      EXPECT_EQ(back & 0x7c00, 0x7c00) << h;
-      EXPECT_NE(back & 0x3ff, 0) << h;  // still a nan
-      continue;
-    }
-    EXPECT_EQ(FloatToHalf(f), h) << h;
-    // Midpoint to the next pattern of larger magnitude (exact in float32:
-    // 12 significant bits): ties go to the even mantissa.
-    const uint16_t next = static_cast<uint16_t>(h + 1);
-    if ((h & 0x7fff) >= 0x7bff) continue;  // next is inf / past it
-    const double mid =
-        (HalfValue(static_cast<uint16_t>(h)) + HalfValue(next)) / 2;
-    const float midf = static_cast<float>(mid);
-    ASSERT_EQ(static_cast<double>(midf), mid);
-    const uint16_t even = (h & 1) == 0 ? static_cast<uint16_t>(h) : next;
-    EXPECT_EQ(FloatToHalf(midf), even) << h;
-    // Just off the midpoint rounds to the nearer one.
-    EXPECT_EQ(FloatToHalf(std::nextafter(midf, 0.0f)), h) << h;
-    EXPECT_EQ(FloatToHalf(std::nextafter(midf, std::copysign(INFINITY, midf))),
-              next)
-        << h;
-  }
-  // Overflow: 65504 is the largest half; 65520 is the tie to 65536 = inf.
-  EXPECT_EQ(FloatToHalf(65504.0f), 0x7bff);
-  EXPECT_EQ(FloatToHalf(65519.996f), 0x7bff);
-  EXPECT_EQ(FloatToHalf(65520.0f), 0x7c00);
-  EXPECT_EQ(FloatToHalf(-1e30f), 0xfc00);
-  EXPECT_EQ(FloatToHalf(INFINITY), 0x7c00);
-  EXPECT_EQ(FloatToHalf(-INFINITY), 0xfc00);
-  EXPECT_TRUE(std::isnan(HalfToFloat(FloatToHalf(NAN))));
-  // Below half the smallest subnormal: signed zero.
-  EXPECT_EQ(FloatToHalf(1e-10f), 0x0000);
-  EXPECT_EQ(FloatToHalf(-1e-10f), 0x8000);
-  EXPECT_EQ(FloatToHalf(std::ldexp(1.0f, -25)), 0x0000);  // tie to even 0
-  EXPECT_EQ(FloatToHalf(std::nextafter(std::ldexp(1.0f, -25), 1.0f)), 0x0001);
-}
-
-TEST(ConvertTest, BFloat16IsExactAndRoundsToNearestEven) {
-  for (uint32_t b = 0; b < 65536; ++b) {
-    const float f = BFloat16ToFloat(static_cast<uint16_t>(b));
-    EXPECT_EQ(Bits(f), b << 16);
-    if (std::isnan(f)) {
-      EXPECT_TRUE(std::isnan(BFloat16ToFloat(FloatToBFloat16(f)))) << b;
-      continue;
-    }
-    EXPECT_EQ(FloatToBFloat16(f), b) << b;
-    if ((b & 0x7fff) >= 0x7f7f) continue;
-    const uint32_t mid = (b << 16) | 0x8000u;  // exact midpoint
-    const uint16_t even =
-        (b & 1) == 0 ? static_cast<uint16_t>(b) : static_cast<uint16_t>(b + 1);
-    EXPECT_EQ(FloatToBFloat16(FromBits(mid)), even) << b;
-    EXPECT_EQ(FloatToBFloat16(FromBits(mid - 1)), b) << b;
-    EXPECT_EQ(FloatToBFloat16(FromBits(mid + 1)), b + 1) << b;
-  }
-  EXPECT_EQ(FloatToBFloat16(std::numeric_limits<float>::max()), 0x7f80);
-  // A signalling-looking nan whose payload lives in the low bits stays nan.
-  EXPECT_TRUE(
-      std::isnan(BFloat16ToFloat(FloatToBFloat16(FromBits(0x7f800001u)))));
-}
-
-TEST(ConvertTest, AssemblerHandlesChunksThatSplitElements) {
-  std::mt19937 rng(7);
-  std::uniform_real_distribution<float> u(-3, 3);
-  for (pb::DType dtype :
-       {pb::DTYPE_FLOAT32, pb::DTYPE_FLOAT16, pb::DTYPE_BFLOAT16}) {
-    const int64_t n = 101;
-    std::vector<float> values(n);
-    for (float& x : values) x = u(rng);
-    std::string bytes(n * DTypeBytes(dtype), '\0');
-    EncodeFromFloat(dtype, values.data(), n, bytes.data());
-    std::vector<float> want(n);
-    DecodeToFloat(dtype, bytes.data(), n, want.data());
-
-    TensorAssembler a;
-    ASSERT_TRUE(a.Init("q", dtype, n).ok());
-    size_t off = 0, step = 1;
-    while (off < bytes.size()) {
-      const size_t len = std::min(step, bytes.size() - off);
-      ASSERT_TRUE(
-          a.Append(off, absl::string_view(bytes).substr(off, len)).ok());
-      off += len;
-      step = step % 7 + 1;  // 1..7 bytes: splits every element somewhere
-      if (off < bytes.size()) {
-        EXPECT_FALSE(a.complete());
-      }
-    }
-    EXPECT_TRUE(a.complete());
-    FloatBuffer got = a.Take();
-    ASSERT_EQ(got.size, n);
-    for (int64_t i = 0; i < n; ++i) EXPECT_EQ(Bits(got.data[i]), Bits(want[i]));
-  }
-  TensorAssembler a;
-  ASSERT_TRUE(a.Init("k", pb::DTYPE_FLOAT16, 4).ok());
-  absl::Status st = a.Append(2, "ab");
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(st.message(), HasSubstr("chunk.offset"));
-  st = a.Append(0, "0123456789");
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(st.message(), HasSubstr("chunk.data"));
-}
-
-pb::RequestHeader BaseHeader() {
-  pb::RequestHeader h;
-  h.set_request_id("r");
-  h.mutable_settings()->set_method(pb::METHOD_EXACT);
-  h.set_dtype(pb::DTYPE_FLOAT32);
-  pb::Shape* s = h.mutable_shape();
-  s->set_batch(2);
-  s->set_heads(2);
-  s->set_seq_q(16);
-  s->set_seq_k(24);
-  s->set_dim(8);
-  s->set_dim_v(4);
-  return h;
-}
-
-TEST(ConvertTest, SpecFromHeaderComputesSizesAndKey) {
-  pb::RequestHeader h = BaseHeader();
-  h.set_dtype(pb::DTYPE_FLOAT16);
-  h.set_output_dtype(pb::DTYPE_FLOAT32);
-  absl::StatusOr<RequestSpec> s = SpecFromHeader(h, RequestLimits(), true);
-  ASSERT_TRUE(s.ok()) << s.status();
-  EXPECT_EQ(s->q_bytes, 2 * 2 * 16 * 8 * 2);
-  EXPECT_EQ(s->k_bytes, 2 * 2 * 24 * 8 * 2);
-  EXPECT_EQ(s->v_bytes, 2 * 2 * 24 * 4 * 2);
-  EXPECT_EQ(s->out_bytes, 2 * 2 * 16 * 4 * 4);
-  EXPECT_EQ(s->tokens, 2 * 2 * (16 + 24));
-  EXPECT_EQ(s->method_label, "exact");
-  // Lengths and batch do not change the key; settings do.
-  pb::RequestHeader h2 = h;
-  h2.mutable_shape()->set_seq_q(99);
-  h2.mutable_shape()->set_batch(1);
-  EXPECT_EQ(SpecFromHeader(h2, RequestLimits(), true)->batch_key, s->batch_key);
-  h2.mutable_settings()->set_causal(true);
-  EXPECT_NE(SpecFromHeader(h2, RequestLimits(), true)->batch_key, s->batch_key);
-  h2 = h;
-  h2.mutable_shape()->set_dim(16);
-  EXPECT_NE(SpecFromHeader(h2, RequestLimits(), true)->batch_key, s->batch_key);
-}
-
-TEST(ConvertTest, HeaderErrorsNameTheProtoField) {
-  struct Case {
-    std::function<void(pb::RequestHeader*)> edit;
-    absl::StatusCode code;
-    std::string field;
-  };
-  RequestLimits limits;
-  limits.max_request_bytes = 1 << 20;
-  limits.max_seq = 1000;
-  const Case cases[] = {
-      {[](pb::RequestHeader* h) { h->clear_request_id(); },
-       absl::StatusCode::kInvalidArgument, "header.request_id"},
-      {[](pb::RequestHeader* h) { h->set_request_id(std::string(129, 'x')); },
-       absl::StatusCode::kInvalidArgument, "header.request_id"},
-      {[](pb::RequestHeader* h) {
-         h->mutable_settings()->set_method(pb::METHOD_UNSPECIFIED);
-       },
-       absl::StatusCode::kInvalidArgument, "header.settings.method"},
-      {[](pb::RequestHeader* h) {
-         h->mutable_settings()->set_method(static_cast<pb::Method>(42));
-       },
-       absl::StatusCode::kInvalidArgument, "header.settings.method"},
-      {[](pb::RequestHeader* h) { h->set_dtype(pb::DTYPE_UNSPECIFIED); },
-       absl::StatusCode::kInvalidArgument, "header.dtype"},
-      {[](pb::RequestHeader* h) { h->set_dtype(static_cast<pb::DType>(9)); },
-       absl::StatusCode::kInvalidArgument, "header.dtype"},
-      {[](pb::RequestHeader* h) {
-         h->set_output_dtype(static_cast<pb::DType>(9));
-       },
-       absl::StatusCode::kInvalidArgument, "header.output_dtype"},
-      {[](pb::RequestHeader* h) { h->mutable_shape()->set_dim(0); },
-       absl::StatusCode::kInvalidArgument,
-       "header.shape.dim: must be in [1, 1024]"},
-      {[](pb::RequestHeader* h) { h->mutable_shape()->set_dim_v(5000); },
-       absl::StatusCode::kInvalidArgument, "header.shape.dim_v"},
-      {[](pb::RequestHeader* h) { h->mutable_shape()->set_batch(0); },
-       absl::StatusCode::kInvalidArgument, "header.shape.batch"},
-      {[](pb::RequestHeader* h) { h->mutable_shape()->set_seq_k(0); },
-       absl::StatusCode::kInvalidArgument, "header.shape.seq_k"},
-      {[](pb::RequestHeader* h) {
-         h->mutable_settings()->set_method(pb::METHOD_PERFORMER);
-         h->mutable_settings()->set_num_features(7);
-       },
-       absl::StatusCode::kInvalidArgument,
-       "header.settings.num_features: must be even"},
-      {[](pb::RequestHeader* h) {
-         h->mutable_settings()->set_method(pb::METHOD_LSH);
-         h->mutable_settings()->set_num_hashes(0xffffffffu);
-       },
-       absl::StatusCode::kInvalidArgument, "header.settings.num_hashes"},
-      {[](pb::RequestHeader* h) {
-         h->mutable_settings()->set_method(pb::METHOD_LOCAL);
-         h->mutable_settings()->set_window(0);
-       },
-       absl::StatusCode::kInvalidArgument, "header.settings.window"},
-      {[](pb::RequestHeader* h) {
-         h->mutable_settings()->set_method(pb::METHOD_SCATTERBRAIN);
-         h->mutable_settings()->set_sparse(static_cast<pb::SparseSupport>(8));
-       },
-       absl::StatusCode::kInvalidArgument, "header.settings.sparse"},
-      {[](pb::RequestHeader* h) { h->mutable_settings()->set_scale(-1.0f); },
-       absl::StatusCode::kInvalidArgument, "header.settings.scale"},
-      {[](pb::RequestHeader* h) { h->mutable_settings()->set_scale(NAN); },
-       absl::StatusCode::kInvalidArgument, "header.settings.scale"},
-      {[](pb::RequestHeader* h) { h->add_key_lengths(3); },
-       absl::StatusCode::kInvalidArgument, "header.key_lengths"},
-      {[](pb::RequestHeader* h) {
-         h->add_key_lengths(3);
-         h->add_key_lengths(25);
-       },
-       absl::StatusCode::kInvalidArgument, "header.key_lengths[1]"},
-      {[](pb::RequestHeader* h) { h->mutable_shape()->set_seq_q(1001); },
-       absl::StatusCode::kResourceExhausted, "header.shape.seq_q"},
-      {[](pb::RequestHeader* h) { h->mutable_shape()->set_heads(400); },
-       absl::StatusCode::kResourceExhausted, "max_request_bytes"},
-      {[](pb::RequestHeader* h) {
-         // dim 1 in, dim_v 1024 out: small inputs, huge output.
-         h->mutable_shape()->set_dim(1);
-         h->mutable_shape()->set_dim_v(1024);
-         h->mutable_shape()->set_seq_k(1);
-         h->mutable_shape()->set_seq_q(1000);
-         h->mutable_shape()->set_heads(1);
-       },
-       absl::StatusCode::kResourceExhausted, "the output takes"},
-  };
-  for (const Case& c : cases) {
-    pb::RequestHeader h = BaseHeader();
-    c.edit(&h);
-    absl::StatusOr<RequestSpec> s = SpecFromHeader(h, limits, true);
-    ASSERT_FALSE(s.ok()) << c.field;
-    EXPECT_EQ(s.status().code(), c.code) << s.status();
-    EXPECT_THAT(s.status().message(), HasSubstr(c.field));
-  }
-  // The unary call does not need an id.
-  pb::RequestHeader h = BaseHeader();
-  h.clear_request_id();
-  EXPECT_TRUE(SpecFromHeader(h, limits, /*require_id=*/false).ok());
-}
-
-TEST(ConvertTest, ToGrpcStatusKeepsCodeAndMessage) {
-  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
-  const grpc::Status s = ToGrpcStatus(absl::ResourceExhaustedError("x: y"));
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_EQ(s.error_message(), "x: y");
-  EXPECT_EQ(ToGrpcStatus(absl::UnavailableError("")).error_code(),
-            grpc::StatusCode::UNAVAILABLE);
-  EXPECT_EQ(CodeName(absl::StatusCode::kInvalidArgument), "INVALID_ARGUMENT");
-  EXPECT_EQ(CodeName(absl::StatusCode::kOk), "OK");
-}
 
 // ===========================================================================
 // The service, in process
@@ -345,7 +50,15 @@ struct Req {
   std::string q, k, v;
 };
 
-std::string RandomTensor(pb::DType dtype, int64_t n, uint64_t seed) {
+// The core dtype of a wire dtype the test set.
+DType Core(pb::DType dtype) {
+  DType d = DType::kFloat32;
+  EXPECT_TRUE(wire::DTypeFromProto(dtype, &d)) << dtype;
+  return d;
+}
+
+std::string RandomTensor(pb::DType wire_dtype, int64_t n, uint64_t seed) {
+  const DType dtype = Core(wire_dtype);
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> u(-1.5f, 1.5f);
   std::vector<float> x(n);
@@ -386,41 +99,10 @@ Req MakeReq(const std::string& id, pb::Method method, pb::DType dtype, int b,
 // as the output bytes the server must send.
 std::string LocalOutput(const Req& r) {
   const pb::RequestHeader& h = r.header;
-  const pb::Shape& sh = h.shape();
   AttentionParams p;
-  switch (h.settings().method()) {
-    case pb::METHOD_EXACT:
-      p.method = Method::kExact;
-      break;
-    case pb::METHOD_PERFORMER:
-      p.method = Method::kPerformer;
-      break;
-    case pb::METHOD_LSH:
-      p.method = Method::kLsh;
-      break;
-    case pb::METHOD_LOCAL:
-      p.method = Method::kLocal;
-      break;
-    default:
-      p.method = Method::kScatterbrain;
-      break;
-  }
-  const pb::MethodSettings& s = h.settings();
-  if (s.has_num_features()) p.num_features = static_cast<int>(s.num_features());
-  if (s.has_bucket_size()) p.bucket_size = static_cast<int>(s.bucket_size());
-  if (s.has_window()) p.window = static_cast<int>(s.window());
-  if (s.has_calibration_rows())
-    p.calibration_rows = static_cast<int>(s.calibration_rows());
-  p.causal = s.causal();
-  p.scale = s.scale();
-  p.seed = s.seed();
-  p.batch = sh.batch();
-  p.heads = sh.heads();
-  p.seq_q = sh.seq_q();
-  p.seq_k = sh.seq_k();
-  p.dim = sh.dim();
-  p.dim_v = sh.dim_v();
-  const pb::DType dt = h.dtype();
+  EXPECT_TRUE(wire::SettingsToParams(h.settings(), "settings", &p).ok());
+  SetShape(wire::ShapeFromProto(h.shape()), p);
+  const DType dt = Core(h.dtype());
   const int eb = DTypeBytes(dt);
   std::vector<float> q(r.q.size() / eb), k(r.k.size() / eb), v(r.v.size() / eb);
   DecodeToFloat(dt, r.q.data(), q.size(), q.data());
@@ -438,8 +120,8 @@ std::string LocalOutput(const Req& r) {
   EXPECT_TRUE(backend.ok());
   auto st = (*backend)->Forward(p);
   EXPECT_TRUE(st.ok()) << st.status();
-  const pb::DType odt =
-      h.output_dtype() == pb::DTYPE_UNSPECIFIED ? dt : h.output_dtype();
+  const DType odt =
+      h.output_dtype() == pb::DTYPE_UNSPECIFIED ? dt : Core(h.output_dtype());
   std::string bytes(out.size() * DTypeBytes(odt), '\0');
   EncodeFromFloat(odt, out.data(), out.size(), bytes.data());
   return bytes;

@@ -1,0 +1,29 @@
+// scatterbrain/common/request_stats.h — what one request cost and got, as
+// the server measures it and the client reads it back (the wire's Stats
+// message maps onto this struct in proto/convert/wire.h, both ways).
+#ifndef SCATTERBRAIN_COMMON_REQUEST_STATS_H_
+#define SCATTERBRAIN_COMMON_REQUEST_STATS_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace scatterbrain {
+
+struct RequestStats {
+  double queue_seconds = 0;    // waiting for a batch to close
+  double compute_seconds = 0;  // the batch's computation
+  int batch_size = 0;          // requests in the batch it ran in
+  int64_t dense_score_bytes = 0;   // a dense fp32 score matrix would take
+  int64_t workspace_bytes = 0;     // scratch the computation held
+  int64_t memory_saved_bytes = 0;  // dense_score_bytes - workspace_bytes
+  // ||O_hat - O|| / ||O|| on sampled rows; absent when not sampled.
+  std::optional<double> estimated_relative_error;
+  int64_t denominator_guards = 0;
+  int64_t fallbacks = 0;
+  std::string backend;
+};
+
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_COMMON_REQUEST_STATS_H_

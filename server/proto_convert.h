@@ -1,0 +1,45 @@
+// scatterbrain/server/proto_convert.h — the server's proto boundary: a
+// RequestHeader becomes a RequestSpec (errors named by their proto field
+// path), a computed request becomes a ResponseHeader, an absl::Status a
+// grpc::Status. With the service, the only server code that includes
+// generated headers; the settings, dtype, shape and stats mappings
+// themselves are proto/convert's, shared with the clients.
+#ifndef SCATTERBRAIN_SERVER_PROTO_CONVERT_H_
+#define SCATTERBRAIN_SERVER_PROTO_CONVERT_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "proto/convert/settings.h"
+#include "proto/convert/wire.h"
+#include "scatterbrain/v1/attention.pb.h"
+#include "server/request.h"
+
+namespace scatterbrain {
+namespace server {
+
+// Checks `header` and builds the spec. INVALID_ARGUMENT naming the field
+// ("header.shape.dim: ...", "header.settings.num_features: ...") for
+// malformed input, then RESOURCE_EXHAUSTED for what is well-formed but over
+// a limit. `require_id`: the stream needs a request id (1 to 128 bytes); the
+// unary call does not (an id, if given, must still be <= 128 bytes).
+absl::StatusOr<RequestSpec> SpecFromHeader(const v1::RequestHeader& header,
+                                           const RequestLimits& limits,
+                                           bool require_id);
+
+// The response header of a computed request: its shape, output dtype and
+// stats.
+void FillResponseHeader(const RequestSpec& spec, const RequestStats& stats,
+                        v1::ResponseHeader* out);
+
+// "TENSOR_NAME_Q", or the number for values the proto does not define.
+std::string TensorLabel(v1::TensorName tensor);
+
+using wire::MethodLabel;
+using wire::ToGrpcStatus;
+
+}  // namespace server
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_SERVER_PROTO_CONVERT_H_

@@ -1,0 +1,95 @@
+// scatterbrain/server/request.cc — see request.h.
+#include "server/request.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/float16.h"
+#include "kernels/validate.h"
+
+namespace scatterbrain {
+namespace server {
+
+absl::StatusOr<RequestSpec> MakeRequestSpec(std::string request_id,
+                                            const AttentionParams& params,
+                                            std::vector<int32_t> key_lengths,
+                                            DType dtype, DType output_dtype,
+                                            const RequestLimits& limits) {
+  RequestSpec s;
+  s.request_id = std::move(request_id);
+  s.params = params;
+  s.key_lengths = std::move(key_lengths);
+  s.dtype = dtype;
+  s.output_dtype = output_dtype;
+  AttentionParams& p = s.params;
+  p.q = p.k = p.v = nullptr;
+  p.out = nullptr;
+  p.key_lengths = nullptr;
+  p.num_threads = 0;
+
+  // Shape and settings: the core's own checks, on stand-in tensor pointers
+  // (values are checked when the data is there, by the backend).
+  {
+    AttentionParams check = p;
+    static const float kStandIn = 0.0f;
+    check.q = check.k = check.v = &kStandIn;
+    check.out = const_cast<float*>(&kStandIn);
+    SetContiguousStrides(check);
+    check.key_lengths = s.key_lengths.empty() ? nullptr : s.key_lengths.data();
+    const absl::Status st = ValidateParams(check, /*check_values=*/false);
+    if (!st.ok()) return st;
+  }
+  SetContiguousStrides(p);
+
+  // Well-formed; now the server's limits.
+  if (p.seq_q > limits.max_seq || p.seq_k > limits.max_seq) {
+    const bool q_over = p.seq_q > limits.max_seq;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        q_over ? "seq_q" : "seq_k", ": ", q_over ? p.seq_q : p.seq_k,
+        " is over the server's limit of ", limits.max_seq, " (max_seq)"));
+  }
+  const AttentionShape shape = ShapeOf(p);
+  s.q_elements = shape.q_elements();
+  s.k_elements = shape.k_elements();
+  s.v_elements = shape.v_elements();
+  s.out_elements = shape.out_elements();
+  const int in_bytes = DTypeBytes(s.dtype);
+  s.q_bytes = s.q_elements * in_bytes;
+  s.k_bytes = s.k_elements * in_bytes;
+  s.v_bytes = s.v_elements * in_bytes;
+  s.out_bytes = s.out_elements * DTypeBytes(s.output_dtype);
+  const int64_t total = s.q_bytes + s.k_bytes + s.v_bytes;
+  if (total > limits.max_request_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "shape: q, k and v take ", total, " bytes, over the server's limit of ",
+        limits.max_request_bytes, " bytes per request (max_request_bytes)"));
+  }
+  if (s.out_bytes > limits.max_request_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "shape: the output takes ", s.out_bytes,
+        " bytes, over the server's limit of ", limits.max_request_bytes,
+        " bytes per request (max_request_bytes)"));
+  }
+  s.tokens = p.batch * p.heads * (p.seq_q + p.seq_k);
+  s.method_label = MethodName(p.method);
+  // Everything two requests must agree on to share one computation. Sequence
+  // lengths, batch, heads and key lengths are per request.
+  s.batch_key = absl::StrCat(
+      MethodName(p.method), "|d=", p.dim, "|dv=", p.dim_v,
+      "|dt=", DTypeName(s.dtype), "|odt=", DTypeName(s.output_dtype),
+      "|c=", p.causal, "|s=", FloatBits(p.scale), "|seed=", p.seed,
+      "|m=", p.num_features, "|b=", p.bucket_size, "|h=", p.num_hashes,
+      "|hp=", p.hash_projections, "|w=", p.window, "|cr=", p.calibration_rows,
+      "|km=", p.kmeans_iterations, "|sp=", static_cast<int>(p.sparse),
+      "|e=", static_cast<int>(p.estimator),
+      "|lh=", static_cast<int>(p.lsh_hash),
+      "|lt=", static_cast<int>(p.lsh_transform));
+  return s;
+}
+
+std::string CodeName(absl::StatusCode code) {
+  return absl::StatusCodeToString(code);
+}
+
+}  // namespace server
+}  // namespace scatterbrain

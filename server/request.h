@@ -1,0 +1,70 @@
+// scatterbrain/server/request.h — one request as the executor sees it: the
+// validated call (AttentionParams), its wire dtypes and sizes, the batch key
+// and the server's limits. Core types only: no protobuf here or below, so
+// every front end (scatterbrain.v1 today, others later) builds the same
+// RequestSpec and the executor never learns where it came from.
+#ifndef SCATTERBRAIN_SERVER_REQUEST_H_
+#define SCATTERBRAIN_SERVER_REQUEST_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/dtype.h"
+#include "common/request_stats.h"
+#include "kernels/params.h"
+
+namespace scatterbrain {
+namespace server {
+
+// Server-side limits a request is checked against (RESOURCE_EXHAUSTED).
+struct RequestLimits {
+  // q + k + v bytes of one request, in its wire dtype.
+  int64_t max_request_bytes = int64_t{1} << 30;
+  // seq_q and seq_k.
+  int64_t max_seq = 65536;
+};
+
+// A validated request: everything but the tensor data.
+struct RequestSpec {
+  std::string request_id;
+  // Settings and shape; tensor pointers null, contiguous strides set.
+  AttentionParams params;
+  std::vector<int32_t> key_lengths;  // empty: all keys valid
+  DType dtype = DType::kFloat32;         // of q, k, v on the wire
+  DType output_dtype = DType::kFloat32;  // of the output on the wire
+  int64_t q_elements = 0, k_elements = 0, v_elements = 0, out_elements = 0;
+  int64_t q_bytes = 0, k_bytes = 0, v_bytes = 0;  // wire bytes
+  int64_t out_bytes = 0;                          // wire bytes of the output
+  // Requests with equal keys can share a computation: head dims, dtypes,
+  // method and every setting — but not batch, heads or sequence lengths.
+  std::string batch_key;
+  // The batcher's size measure: batch * heads * (seq_q + seq_k).
+  int64_t tokens = 0;
+  std::string method_label;  // metrics label ("exact", "scatterbrain", ...)
+
+  AttentionShape shape() const { return ShapeOf(params); }
+};
+
+// Checks `params` (shape and settings, ValidateParams without values) and
+// `key_lengths` (one per batch entry or none), then the server's limits, and
+// builds the spec. Errors name the core's fields as ValidateParams does
+// ("dim: ...", "key_lengths[1]: ...", "seq_q: ... over the server's limit",
+// "shape: q, k and v take ..."): the front end maps them to its own paths.
+// INVALID_ARGUMENT for malformed input, then RESOURCE_EXHAUSTED for what is
+// well-formed but over a limit.
+absl::StatusOr<RequestSpec> MakeRequestSpec(std::string request_id,
+                                            const AttentionParams& params,
+                                            std::vector<int32_t> key_lengths,
+                                            DType dtype, DType output_dtype,
+                                            const RequestLimits& limits);
+
+// "OK", "INVALID_ARGUMENT", ... (the metrics' code label).
+std::string CodeName(absl::StatusCode code);
+
+}  // namespace server
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_SERVER_REQUEST_H_

@@ -1,0 +1,78 @@
+// scatterbrain/server/tensor_assembler.cc — see tensor_assembler.h.
+#include "server/tensor_assembler.h"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "absl/strings/str_cat.h"
+
+namespace scatterbrain {
+namespace server {
+
+absl::Status FloatBuffer::Allocate(int64_t n, absl::string_view what) {
+  Release();
+  if (n < 0) return absl::InternalError(absl::StrCat(what, ": negative size"));
+  // Sized from client input: a failed allocation is the client's problem
+  // (RESOURCE_EXHAUSTED), never an abort.
+  data.reset(
+      new (std::nothrow) float[static_cast<size_t>(std::max<int64_t>(n, 1))]);
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        what, ": cannot allocate ", n * 4, " bytes on the server right now"));
+  }
+  size = n;
+  return absl::OkStatus();
+}
+
+absl::Status TensorAssembler::Init(absl::string_view name, DType dtype,
+                                   int64_t elements) {
+  name_ = std::string(name);
+  dtype_ = dtype;
+  elem_bytes_ = DTypeBytes(dtype);
+  total_bytes_ = elements * elem_bytes_;
+  received_ = 0;
+  carry_len_ = 0;
+  return buffer_.Allocate(elements, name_);
+}
+
+absl::Status TensorAssembler::Append(uint64_t offset, absl::string_view data) {
+  if (offset != static_cast<uint64_t>(received_)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk.offset: ", offset, " for tensor ", name_, ", expected ",
+        received_,
+        " (a tensor's chunks arrive in order, each at the bytes of it "
+        "already sent)"));
+  }
+  if (data.size() > static_cast<uint64_t>(total_bytes_ - received_)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk.data: ", data.size(), " bytes at offset ", offset,
+        " run past the end of tensor ", name_, " (", total_bytes_,
+        " bytes for the header's shape and dtype)"));
+  }
+  const char* p = data.data();
+  int64_t left = static_cast<int64_t>(data.size());
+  int64_t index = received_ / elem_bytes_;  // element the next byte belongs to
+  received_ += left;
+  if (carry_len_ > 0) {
+    const int64_t take = std::min<int64_t>(elem_bytes_ - carry_len_, left);
+    std::memcpy(carry_ + carry_len_, p, static_cast<size_t>(take));
+    carry_len_ += static_cast<int>(take);
+    p += take;
+    left -= take;
+    if (carry_len_ < elem_bytes_) return absl::OkStatus();
+    DecodeToFloat(dtype_, carry_, 1, buffer_.data.get() + index);
+    ++index;
+    carry_len_ = 0;
+  }
+  const int64_t whole = left / elem_bytes_;
+  DecodeToFloat(dtype_, p, whole, buffer_.data.get() + index);
+  p += whole * elem_bytes_;
+  left -= whole * elem_bytes_;
+  std::memcpy(carry_, p, static_cast<size_t>(left));
+  carry_len_ = static_cast<int>(left);
+  return absl::OkStatus();
+}
+
+}  // namespace server
+}  // namespace scatterbrain

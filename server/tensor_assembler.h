@@ -1,0 +1,63 @@
+// scatterbrain/server/tensor_assembler.h — a request's tensors, received in
+// chunks and converted to float32 as the bytes arrive (the one copy of the
+// data out of the transport's messages), and the float32 buffers they land
+// in. Transport-free: any front end feeds it (offset, bytes) pairs.
+#ifndef SCATTERBRAIN_SERVER_TENSOR_ASSEMBLER_H_
+#define SCATTERBRAIN_SERVER_TENSOR_ASSEMBLER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "common/dtype.h"
+
+namespace scatterbrain {
+namespace server {
+
+// A float32 buffer that is not zero-filled on allocation (it is about to be
+// overwritten in full); the allocation fails softly.
+struct FloatBuffer {
+  std::unique_ptr<float[]> data;
+  int64_t size = 0;
+  // RESOURCE_EXHAUSTED when the memory is not available.
+  absl::Status Allocate(int64_t n, absl::string_view what);
+  void Release() {
+    data.reset();
+    size = 0;
+  }
+};
+
+// Collects one tensor from in-order chunks, converting to float32 as the
+// bytes arrive. Chunks may split an element: up to 3 bytes are carried to
+// the next chunk.
+class TensorAssembler {
+ public:
+  // `name`: "q", "k" or "v", used in messages.
+  absl::Status Init(absl::string_view name, DType dtype, int64_t elements);
+  // INVALID_ARGUMENT when `offset` is not the bytes received so far
+  // ("chunk.offset: ...") or the data runs past the tensor's end
+  // ("chunk.data: ...").
+  absl::Status Append(uint64_t offset, absl::string_view data);
+  bool complete() const { return received_ == total_bytes_; }
+  int64_t received_bytes() const { return received_; }
+  int64_t total_bytes() const { return total_bytes_; }
+  const std::string& name() const { return name_; }
+  FloatBuffer Take() { return std::move(buffer_); }
+
+ private:
+  std::string name_;
+  DType dtype_ = DType::kFloat32;
+  int elem_bytes_ = 4;
+  int64_t total_bytes_ = 0;
+  int64_t received_ = 0;
+  FloatBuffer buffer_;
+  char carry_[4] = {0, 0, 0, 0};
+  int carry_len_ = 0;
+};
+
+}  // namespace server
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_SERVER_TENSOR_ASSEMBLER_H_
