@@ -30,28 +30,16 @@ struct ServerOptions {
   int port = 50051;
   // Prometheus /metrics port; 0 turns the HTTP endpoint off.
   int metrics_port = 9464;
-  // "auto" (cuda when a GPU is present, else cpu), "cpu" or "cuda".
-  std::string backend = "auto";
-  BatcherOptions batcher;
-  // q + k + v bytes of one request (and its output's), in their dtypes.
-  int64_t max_request_bytes = int64_t{1} << 30;
   // Largest gRPC message the server accepts (a chunk plus its framing; an
   // AttendUnary request in full).
   int64_t max_message_bytes = int64_t{4} << 20;
-  // Output bytes per response chunk.
-  int64_t chunk_bytes = int64_t{1} << 20;
-  // Query rows per (batch, head) recomputed exactly to estimate the error
-  // of approximate requests; 0 turns sampling off.
-  int error_sample_rows = 8;
   // On Shutdown, how long in-flight work may take before it is cancelled.
   double drain_timeout_s = 30;
-  // Requests in flight on one Attend stream.
-  int max_inflight_per_stream = 64;
-  // seq_q and seq_k of one request.
-  int max_seq = 65536;
-  // Unsent answers queued per stream before its reads pause (see
-  // ServiceOptions::max_queued_answers; not a flag).
-  size_t max_queued_answers = 1024;
+  // The backend, the batcher and error sampling (defaults: ExecutorOptions).
+  ExecutorOptions executor;
+  // Per-request and per-stream limits, output chunking (defaults:
+  // ServiceOptions; max_queued_answers is not a flag).
+  ServiceOptions service;
 };
 
 // INVALID_ARGUMENT naming the option for out-of-range values.

@@ -1,17 +1,18 @@
 // scatterbrain/server/service.h — the AttentionService on gRPC's callback
-// API.
+// API: the shell that accepts calls, counts requests in flight and drains.
 //
-// Attend: one reactor per stream (service.cc, AttendReactor). Its read path
+// Attend: one reactor per stream (attend_reactor.h). Its read path
 // assembles requests (header, then each tensor's chunks in order, converted
 // to float32 as they arrive) and submits complete ones to the Executor; its
 // write path sends, one StartWrite at a time, a queue of per-request
-// outcomes (a header with the stats then output chunks, or one error).
-// Executor completions only enqueue and maybe start a write: no reaction
-// ever blocks. A bad request fails alone, as an AttendResponse{error,
-// last=true}; the stream goes on.
+// answers (answer_writer.h: a header with the stats then output chunks, or
+// one error). Executor completions only enqueue and maybe start a write: no
+// reaction ever blocks. A bad request fails alone, as an
+// AttendResponse{error, last=true}; the stream goes on.
 //
-// AttendUnary: the same validation, batching and stats for one request in
-// one message. GetServerInfo: version, backends, devices, limits.
+// AttendUnary (unary_reactor.h): the same validation, batching and stats for
+// one request in one message. GetServerInfo: version, backends, devices,
+// limits.
 #ifndef SCATTERBRAIN_SERVER_SERVICE_H_
 #define SCATTERBRAIN_SERVER_SERVICE_H_
 
@@ -20,14 +21,15 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "scatterbrain/v1/attention.grpc.pb.h"
 #include "server/clock.h"
-#include "server/proto_convert.h"
 #include "server/executor.h"
 #include "server/metrics.h"
+#include "server/request.h"
 
 namespace scatterbrain {
 namespace server {
@@ -82,6 +84,11 @@ class AttentionServiceImpl final
  private:
   class AttendReactor;
   class UnaryReactor;
+
+  // UNAVAILABLE for requests refused while draining.
+  static absl::Status DrainingError();
+  // Whether a cancellation is the call's deadline.
+  static bool AtDeadline(const grpc::CallbackServerContext& ctx);
 
   // An accepted request counts in the in-flight gauge until Finished. False
   // (nothing counted) when draining.

@@ -333,10 +333,10 @@ class ServiceTest : public ::testing::Test {
     o.host = "127.0.0.1";
     o.port = 0;
     o.metrics_port = 0;
-    o.backend = "cpu";
-    o.batcher.max_queue_delay_us = 500;
-    o.chunk_bytes = 4096;
-    o.error_sample_rows = 4;
+    o.executor.backend = "cpu";
+    o.executor.batcher.max_queue_delay_us = 500;
+    o.service.chunk_bytes = 4096;
+    o.executor.error_sample_rows = 4;
     o.drain_timeout_s = 10;
     return o;
   }
@@ -431,7 +431,7 @@ TEST_F(ServiceTest, ConcurrentClientsOnSeveralStreamsMatchLocal) {
 TEST_F(ServiceTest, RequestLargerThanOneMessage) {
   ServerOptions o = TestOptions();
   o.max_message_bytes = 256 << 10;
-  o.chunk_bytes = 64 << 10;
+  o.service.chunk_bytes = 64 << 10;
   StartServer(o);
   // q, k and v of 1.5 MiB each: many 200 KiB chunks, each under the
   // server's 256 KiB message limit; the output comes back in 64 KiB chunks.
@@ -464,8 +464,8 @@ TEST_F(ServiceTest, RequestLargerThanOneMessage) {
 
 TEST_F(ServiceTest, BatchesFormAcrossStreamsWithDifferentLengths) {
   ServerOptions o = TestOptions();
-  o.batcher.max_batch_requests = 4;
-  o.batcher.max_queue_delay_us = 30'000'000;  // only size closes the batch
+  o.executor.batcher.max_batch_requests = 4;
+  o.executor.batcher.max_queue_delay_us = 30'000'000;  // only size closes the batch
   StartServer(o);
   std::vector<Req> reqs;
   for (int i = 0; i < 4; ++i) {
@@ -505,8 +505,8 @@ TEST_F(ServiceTest, BatchesFormAcrossStreamsWithDifferentLengths) {
 
 TEST_F(ServiceTest, OneBadRequestInABatchFailsAlone) {
   ServerOptions o = TestOptions();
-  o.batcher.max_batch_requests = 3;
-  o.batcher.max_queue_delay_us = 30'000'000;
+  o.executor.batcher.max_batch_requests = 3;
+  o.executor.batcher.max_queue_delay_us = 30'000'000;
   StartServer(o);
   std::vector<Req> reqs;
   for (int i = 0; i < 3; ++i) {
@@ -592,8 +592,8 @@ TEST_F(ServiceTest, UnaryMatchesLocalWithStats) {
 
 TEST_F(ServiceTest, StreamErrorsHaveCodesAndSpareOtherRequests) {
   ServerOptions o = TestOptions();
-  o.max_request_bytes = 64 << 10;
-  o.max_seq = 512;
+  o.service.limits.max_request_bytes = 64 << 10;
+  o.service.limits.max_seq = 512;
   StartServer(o);
   grpc::ClientContext ctx;
   Stream s = stub_->Attend(&ctx);
@@ -729,7 +729,7 @@ TEST_F(ServiceTest, StreamErrorsHaveCodesAndSpareOtherRequests) {
 
 TEST_F(ServiceTest, InflightLimitPerStreamAndReuseOfIds) {
   ServerOptions o = TestOptions();
-  o.max_inflight_per_stream = 2;
+  o.service.max_inflight_per_stream = 2;
   StartServer(o);
   grpc::ClientContext ctx;
   Stream s = stub_->Attend(&ctx);
@@ -775,7 +775,7 @@ TEST_F(ServiceTest, ClientThatDoesNotReadGetsEveryAnswerEventually) {
   // reading yet. The server stops reading while its answers back up, then
   // goes on: every answer arrives, once.
   ServerOptions o = TestOptions();
-  o.max_queued_answers = 8;
+  o.service.max_queued_answers = 8;
   StartServer(o);
   grpc::ClientContext ctx;
   Stream s = stub_->Attend(&ctx);
@@ -806,9 +806,9 @@ TEST_F(ServiceTest, ClientThatDoesNotReadGetsEveryAnswerEventually) {
 
 TEST_F(ServiceTest, QueueFullIsUnavailableAndCancelRemovesQueuedWork) {
   ServerOptions o = TestOptions();
-  o.batcher.max_queue_requests = 1;
-  o.batcher.max_batch_requests = 8;
-  o.batcher.max_queue_delay_us = 60'000'000;  // A stays queued
+  o.executor.batcher.max_queue_requests = 1;
+  o.executor.batcher.max_batch_requests = 8;
+  o.executor.batcher.max_queue_delay_us = 60'000'000;  // A stays queued
   StartServer(o);
   grpc::ClientContext ctx1;
   Stream s1 = stub_->Attend(&ctx1);
@@ -854,7 +854,7 @@ TEST_F(ServiceTest, QueueFullIsUnavailableAndCancelRemovesQueuedWork) {
 
 TEST_F(ServiceTest, ClientCancellationDropsTheStreamsWork) {
   ServerOptions o = TestOptions();
-  o.batcher.max_queue_delay_us = 60'000'000;
+  o.executor.batcher.max_queue_delay_us = 60'000'000;
   StartServer(o);
   // One request queued (complete), one half uploaded; then the client
   // cancels the whole stream.
@@ -898,7 +898,7 @@ TEST_F(ServiceTest, ClientCancellationDropsTheStreamsWork) {
 
 TEST_F(ServiceTest, StreamDeadlineDropsWork) {
   ServerOptions o = TestOptions();
-  o.batcher.max_queue_delay_us = 60'000'000;
+  o.executor.batcher.max_queue_delay_us = 60'000'000;
   StartServer(o);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() +
@@ -947,8 +947,8 @@ TEST_F(ServiceTest, StreamDeadlineDropsWork) {
 
 TEST_F(ServiceTest, ServerInfoHealthAndReflection) {
   ServerOptions o = TestOptions();
-  o.max_seq = 4096;
-  o.batcher.max_batch_requests = 5;
+  o.service.limits.max_seq = 4096;
+  o.executor.batcher.max_batch_requests = 5;
   StartServer(o);
   pb::ServerInfo info;
   grpc::ClientContext ctx;
@@ -960,9 +960,9 @@ TEST_F(ServiceTest, ServerInfoHealthAndReflection) {
   EXPECT_FALSE(info.devices().empty());
   EXPECT_EQ(info.limits().max_seq(), 4096u);
   EXPECT_EQ(info.limits().max_batch_requests(), 5u);
-  EXPECT_EQ(info.limits().chunk_bytes(), static_cast<uint64_t>(o.chunk_bytes));
+  EXPECT_EQ(info.limits().chunk_bytes(), static_cast<uint64_t>(o.service.chunk_bytes));
   EXPECT_EQ(info.limits().max_request_bytes(),
-            static_cast<uint64_t>(o.max_request_bytes));
+            static_cast<uint64_t>(o.service.limits.max_request_bytes));
   EXPECT_EQ(info.limits().error_sample_rows(), 4u);
 
   EXPECT_EQ(HealthStatus(channel_), 1);  // SERVING
@@ -1074,11 +1074,11 @@ TEST_F(ServiceTest, DrainFinishesInFlightWorkAndRefusesNewWork) {
 
 TEST_F(ServiceTest, StartFailsCleanlyOnBadOptionsAndBusyPort) {
   ServerOptions o = TestOptions();
-  o.chunk_bytes = 1;
+  o.service.chunk_bytes = 1;
   EXPECT_EQ(Server::Start(o).status().code(),
             absl::StatusCode::kInvalidArgument);
   o = TestOptions();
-  o.backend = "tpu";
+  o.executor.backend = "tpu";
   EXPECT_EQ(Server::Start(o).status().code(),
             absl::StatusCode::kInvalidArgument);
   StartServer(TestOptions());
@@ -1095,9 +1095,9 @@ TEST_F(ServiceTest, StartFailsCleanlyOnBadOptionsAndBusyPort) {
 // flight. (Run under AddressSanitizer, this is the reactor-lifetime test.)
 TEST_F(ServiceTest, ManyStreamsMisbehavingAtOnceLeaveNothingBehind) {
   ServerOptions o = TestOptions();
-  o.batcher.max_batch_requests = 3;
-  o.batcher.max_queue_delay_us = 2000;
-  o.max_queued_answers = 4;
+  o.executor.batcher.max_batch_requests = 3;
+  o.executor.batcher.max_queue_delay_us = 2000;
+  o.service.max_queued_answers = 4;
   StartServer(o);
   std::vector<std::thread> threads;
   for (int t = 0; t < 6; ++t) {

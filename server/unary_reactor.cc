@@ -1,0 +1,99 @@
+// scatterbrain/server/unary_reactor.cc — see unary_reactor.h.
+#include "server/unary_reactor.h"
+
+#include <algorithm>
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/answer_writer.h"
+#include "server/proto_convert.h"
+
+namespace scatterbrain {
+namespace server {
+
+void AttentionServiceImpl::UnaryReactor::Start() {
+  start_us_ = svc_->clock_->NowMicros();
+  method_ = MethodLabel(request_->header().settings().method());
+  svc_->metrics_->BytesReceived(
+      static_cast<int64_t>(request_->ByteSizeLong()));
+  if (svc_->draining()) return Reject(DrainingError());
+  absl::StatusOr<RequestSpec> spec = SpecFromHeader(
+      request_->header(), svc_->options_.limits, /*require_id=*/false);
+  if (!spec.ok()) return Reject(spec.status());
+  const struct {
+    const char* name;
+    const std::string& bytes;
+    int64_t want;
+    int64_t elements;
+  } tensors[] = {{"q", request_->q(), spec->q_bytes, spec->q_elements},
+                 {"k", request_->k(), spec->k_bytes, spec->k_elements},
+                 {"v", request_->v(), spec->v_bytes, spec->v_elements}};
+  for (const auto& t : tensors) {
+    if (static_cast<int64_t>(t.bytes.size()) != t.want) {
+      return Reject(absl::InvalidArgumentError(absl::StrCat(
+          t.name, ": ", t.bytes.size(), " bytes, expected ", t.want,
+          " for header.shape and header.dtype ", DTypeName(spec->dtype))));
+    }
+  }
+  auto job = std::make_shared<Job>();
+  FloatBuffer* dst[] = {&job->q, &job->k, &job->v};
+  for (int i = 0; i < 3; ++i) {
+    TensorAssembler a;
+    absl::Status st = a.Init(tensors[i].name, spec->dtype, tensors[i].elements);
+    if (st.ok()) st = a.Append(0, tensors[i].bytes);
+    if (!st.ok()) return Reject(st);
+    *dst[i] = a.Take();
+  }
+  method_ = spec->method_label;
+  job->spec = *std::move(spec);
+  if (!svc_->TryAccept()) return Reject(DrainingError());
+  job->done = [this](const JobPtr& j, JobResult r) {
+    OnJobDone(j, std::move(r));
+  };
+  {
+    absl::MutexLock lock(&mu_);
+    job_ = job;
+  }
+  const absl::Status st = svc_->executor_->Submit(job);
+  if (!st.ok()) {
+    svc_->Finished();
+    Reject(st);
+  }
+}
+
+void AttentionServiceImpl::UnaryReactor::OnCancel() {
+  JobPtr job;
+  {
+    absl::MutexLock lock(&mu_);
+    job = job_;
+  }
+  if (job != nullptr) svc_->executor_->Cancel(job);
+}
+
+void AttentionServiceImpl::UnaryReactor::Reject(const absl::Status& st) {
+  svc_->metrics_->RequestDone(method_, CodeName(st.code()), Seconds());
+  Finish(ToGrpcStatus(st));
+}
+
+void AttentionServiceImpl::UnaryReactor::OnJobDone(const JobPtr& job,
+                                                   JobResult result) {
+  if (result.status.ok()) {
+    FillUnaryResponse(job->spec, result, response_);
+    svc_->metrics_->BytesSent(static_cast<int64_t>(response_->ByteSizeLong()));
+  }
+  absl::StatusCode code = result.status.code();
+  if (code == absl::StatusCode::kCancelled && AtDeadline(*ctx_)) {
+    code = absl::StatusCode::kDeadlineExceeded;  // dropped at its deadline
+  }
+  svc_->metrics_->RequestDone(method_, CodeName(code), Seconds());
+  svc_->Finished();
+  Finish(ToGrpcStatus(result.status));
+}
+
+double AttentionServiceImpl::UnaryReactor::Seconds() const {
+  return std::max<int64_t>(svc_->clock_->NowMicros() - start_us_, 0) * 1e-6;
+}
+
+}  // namespace server
+}  // namespace scatterbrain
