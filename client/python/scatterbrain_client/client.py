@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _stubs
 from ._errors import AttendError, _error_from_code, _error_from_rpc
+from ._health import _health_check
 from ._wire import (_DTYPE_BYTES, _dtype_enum, _from_wire, _settings_proto,
                     _to_wire, stats_to_dict)
 
@@ -149,52 +150,6 @@ class _Incoming:
         self.stats = None
 
 
-# --- grpc.health.v1 without extra packages ---------------------------------
-# HealthCheckRequest{string service = 1}; HealthCheckResponse{ServingStatus
-# status = 1}: one field each, encoded by hand.
-
-_HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING",
-                  3: "SERVICE_UNKNOWN"}
-
-
-def _encode_health_request(service: str) -> bytes:
-    data = service.encode()
-    if not data:
-        return b""
-    out, n = bytearray(b"\x0a"), len(data)
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out) + data
-
-
-def _decode_health_response(data: bytes) -> str:
-    status, pos = 0, 0
-    while pos < len(data):
-        key, shift = 0, 0
-        while True:
-            b = data[pos]
-            pos += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        value, shift = 0, 0
-        if key & 7 != 0:  # not a varint: the response has no such field
-            break
-        while True:
-            b = data[pos]
-            pos += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        if key >> 3 == 1:
-            status = value
-    return _HEALTH_STATUS.get(status, "UNKNOWN")
-
-
 class _Source:
     """attend_many's requests, shared by the streams of its tries: items
     taken by a stream that broke before sending them go back to the front."""
@@ -278,10 +233,7 @@ class Client:
         opts.extend(options)
         self._channel = grpc.insecure_channel(uri, options=opts)
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
-        self._health = self._channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=_encode_health_request,
-            response_deserializer=_decode_health_response)
+        self._health = _health_check(self._channel)
         self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()
 
