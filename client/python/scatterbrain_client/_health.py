@@ -25,27 +25,25 @@ def _encode_health_request(service: str) -> bytes:
     return bytes(out) + data
 
 
+def _read_varint(data: bytes, pos: int):
+    """(value, position after it) of the varint at data[pos]."""
+    value, shift = 0, 0
+    while True:
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+
+
 def _decode_health_response(data: bytes) -> str:
     status, pos = 0, 0
     while pos < len(data):
-        key, shift = 0, 0
-        while True:
-            b = data[pos]
-            pos += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        value, shift = 0, 0
+        key, pos = _read_varint(data, pos)
         if key & 7 != 0:  # not a varint: the response has no such field
             break
-        while True:
-            b = data[pos]
-            pos += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        value, pos = _read_varint(data, pos)
         if key >> 3 == 1:
             status = value
     return _HEALTH_STATUS.get(status, "UNKNOWN")
