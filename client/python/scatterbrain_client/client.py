@@ -1,14 +1,20 @@
 """Client of scatterbrain.v1.AttentionService (see proto/scatterbrain/v1).
 
 Tensors are numpy arrays [batch, heads, seq, dim]; they travel as
-little-endian float32, float16 or bfloat16 bytes (converted here), cut into
-chunks of at most `chunk_bytes` on the Attend stream, so any size fits.
-Outputs come back as float32 arrays [batch, heads, seq_q, dim_v].
+little-endian float32, float16 or bfloat16 bytes, cut into chunks of at
+most `chunk_bytes` on the Attend stream, so any size fits. Outputs come
+back as float32 arrays [batch, heads, seq_q, dim_v].
+
+This module holds the Client (its channel, the retries of UNAVAILABLE
+with backoff, attend, attend_many, health, info) and the module-level
+attend() on a shared Client per target. The pieces it drives live beside
+it: _wire (conversions), _request (Request, encoding, AttendResult),
+_stream (one Attend stream), _health, _errors; the public names are
+imported here too, so `scatterbrain_client.client` still offers them.
 """
 
 from __future__ import annotations
 
-import collections
 import itertools
 import json
 import random
@@ -17,13 +23,13 @@ import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import grpc
-import numpy as np
 
 from . import _stubs
-from ._errors import AttendError, _error_from_code, _error_from_rpc
+from ._errors import AttendError, _error_from_rpc
 from ._health import _health_check
-from ._request import AttendResult, Request, _as_request, _Encoded
-from ._wire import _DTYPE_BYTES, _from_wire, stats_to_dict
+from ._request import AttendResult, Request, _Encoded
+from ._stream import _attend_stream, _Source
+from ._wire import _from_wire, stats_to_dict
 
 pb, pb_grpc = _stubs.load()
 
@@ -33,51 +39,6 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 # endpoints, or a dns:/// name resolving to several).
 _ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
-
-class _Incoming:
-    """An output being received."""
-
-    def __init__(self):
-        self.shape = None
-        self.dtype = None
-        self.buf = None
-        self.received = 0
-        self.stats = None
-
-
-class _Source:
-    """attend_many's requests, shared by the streams of its tries: items
-    taken by a stream that broke before sending them go back to the front."""
-
-    def __init__(self, items: Iterable):
-        self._it = iter(items)
-        self._front: collections.deque = collections.deque()
-        self._lock = threading.Lock()
-        self._exhausted = False
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        with self._lock:
-            if self._front:
-                return self._front.popleft()
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._exhausted = True
-            raise
-
-    def push_front(self, items) -> None:
-        with self._lock:
-            self._front.extendleft(reversed(list(items)))
-
-    def done(self) -> bool:
-        with self._lock:
-            return self._exhausted and not self._front
-
-
-# --- the client -------------------------------------------------------------
 
 class Client:
     """A channel to a scatterbrain_server. Thread-safe; use as a context
@@ -135,6 +96,11 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
+    def _next_id(self) -> str:
+        """A fresh request id: "r1", "r2", ... (unique per Client)."""
+        with self._ids_lock:
+            return f"r{next(self._ids)}"
+
     def _backoff(self, retry: int) -> float:
         """Seconds before retry number `retry` (1 = the first)."""
         d = min(self.initial_backoff * (2 ** (retry - 1)), self.max_backoff)
@@ -191,9 +157,7 @@ class Client:
                 time.sleep(self._backoff(attempt))
         else:
             # Encoded here, so bad arguments raise ValueError / TypeError.
-            with self._ids_lock:
-                rid = f"r{next(self._ids)}"
-            enc = _Encoded(req, rid)
+            enc = _Encoded(req, self._next_id())
             results = list(self.attend_many([enc], max_in_flight=1,
                                             timeout=timeout))
             out, stats = results[0].unwrap(), results[0].stats
@@ -236,8 +200,11 @@ class Client:
             state: Dict[str, Any] = {}
             retry: List[_Encoded] = []
             progress = False
-            for result, enc in self._attend_stream(source, max_in_flight,
-                                                   timeout, state):
+            for result, enc in _attend_stream(
+                    self._stub, source, max_in_flight=max_in_flight,
+                    chunk_bytes=self.chunk_bytes,
+                    timeout=timeout if timeout is not None else self.timeout,
+                    next_id=self._next_id, state=state):
                 rid = result.request_id
                 if (result.error is not None and enc is not None
                         and result.error.code() == grpc.StatusCode.UNAVAILABLE
@@ -259,156 +226,6 @@ class Client:
             time.sleep(self._backoff(
                 max([attempts[e.request_id] - 1 for e in retry] +
                     [idle_failures, 1])))
-
-    def _attend_stream(self, source: "_Source", max_in_flight: int,
-                       timeout: Optional[float], state: Dict[str, Any]):
-        """One Attend stream over `source`; yields (AttendResult, its
-        _Encoded or None); sets state["error"] when the stream failed."""
-        slots = threading.BoundedSemaphore(max_in_flight)
-        closed = threading.Event()
-        lock = threading.Lock()
-        # Held by the feed from taking an item to registering it: once the
-        # stream is over, taking it means no item is half taken.
-        feed_lock = threading.Lock()
-        pending: Dict[str, _Incoming] = {}
-        encoded: Dict[str, _Encoded] = {}
-        local: List[AttendResult] = []   # failed before sending (guarded by lock)
-        feed_error: List[BaseException] = []
-
-        def next_id() -> str:
-            with self._ids_lock:
-                return f"r{next(self._ids)}"
-
-        def feed():
-            # Runs on gRPC's request-consuming thread.
-            try:
-                while not closed.is_set():
-                    with feed_lock:
-                        if closed.is_set():
-                            return
-                        try:
-                            item = next(source)
-                        except StopIteration:
-                            return
-                        while not slots.acquire(timeout=0.1):
-                            if closed.is_set():
-                                source.push_front([item])
-                                return
-                        enc, rid = None, None
-                        try:
-                            if isinstance(item, _Encoded):  # attend(), retries
-                                enc, rid = item, item.request_id
-                            else:
-                                req = _as_request(item)
-                                rid = req.request_id or next_id()
-                                enc = _Encoded(req, rid)
-                        except (ValueError, TypeError) as e:
-                            rid = rid or next_id()
-                            slots.release()
-                            with lock:
-                                local.append(AttendResult(rid, error=AttendError(
-                                    grpc.StatusCode.INVALID_ARGUMENT, str(e),
-                                    rid)))
-                            continue
-                        with lock:
-                            if rid in pending:
-                                local.append(AttendResult(rid, error=AttendError(
-                                    grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"request_id: '{rid}' is already in flight",
-                                    rid)))
-                                slots.release()
-                                continue
-                            pending[rid] = _Incoming()
-                            encoded[rid] = enc
-                    for m in enc.messages(self.chunk_bytes):
-                        if closed.is_set():
-                            return
-                        yield m
-            except Exception as e:  # the caller's iterable failed
-                feed_error.append(e)
-
-        call = self._stub.Attend(
-            feed(), timeout=timeout if timeout is not None else self.timeout)
-
-        def drain_local():
-            with lock:
-                out = list(local)
-                local.clear()
-            return out
-
-        try:
-            for resp in call:
-                for r in drain_local():
-                    yield r, None
-                rid = resp.request_id
-                with lock:
-                    inc = pending.get(rid)
-                if inc is None:
-                    continue
-                result = self._on_response(rid, inc, resp)
-                if result is not None:
-                    with lock:
-                        pending.pop(rid, None)
-                        enc = encoded.pop(rid, None)
-                    slots.release()
-                    yield result, enc
-            stream_error = None
-        except grpc.RpcError as e:
-            stream_error = _error_from_rpc(e)
-        finally:
-            closed.set()
-            call.cancel()
-        with feed_lock:  # the feed takes nothing from `source` from now on
-            pass
-        state["error"] = stream_error
-        for r in drain_local():
-            yield r, None
-        if feed_error:
-            raise feed_error[0]
-        with lock:
-            left = list(pending)
-            pending.clear()
-        for rid in left:
-            err = stream_error or AttendError(
-                grpc.StatusCode.UNAVAILABLE,
-                "the Attend stream ended before the response", rid)
-            yield AttendResult(rid, error=AttendError(
-                err.code(), err.details(), rid)), encoded.get(rid)
-
-    def _on_response(self, rid: str, inc: _Incoming,
-                     resp) -> Optional[AttendResult]:
-        kind = resp.WhichOneof("kind")
-        if kind == "error":
-            return AttendResult(rid, error=_error_from_code(
-                resp.error.code, resp.error.message, rid))
-        if kind == "header":
-            s = resp.header.shape
-            inc.shape = (s.batch, s.heads, s.seq_q, s.dim_v)
-            inc.dtype = resp.header.dtype
-            eb = _DTYPE_BYTES.get(inc.dtype)
-            if eb is None:
-                return AttendResult(rid, error=AttendError(
-                    grpc.StatusCode.INTERNAL,
-                    f"server answered in unknown dtype {inc.dtype}", rid))
-            inc.buf = bytearray(int(np.prod(inc.shape)) * eb)
-            inc.stats = stats_to_dict(resp.header.stats)
-        elif kind == "chunk":
-            c = resp.chunk
-            if (inc.buf is None or c.offset != inc.received
-                    or c.offset + len(c.data) > len(inc.buf)):
-                return AttendResult(rid, error=AttendError(
-                    grpc.StatusCode.INTERNAL,
-                    f"output chunk out of order (offset {c.offset})", rid))
-            inc.buf[c.offset:c.offset + len(c.data)] = c.data
-            inc.received += len(c.data)
-        if not resp.last:
-            return None
-        if inc.buf is None or inc.received != len(inc.buf):
-            return AttendResult(rid, error=AttendError(
-                grpc.StatusCode.INTERNAL,
-                f"output incomplete: {inc.received} bytes", rid))
-        return AttendResult(rid, _from_wire(inc.buf, inc.dtype, inc.shape),
-                            inc.stats)
 
 
 _clients: Dict[tuple, Client] = {}
