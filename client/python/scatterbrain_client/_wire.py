@@ -8,27 +8,18 @@ request encoder, the stream driver and the unary call all go through them.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Sequence
 
 import grpc
 import numpy as np
+from google.protobuf import descriptor
 
 from . import _stubs
 from ._errors import AttendError
 
 pb, _ = _stubs.load()
 
-# Method settings accepted as keyword arguments (MethodSettings fields).
-_INT_SETTINGS = ("num_features", "bucket_size", "num_hashes",
-                 "hash_projections", "window", "calibration_rows",
-                 "kmeans_iterations")
-_ENUM_SETTINGS = {
-    # keyword: (proto enum, value prefix)
-    "sparse": (pb.SparseSupport, "SPARSE_SUPPORT_"),
-    "estimator": (pb.Estimator, "ESTIMATOR_"),
-    "lsh_hash": (pb.LshHash, "LSH_HASH_"),
-    "lsh_transform": (pb.LshTransform, "LSH_TRANSFORM_"),
-}
 _DTYPES = {
     "float32": pb.DTYPE_FLOAT32,
     "float16": pb.DTYPE_FLOAT16,
@@ -79,33 +70,72 @@ def _from_wire(buf, dtype: int, shape: Sequence[int]) -> np.ndarray:
 
 # --- settings --------------------------------------------------------------
 
+# attend()'s keyword settings are the fields of MethodSettings, read off its
+# descriptor, so a field added to the proto is a keyword with no edit here.
+# method and causal are attend()'s own arguments, not keyword settings.
+_SETTINGS_FIELDS = pb.MethodSettings.DESCRIPTOR.fields_by_name
+_OWN_ARGUMENTS = ("method", "causal")
+_FD = descriptor.FieldDescriptor
+_CONVERSIONS = {  # cpp_type of a singular field -> conversion of its value
+    _FD.CPPTYPE_INT32: int, _FD.CPPTYPE_INT64: int,
+    _FD.CPPTYPE_UINT32: int, _FD.CPPTYPE_UINT64: int,
+    _FD.CPPTYPE_FLOAT: float, _FD.CPPTYPE_DOUBLE: float,
+    _FD.CPPTYPE_BOOL: bool, _FD.CPPTYPE_STRING: str,
+}
+
+
+def _enum_values(enum) -> Dict[str, int]:
+    """An enum's values by name less the prefix all share, upper case:
+    SparseSupport -> {"UNSPECIFIED": 0, "LSH": 1, "LOCAL": 2, "BOTH": 3}."""
+    names = [v.name for v in enum.values]
+    prefix = os.path.commonprefix(names)
+    prefix = prefix[:prefix.rfind("_") + 1]
+    return {v.name[len(prefix):]: v.number for v in enum.values}
+
+
+_ENUM_VALUES = {f.name: _enum_values(f.enum_type)
+                for f in _SETTINGS_FIELDS.values() if f.enum_type is not None}
+
+
+def _is_repeated(field) -> bool:
+    if hasattr(field, "is_repeated"):  # protobuf >= 6.31; label is gone in 7
+        return field.is_repeated
+    return field.label == field.LABEL_REPEATED
+
+
+def _set_setting(s, name: str, value) -> None:
+    """s.<name> = value, converted by the field's type: enum values by
+    name ("lsh", "calibrated"), unsigned counts checked >= 0."""
+    if name in _ENUM_VALUES:
+        values = _ENUM_VALUES[name]
+        number = values.get(str(value).upper())
+        if number is None:
+            choices = "|".join(n.lower() for n, v in values.items() if v != 0)
+            raise ValueError(f"{name}: unknown '{value}' ({choices})")
+        setattr(s, name, number)
+        return
+    field = _SETTINGS_FIELDS[name]
+    convert = None if _is_repeated(field) else _CONVERSIONS.get(field.cpp_type)
+    if convert is None:  # a message or repeated field: no keyword form yet
+        raise TypeError(f"setting '{name}': not settable by keyword")
+    if (field.cpp_type in (_FD.CPPTYPE_UINT32, _FD.CPPTYPE_UINT64)
+            and int(value) < 0):
+        raise ValueError(f"{name}: must be >= 0, got {value}")
+    setattr(s, name, convert(value))
+
+
 def _settings_proto(method: str, causal: bool, settings: Dict[str, Any]):
+    """MethodSettings of attend()'s method, causal and keyword settings
+    (None: unset). Unknown names raise TypeError, bad values ValueError."""
     s = pb.MethodSettings()
-    try:
-        s.method = pb.Method.Value("METHOD_" + str(method).upper())
-    except ValueError:
-        raise ValueError(f"method: unknown '{method}' "
-                         "(exact|performer|lsh|local|scatterbrain)") from None
-    s.causal = bool(causal)
+    _set_setting(s, "method", method)
+    _set_setting(s, "causal", causal)
     for name, value in settings.items():
         if value is None:
             continue
-        if name in _INT_SETTINGS:
-            if int(value) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {value}")
-            setattr(s, name, int(value))
-        elif name in _ENUM_SETTINGS:
-            enum, prefix = _ENUM_SETTINGS[name]
-            try:
-                setattr(s, name, enum.Value(prefix + str(value).upper()))
-            except ValueError:
-                raise ValueError(f"{name}: unknown value '{value}'") from None
-        elif name == "scale":
-            s.scale = float(value)
-        elif name == "seed":
-            s.seed = int(value)
-        else:
+        if name not in _SETTINGS_FIELDS or name in _OWN_ARGUMENTS:
             raise TypeError(f"unknown setting '{name}'")
+        _set_setting(s, name, value)
     return s
 
 

@@ -133,13 +133,16 @@ class Client:
         """Attention of q, k, v on the server; a float32 numpy array.
 
         method: exact | performer | lsh | local | scatterbrain. settings:
-        num_features, bucket_size, num_hashes, hash_projections, window,
-        sparse, estimator, calibration_rows, lsh_hash, lsh_transform,
-        kmeans_iterations, scale, seed (unset: the server's defaults, those of
-        `scatterbrain_cli --help`). dtype: of q, k, v on the wire
-        (float32 | float16 | bfloat16); output_dtype: of the output on the
-        wire (default: dtype). return_stats: return (output, stats dict).
-        unary: one AttendUnary message instead of the chunked stream.
+        the other fields of v1.MethodSettings by name (num_features,
+        bucket_size, num_hashes, hash_projections, window, sparse,
+        estimator, calibration_rows, lsh_hash, lsh_transform,
+        kmeans_iterations, scale, seed, ...), enum ones by value name
+        (sparse="both", lsh_transform="smyrf"); unset: the server's
+        defaults, those of `scatterbrain_cli --help`. dtype: of q, k, v on
+        the wire (float32 | float16 | bfloat16); output_dtype: of the
+        output on the wire (default: dtype). return_stats: return (output,
+        stats dict). unary: one AttendUnary message instead of the chunked
+        stream.
         Raises AttendError (a grpc.RpcError) with the server's code and
         message.
         """
