@@ -231,7 +231,7 @@ class Client:
                     [idle_failures, 1])))
 
 
-_clients: Dict[tuple, Client] = {}
+_clients: Dict[str, Client] = {}  # by target
 _clients_lock = threading.Lock()
 
 
