@@ -1,15 +1,20 @@
 """Client of scatterbrain.v1.AttentionService (see proto/scatterbrain/v1).
 
 Tensors are numpy arrays [batch, heads, seq, dim]; they travel as
-little-endian float32, float16 or bfloat16 bytes (converted here), cut into
-chunks of at most `chunk_bytes` on the Attend stream, so any size fits.
-Outputs come back as float32 arrays [batch, heads, seq_q, dim_v].
+little-endian float32, float16 or bfloat16 bytes, cut into chunks of at
+most `chunk_bytes` on the Attend stream, so any size fits. Outputs come
+back as float32 arrays [batch, heads, seq_q, dim_v].
+
+This module holds the Client (its channel, the retries of UNAVAILABLE
+with backoff, attend, attend_many, health, info) and the module-level
+attend() on a shared Client per target. The pieces it drives live beside
+it: _wire (conversions), _request (Request, encoding, AttendResult),
+_stream (one Attend stream), _health, _errors; the public names are
+imported here too, so `scatterbrain_client.client` still offers them.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import itertools
 import json
 import random
@@ -18,9 +23,13 @@ import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import grpc
-import numpy as np
 
 from . import _stubs
+from ._errors import AttendError, _error_from_rpc
+from ._health import _health_check
+from ._request import AttendResult, Request, _Encoded
+from ._stream import _attend_stream, _Source
+from ._wire import _from_wire, stats_to_dict
 
 pb, pb_grpc = _stubs.load()
 
@@ -30,350 +39,6 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 # endpoints, or a dns:/// name resolving to several).
 _ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
-# Method settings accepted as keyword arguments (MethodSettings fields).
-_INT_SETTINGS = ("num_features", "bucket_size", "num_hashes",
-                 "hash_projections", "window", "calibration_rows",
-                 "kmeans_iterations")
-_ENUM_SETTINGS = {
-    # keyword: (proto enum, value prefix)
-    "sparse": (pb.SparseSupport, "SPARSE_SUPPORT_"),
-    "estimator": (pb.Estimator, "ESTIMATOR_"),
-    "lsh_hash": (pb.LshHash, "LSH_HASH_"),
-    "lsh_transform": (pb.LshTransform, "LSH_TRANSFORM_"),
-}
-_DTYPES = {
-    "float32": pb.DTYPE_FLOAT32,
-    "float16": pb.DTYPE_FLOAT16,
-    "bfloat16": pb.DTYPE_BFLOAT16,
-}
-_DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "fp16": "float16",
-                  "f16": "float16", "half": "float16", "bf16": "bfloat16"}
-_DTYPE_BYTES = {pb.DTYPE_FLOAT32: 4, pb.DTYPE_FLOAT16: 2, pb.DTYPE_BFLOAT16: 2}
-
-
-class AttendError(grpc.RpcError):
-    """A request's error: a gRPC status code and the server's message.
-
-    Raised by attend(); carried by AttendResult.error in attend_many(). Like
-    grpc.RpcError from a failed call, it has code() and details().
-    """
-
-    def __init__(self, code: grpc.StatusCode, details: str,
-                 request_id: Optional[str] = None):
-        super().__init__(f"{code.name}: {details}")
-        self._code = code
-        self._details = details
-        self.request_id = request_id
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-    def __str__(self) -> str:
-        return f"{self._code.name}: {self._details}"
-
-
-_CODES_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
-
-
-def _error_from_code(code: int, details: str, request_id=None) -> AttendError:
-    return AttendError(_CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN),
-                       details, request_id)
-
-
-def _error_from_rpc(e: grpc.RpcError, request_id=None) -> AttendError:
-    if isinstance(e, AttendError):
-        return e
-    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-    details = e.details() if hasattr(e, "details") else str(e)
-    return AttendError(code or grpc.StatusCode.UNKNOWN, details or "",
-                       request_id)
-
-
-# --- dtype conversion -------------------------------------------------------
-
-def _dtype_enum(name: str) -> int:
-    key = _DTYPE_ALIASES.get(str(name).lower(), str(name).lower())
-    if key not in _DTYPES:
-        raise ValueError(f"dtype: unknown '{name}' (float32|float16|bfloat16)")
-    return _DTYPES[key]
-
-
-def _to_wire(x: np.ndarray, dtype: int) -> memoryview:
-    """Little-endian bytes of `x` in `dtype` (no copy when already so)."""
-    if dtype == pb.DTYPE_FLOAT32:
-        a = np.ascontiguousarray(x, dtype="<f4")
-    elif dtype == pb.DTYPE_FLOAT16:
-        a = np.ascontiguousarray(x, dtype="<f2")
-    else:  # bfloat16: the top half of float32, rounded to nearest even
-        u = np.ascontiguousarray(x, dtype="<f4").view("<u4")
-        rounded = (u + (np.uint32(0x7FFF) + ((u >> 16) & 1))) >> 16
-        nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-        a = np.where(nan, (u >> 16) | np.uint32(0x40), rounded).astype("<u2")
-    return memoryview(a).cast("B")
-
-
-def _from_wire(buf, dtype: int, shape: Sequence[int]) -> np.ndarray:
-    """float32 array of `shape` from little-endian bytes in `dtype`."""
-    if dtype == pb.DTYPE_FLOAT32:
-        a = np.frombuffer(buf, dtype="<f4").astype(np.float32, copy=False)
-    elif dtype == pb.DTYPE_FLOAT16:
-        a = np.frombuffer(buf, dtype="<f2").astype(np.float32)
-    elif dtype == pb.DTYPE_BFLOAT16:
-        a = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(
-            np.float32)
-    else:
-        raise AttendError(grpc.StatusCode.INTERNAL,
-                          f"server answered in unknown dtype {dtype}")
-    return a.reshape(tuple(shape))
-
-
-# --- requests ---------------------------------------------------------------
-
-def _settings_proto(method: str, causal: bool, settings: Dict[str, Any]):
-    s = pb.MethodSettings()
-    try:
-        s.method = pb.Method.Value("METHOD_" + str(method).upper())
-    except ValueError:
-        raise ValueError(f"method: unknown '{method}' "
-                         "(exact|performer|lsh|local|scatterbrain)") from None
-    s.causal = bool(causal)
-    for name, value in settings.items():
-        if value is None:
-            continue
-        if name in _INT_SETTINGS:
-            if int(value) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {value}")
-            setattr(s, name, int(value))
-        elif name in _ENUM_SETTINGS:
-            enum, prefix = _ENUM_SETTINGS[name]
-            try:
-                setattr(s, name, enum.Value(prefix + str(value).upper()))
-            except ValueError:
-                raise ValueError(f"{name}: unknown value '{value}'") from None
-        elif name == "scale":
-            s.scale = float(value)
-        elif name == "seed":
-            s.seed = int(value)
-        else:
-            raise TypeError(f"unknown setting '{name}'")
-    return s
-
-
-@dataclasses.dataclass
-class Request:
-    """One attention call: the arguments of Client.attend as a value.
-
-    q: [batch, heads, seq_q, dim]; k: [batch, heads, seq_k, dim];
-    v: [batch, heads, seq_k, dim_v]. `settings` holds the method's keyword
-    settings (num_features, bucket_size, window, sparse, scale, seed, ...).
-    """
-    q: Any
-    k: Any
-    v: Any
-    method: str = "scatterbrain"
-    dtype: str = "float32"
-    output_dtype: Optional[str] = None
-    causal: bool = False
-    key_lengths: Optional[Sequence[int]] = None
-    request_id: Optional[str] = None
-    settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def of(cls, q, k, v, method: str = "scatterbrain", **kwargs) -> "Request":
-        """Request(q, k, v, method, ...) with settings as keyword arguments."""
-        fields = {f.name for f in dataclasses.fields(cls)} - {"settings"}
-        own = {n: kwargs.pop(n) for n in list(kwargs) if n in fields}
-        return cls(q, k, v, method, settings=kwargs, **own)
-
-
-def _as_request(item) -> Request:
-    if isinstance(item, Request):
-        return item
-    if isinstance(item, dict):
-        return Request.of(**item)
-    if isinstance(item, (tuple, list)):
-        if len(item) == 4 and isinstance(item[3], dict):
-            return Request.of(*item[:3], **item[3])
-        return Request.of(*item)
-    raise TypeError("attend_many: each item is a Request, a dict of attend() "
-                    "arguments, (q, k, v) or (q, k, v, kwargs)")
-
-
-class _Encoded:
-    """A request as header + wire bytes."""
-
-    def __init__(self, req: Request, request_id: str):
-        arrays = []
-        for name, x in (("q", req.q), ("k", req.k), ("v", req.v)):
-            a = np.asarray(x)
-            if a.ndim != 4:
-                raise ValueError(f"{name}: expected 4 dimensions [batch, heads, "
-                                 f"seq, dim], got shape {a.shape}")
-            arrays.append(a)
-        q, k, v = arrays
-        self.request_id = request_id
-        dtype = _dtype_enum(req.dtype)
-        header = pb.RequestHeader(request_id=request_id)
-        header.settings.CopyFrom(
-            _settings_proto(req.method, req.causal, req.settings))
-        # The shape comes from q (batch, heads, seq_q, dim), k (seq_k) and v
-        # (dim_v); inconsistent tensors are left for the server to reject by
-        # their byte counts, naming the tensor.
-        header.shape.batch, header.shape.heads = q.shape[0], q.shape[1]
-        header.shape.seq_q, header.shape.dim = q.shape[2], q.shape[3]
-        header.shape.seq_k, header.shape.dim_v = k.shape[2], v.shape[3]
-        header.dtype = dtype
-        if req.output_dtype is not None:
-            header.output_dtype = _dtype_enum(req.output_dtype)
-        if req.key_lengths is not None:
-            header.key_lengths.extend(int(x) for x in req.key_lengths)
-        self.header = header
-        self.tensors = [(pb.TENSOR_NAME_Q, _to_wire(q, dtype)),
-                        (pb.TENSOR_NAME_K, _to_wire(k, dtype)),
-                        (pb.TENSOR_NAME_V, _to_wire(v, dtype))]
-
-    def nbytes(self) -> int:
-        return sum(len(b) for _, b in self.tensors)
-
-    def messages(self, chunk_bytes: int) -> Iterator[Any]:
-        yield pb.AttendRequest(header=self.header)
-        for name, data in self.tensors:
-            for off in range(0, len(data), chunk_bytes):
-                yield pb.AttendRequest(chunk=pb.TensorChunk(
-                    request_id=self.request_id, tensor=name, offset=off,
-                    data=bytes(data[off:off + chunk_bytes])))
-
-
-def stats_to_dict(stats) -> Dict[str, Any]:
-    """v1.Stats as a dict; estimated_relative_error is None when not sampled."""
-    return {
-        "queue_seconds": stats.queue_seconds,
-        "compute_seconds": stats.compute_seconds,
-        "batch_size": stats.batch_size,
-        "dense_score_bytes": stats.dense_score_bytes,
-        "workspace_bytes": stats.workspace_bytes,
-        "memory_saved_bytes": stats.memory_saved_bytes,
-        "estimated_relative_error": (stats.estimated_relative_error
-                                     if stats.HasField("estimated_relative_error")
-                                     else None),
-        "denominator_guards": stats.denominator_guards,
-        "fallbacks": stats.fallbacks,
-        "backend": stats.backend,
-    }
-
-
-@dataclasses.dataclass
-class AttendResult:
-    """One completed request of attend_many: output and stats, or error."""
-    request_id: str
-    output: Optional[np.ndarray] = None   # float32 [batch, heads, seq_q, dim_v]
-    stats: Optional[Dict[str, Any]] = None
-    error: Optional[AttendError] = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def unwrap(self) -> np.ndarray:
-        """The output, or raises the request's AttendError."""
-        if self.error is not None:
-            raise self.error
-        return self.output
-
-
-class _Incoming:
-    """An output being received."""
-
-    def __init__(self):
-        self.shape = None
-        self.dtype = None
-        self.buf = None
-        self.received = 0
-        self.stats = None
-
-
-# --- grpc.health.v1 without extra packages ---------------------------------
-# HealthCheckRequest{string service = 1}; HealthCheckResponse{ServingStatus
-# status = 1}: one field each, encoded by hand.
-
-_HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING",
-                  3: "SERVICE_UNKNOWN"}
-
-
-def _encode_health_request(service: str) -> bytes:
-    data = service.encode()
-    if not data:
-        return b""
-    out, n = bytearray(b"\x0a"), len(data)
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out) + data
-
-
-def _decode_health_response(data: bytes) -> str:
-    status, pos = 0, 0
-    while pos < len(data):
-        key, shift = 0, 0
-        while True:
-            b = data[pos]
-            pos += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        value, shift = 0, 0
-        if key & 7 != 0:  # not a varint: the response has no such field
-            break
-        while True:
-            b = data[pos]
-            pos += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        if key >> 3 == 1:
-            status = value
-    return _HEALTH_STATUS.get(status, "UNKNOWN")
-
-
-class _Source:
-    """attend_many's requests, shared by the streams of its tries: items
-    taken by a stream that broke before sending them go back to the front."""
-
-    def __init__(self, items: Iterable):
-        self._it = iter(items)
-        self._front: collections.deque = collections.deque()
-        self._lock = threading.Lock()
-        self._exhausted = False
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        with self._lock:
-            if self._front:
-                return self._front.popleft()
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._exhausted = True
-            raise
-
-    def push_front(self, items) -> None:
-        with self._lock:
-            self._front.extendleft(reversed(list(items)))
-
-    def done(self) -> bool:
-        with self._lock:
-            return self._exhausted and not self._front
-
-
-# --- the client -------------------------------------------------------------
 
 class Client:
     """A channel to a scatterbrain_server. Thread-safe; use as a context
@@ -424,15 +89,17 @@ class Client:
         opts.extend(options)
         self._channel = grpc.insecure_channel(uri, options=opts)
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
-        self._health = self._channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=_encode_health_request,
-            response_deserializer=_decode_health_response)
+        self._health = _health_check(self._channel)
         self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()
 
     def close(self) -> None:
         self._channel.close()
+
+    def _next_id(self) -> str:
+        """A fresh request id: "r1", "r2", ... (unique per Client)."""
+        with self._ids_lock:
+            return f"r{next(self._ids)}"
 
     def _backoff(self, retry: int) -> float:
         """Seconds before retry number `retry` (1 = the first)."""
@@ -466,13 +133,16 @@ class Client:
         """Attention of q, k, v on the server; a float32 numpy array.
 
         method: exact | performer | lsh | local | scatterbrain. settings:
-        num_features, bucket_size, num_hashes, hash_projections, window,
-        sparse, estimator, calibration_rows, lsh_hash, lsh_transform,
-        kmeans_iterations, scale, seed (unset: the server's defaults, those of
-        `scatterbrain_cli --help`). dtype: of q, k, v on the wire
-        (float32 | float16 | bfloat16); output_dtype: of the output on the
-        wire (default: dtype). return_stats: return (output, stats dict).
-        unary: one AttendUnary message instead of the chunked stream.
+        the other fields of v1.MethodSettings by name (num_features,
+        bucket_size, num_hashes, hash_projections, window, sparse,
+        estimator, calibration_rows, lsh_hash, lsh_transform,
+        kmeans_iterations, scale, seed, ...), enum ones by value name
+        (sparse="both", lsh_transform="smyrf"); unset: the server's
+        defaults, those of `scatterbrain_cli --help`. dtype: of q, k, v on
+        the wire (float32 | float16 | bfloat16); output_dtype: of the
+        output on the wire (default: dtype). return_stats: return (output,
+        stats dict). unary: one AttendUnary message instead of the chunked
+        stream.
         Raises AttendError (a grpc.RpcError) with the server's code and
         message.
         """
@@ -490,9 +160,7 @@ class Client:
                 time.sleep(self._backoff(attempt))
         else:
             # Encoded here, so bad arguments raise ValueError / TypeError.
-            with self._ids_lock:
-                rid = f"r{next(self._ids)}"
-            enc = _Encoded(req, rid)
+            enc = _Encoded(req, self._next_id())
             results = list(self.attend_many([enc], max_in_flight=1,
                                             timeout=timeout))
             out, stats = results[0].unwrap(), results[0].stats
@@ -535,8 +203,11 @@ class Client:
             state: Dict[str, Any] = {}
             retry: List[_Encoded] = []
             progress = False
-            for result, enc in self._attend_stream(source, max_in_flight,
-                                                   timeout, state):
+            for result, enc in _attend_stream(
+                    self._stub, source, max_in_flight=max_in_flight,
+                    chunk_bytes=self.chunk_bytes,
+                    timeout=timeout if timeout is not None else self.timeout,
+                    next_id=self._next_id, state=state):
                 rid = result.request_id
                 if (result.error is not None and enc is not None
                         and result.error.code() == grpc.StatusCode.UNAVAILABLE
@@ -559,158 +230,8 @@ class Client:
                 max([attempts[e.request_id] - 1 for e in retry] +
                     [idle_failures, 1])))
 
-    def _attend_stream(self, source: "_Source", max_in_flight: int,
-                       timeout: Optional[float], state: Dict[str, Any]):
-        """One Attend stream over `source`; yields (AttendResult, its
-        _Encoded or None); sets state["error"] when the stream failed."""
-        slots = threading.BoundedSemaphore(max_in_flight)
-        closed = threading.Event()
-        lock = threading.Lock()
-        # Held by the feed from taking an item to registering it: once the
-        # stream is over, taking it means no item is half taken.
-        feed_lock = threading.Lock()
-        pending: Dict[str, _Incoming] = {}
-        encoded: Dict[str, _Encoded] = {}
-        local: List[AttendResult] = []   # failed before sending (guarded by lock)
-        feed_error: List[BaseException] = []
 
-        def next_id() -> str:
-            with self._ids_lock:
-                return f"r{next(self._ids)}"
-
-        def feed():
-            # Runs on gRPC's request-consuming thread.
-            try:
-                while not closed.is_set():
-                    with feed_lock:
-                        if closed.is_set():
-                            return
-                        try:
-                            item = next(source)
-                        except StopIteration:
-                            return
-                        while not slots.acquire(timeout=0.1):
-                            if closed.is_set():
-                                source.push_front([item])
-                                return
-                        enc, rid = None, None
-                        try:
-                            if isinstance(item, _Encoded):  # attend(), retries
-                                enc, rid = item, item.request_id
-                            else:
-                                req = _as_request(item)
-                                rid = req.request_id or next_id()
-                                enc = _Encoded(req, rid)
-                        except (ValueError, TypeError) as e:
-                            rid = rid or next_id()
-                            slots.release()
-                            with lock:
-                                local.append(AttendResult(rid, error=AttendError(
-                                    grpc.StatusCode.INVALID_ARGUMENT, str(e),
-                                    rid)))
-                            continue
-                        with lock:
-                            if rid in pending:
-                                local.append(AttendResult(rid, error=AttendError(
-                                    grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"request_id: '{rid}' is already in flight",
-                                    rid)))
-                                slots.release()
-                                continue
-                            pending[rid] = _Incoming()
-                            encoded[rid] = enc
-                    for m in enc.messages(self.chunk_bytes):
-                        if closed.is_set():
-                            return
-                        yield m
-            except Exception as e:  # the caller's iterable failed
-                feed_error.append(e)
-
-        call = self._stub.Attend(
-            feed(), timeout=timeout if timeout is not None else self.timeout)
-
-        def drain_local():
-            with lock:
-                out = list(local)
-                local.clear()
-            return out
-
-        try:
-            for resp in call:
-                for r in drain_local():
-                    yield r, None
-                rid = resp.request_id
-                with lock:
-                    inc = pending.get(rid)
-                if inc is None:
-                    continue
-                result = self._on_response(rid, inc, resp)
-                if result is not None:
-                    with lock:
-                        pending.pop(rid, None)
-                        enc = encoded.pop(rid, None)
-                    slots.release()
-                    yield result, enc
-            stream_error = None
-        except grpc.RpcError as e:
-            stream_error = _error_from_rpc(e)
-        finally:
-            closed.set()
-            call.cancel()
-        with feed_lock:  # the feed takes nothing from `source` from now on
-            pass
-        state["error"] = stream_error
-        for r in drain_local():
-            yield r, None
-        if feed_error:
-            raise feed_error[0]
-        with lock:
-            left = list(pending)
-            pending.clear()
-        for rid in left:
-            err = stream_error or AttendError(
-                grpc.StatusCode.UNAVAILABLE,
-                "the Attend stream ended before the response", rid)
-            yield AttendResult(rid, error=AttendError(
-                err.code(), err.details(), rid)), encoded.get(rid)
-
-    def _on_response(self, rid: str, inc: _Incoming,
-                     resp) -> Optional[AttendResult]:
-        kind = resp.WhichOneof("kind")
-        if kind == "error":
-            return AttendResult(rid, error=_error_from_code(
-                resp.error.code, resp.error.message, rid))
-        if kind == "header":
-            s = resp.header.shape
-            inc.shape = (s.batch, s.heads, s.seq_q, s.dim_v)
-            inc.dtype = resp.header.dtype
-            eb = _DTYPE_BYTES.get(inc.dtype)
-            if eb is None:
-                return AttendResult(rid, error=AttendError(
-                    grpc.StatusCode.INTERNAL,
-                    f"server answered in unknown dtype {inc.dtype}", rid))
-            inc.buf = bytearray(int(np.prod(inc.shape)) * eb)
-            inc.stats = stats_to_dict(resp.header.stats)
-        elif kind == "chunk":
-            c = resp.chunk
-            if (inc.buf is None or c.offset != inc.received
-                    or c.offset + len(c.data) > len(inc.buf)):
-                return AttendResult(rid, error=AttendError(
-                    grpc.StatusCode.INTERNAL,
-                    f"output chunk out of order (offset {c.offset})", rid))
-            inc.buf[c.offset:c.offset + len(c.data)] = c.data
-            inc.received += len(c.data)
-        if not resp.last:
-            return None
-        if inc.buf is None or inc.received != len(inc.buf):
-            return AttendResult(rid, error=AttendError(
-                grpc.StatusCode.INTERNAL,
-                f"output incomplete: {inc.received} bytes", rid))
-        return AttendResult(rid, _from_wire(inc.buf, inc.dtype, inc.shape),
-                            inc.stats)
-
-
-_clients: Dict[tuple, Client] = {}
+_clients: Dict[str, Client] = {}  # by target
 _clients_lock = threading.Lock()
 
 
