@@ -11,9 +11,9 @@
 namespace scatterbrain {
 
 struct RequestStats {
-  double queue_seconds = 0;    // waiting for a batch to close
-  double compute_seconds = 0;  // the batch's computation
-  int batch_size = 0;          // requests in the batch it ran in
+  double queue_seconds = 0;        // waiting for a batch to close
+  double compute_seconds = 0;      // the batch's computation
+  int batch_size = 0;              // requests in the batch it ran in
   int64_t dense_score_bytes = 0;   // a dense fp32 score matrix would take
   int64_t workspace_bytes = 0;     // scratch the computation held
   int64_t memory_saved_bytes = 0;  // dense_score_bytes - workspace_bytes

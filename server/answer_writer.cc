@@ -70,4 +70,3 @@ void FillUnaryResponse(const RequestSpec& spec, JobResult& result,
 
 }  // namespace server
 }  // namespace scatterbrain
-

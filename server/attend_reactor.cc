@@ -126,13 +126,12 @@ void AttentionServiceImpl::AttendReactor::OnCancel() {
     cancelled_ = true;
     deadline_exceeded_ = deadline;
     writes_broken_ = true;
-    live_.TakeAll([this](const std::string&, LiveRequest& live)
-                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                        live.job->cancelled.store(true);
-                        FinalizeLocked(live.job->spec.method_label,
-                                       /*accepted=*/true, live.start_us,
-                                       DroppedCodeLocked());
-                      });
+    live_.TakeAll([this](const std::string&,
+                         LiveRequest& live) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      live.job->cancelled.store(true);
+      FinalizeLocked(live.job->spec.method_label,
+                     /*accepted=*/true, live.start_us, DroppedCodeLocked());
+    });
     DropWritesLocked();
   }
   // Queued jobs of this stream leave the batcher now; their `done` runs
@@ -299,11 +298,11 @@ void AttentionServiceImpl::AttendReactor::EndOfReads() {
     const TensorAssembler& missing = upload.FirstIncomplete();
     QueueLocked(ErrorAnswer(
         id,
-        absl::InvalidArgumentError(absl::StrCat(
-            "chunk: the stream's requests ended before request '", id,
-            "' was complete (tensor ", missing.name(), ": ",
-            missing.received_bytes(), " of ", missing.total_bytes(),
-            " bytes)")),
+        absl::InvalidArgumentError(
+            absl::StrCat("chunk: the stream's requests ended before request '",
+                         id, "' was complete (tensor ", missing.name(), ": ",
+                         missing.received_bytes(), " of ",
+                         missing.total_bytes(), " bytes)")),
         upload.job->spec.method_label, /*accepted=*/true, live->start_us));
   });
   absl::MutexLock lock(&mu_);
@@ -358,7 +357,8 @@ JobPtr AttentionServiceImpl::AttendReactor::FailLiveLocked(
   return live->job;
 }
 
-// --- executor completions ------------------------------------------------------
+// --- executor completions
+// ------------------------------------------------------
 
 void AttentionServiceImpl::AttendReactor::OnJobDone(const JobPtr& job,
                                                     JobResult result) {
@@ -395,11 +395,11 @@ void AttentionServiceImpl::AttendReactor::OnJobDone(const JobPtr& job,
   Unref();
 }
 
-// --- write path ----------------------------------------------------------------
+// --- write path
+// ----------------------------------------------------------------
 
-void AttentionServiceImpl::AttendReactor::QueueError(const std::string& id,
-                                                     const absl::Status& st,
-                                                     const std::string& method) {
+void AttentionServiceImpl::AttendReactor::QueueError(
+    const std::string& id, const absl::Status& st, const std::string& method) {
   absl::MutexLock lock(&mu_);
   QueueLocked(ErrorAnswer(id, st, method, /*accepted=*/false,
                           svc_->clock_->NowMicros()));

@@ -32,8 +32,7 @@ absl::Status WithProtoPath(const absl::Status& st) {
   const auto with = [&](absl::string_view prefix) {
     return absl::Status(st.code(), absl::StrCat(prefix, field, ": ", rest));
   };
-  if (v1::Shape::descriptor()->FindFieldByName(std::string(field)) !=
-      nullptr) {
+  if (v1::Shape::descriptor()->FindFieldByName(std::string(field)) != nullptr) {
     return with("header.shape.");
   }
   if (wire::IsSettingsField(field)) return with("header.settings.");
@@ -90,17 +89,8 @@ absl::StatusOr<RequestSpec> SpecFromHeader(const v1::RequestHeader& header,
   st = wire::SettingsToParams(header.settings(), "header.settings", &p);
   if (!st.ok()) return st;
   SetShape(wire::ShapeFromProto(header.shape()), p);
-  std::vector<int32_t> key_lengths;
-  if (header.key_lengths_size() > 0) {
-    if (header.key_lengths_size() != p.batch) {
-      return Invalid("header.key_lengths",
-                     absl::StrCat("has ", header.key_lengths_size(),
-                                  " entries, expected one per batch entry (",
-                                  p.batch, ") or none"));
-    }
-    key_lengths.assign(header.key_lengths().begin(),
-                       header.key_lengths().end());
-  }
+  std::vector<int32_t> key_lengths(header.key_lengths().begin(),
+                                   header.key_lengths().end());
   absl::StatusOr<RequestSpec> spec = MakeRequestSpec(
       id, p, std::move(key_lengths), dtype, output_dtype, limits);
   if (!spec.ok()) return WithProtoPath(spec.status());

@@ -27,6 +27,12 @@ absl::StatusOr<RequestSpec> MakeRequestSpec(std::string request_id,
   p.key_lengths = nullptr;
   p.num_threads = 0;
 
+  if (!s.key_lengths.empty() &&
+      static_cast<int64_t>(s.key_lengths.size()) != p.batch) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key_lengths: has ", s.key_lengths.size(),
+        " entries, expected one per batch entry (", p.batch, ") or none"));
+  }
   // Shape and settings: the core's own checks, on stand-in tensor pointers
   // (values are checked when the data is there, by the backend).
   {

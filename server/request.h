@@ -32,7 +32,7 @@ struct RequestSpec {
   std::string request_id;
   // Settings and shape; tensor pointers null, contiguous strides set.
   AttentionParams params;
-  std::vector<int32_t> key_lengths;  // empty: all keys valid
+  std::vector<int32_t> key_lengths;      // empty: all keys valid
   DType dtype = DType::kFloat32;         // of q, k, v on the wire
   DType output_dtype = DType::kFloat32;  // of the output on the wire
   int64_t q_elements = 0, k_elements = 0, v_elements = 0, out_elements = 0;

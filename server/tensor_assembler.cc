@@ -45,10 +45,10 @@ absl::Status TensorAssembler::Append(uint64_t offset, absl::string_view data) {
         "already sent)"));
   }
   if (data.size() > static_cast<uint64_t>(total_bytes_ - received_)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk.data: ", data.size(), " bytes at offset ", offset,
-        " run past the end of tensor ", name_, " (", total_bytes_,
-        " bytes for the header's shape and dtype)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk.data: ", data.size(), " bytes at offset ", offset,
+                     " run past the end of tensor ", name_, " (", total_bytes_,
+                     " bytes for the header's shape and dtype)"));
   }
   const char* p = data.data();
   int64_t left = static_cast<int64_t>(data.size());

@@ -15,8 +15,7 @@ namespace server {
 void AttentionServiceImpl::UnaryReactor::Start() {
   start_us_ = svc_->clock_->NowMicros();
   method_ = MethodLabel(request_->header().settings().method());
-  svc_->metrics_->BytesReceived(
-      static_cast<int64_t>(request_->ByteSizeLong()));
+  svc_->metrics_->BytesReceived(static_cast<int64_t>(request_->ByteSizeLong()));
   if (svc_->draining()) return Reject(DrainingError());
   absl::StatusOr<RequestSpec> spec = SpecFromHeader(
       request_->header(), svc_->options_.limits, /*require_id=*/false);

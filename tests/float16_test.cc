@@ -1,12 +1,13 @@
 // common/float16: every fp16 and bfloat16 bit pattern decodes exactly and
 // encodes back to itself; float32 rounds to nearest even, overflows to inf
 // and keeps NaN.
+#include "common/float16.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 
-#include "common/float16.h"
 #include "gtest/gtest.h"
 
 namespace scatterbrain {

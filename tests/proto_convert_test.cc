@@ -1,6 +1,8 @@
 // server/proto_convert: a RequestHeader becomes a RequestSpec with the right
 // sizes and batch key, and every malformed or over-limit header is refused
 // with its code and the proto field's path.
+#include "server/proto_convert.h"
+
 #include <cmath>
 #include <functional>
 #include <string>
@@ -8,7 +10,6 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "scatterbrain/v1/attention.pb.h"
-#include "server/proto_convert.h"
 
 namespace scatterbrain {
 namespace server {

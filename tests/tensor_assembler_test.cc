@@ -1,6 +1,8 @@
 // server/tensor_assembler and the wire dtype codec (common/dtype): chunks
 // that split elements anywhere reassemble bit-exactly; out-of-order and
 // overlong chunks are refused naming the field.
+#include "server/tensor_assembler.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <random>
@@ -11,7 +13,6 @@
 #include "common/float16.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/tensor_assembler.h"
 
 namespace scatterbrain {
 namespace server {
@@ -47,7 +48,8 @@ TEST(TensorAssemblerTest, AssemblerHandlesChunksThatSplitElements) {
     EXPECT_TRUE(a.complete());
     FloatBuffer got = a.Take();
     ASSERT_EQ(got.size, n);
-    for (int64_t i = 0; i < n; ++i) EXPECT_EQ(FloatBits(got.data[i]), FloatBits(want[i]));
+    for (int64_t i = 0; i < n; ++i)
+      EXPECT_EQ(FloatBits(got.data[i]), FloatBits(want[i]));
   }
   TensorAssembler a;
   ASSERT_TRUE(a.Init("k", DType::kFloat16, 4).ok());
@@ -65,9 +67,10 @@ TEST(DTypeTest, NamesSizesAndAliases) {
     const char* name;
     int bytes;
     std::vector<const char*> aliases;
-  } cases[] = {{DType::kFloat32, "float32", 4, {"float32", "FP32", "f32"}},
-               {DType::kFloat16, "float16", 2, {"float16", "fp16", "F16", "half"}},
-               {DType::kBFloat16, "bfloat16", 2, {"bfloat16", "BF16"}}};
+  } cases[] = {
+      {DType::kFloat32, "float32", 4, {"float32", "FP32", "f32"}},
+      {DType::kFloat16, "float16", 2, {"float16", "fp16", "F16", "half"}},
+      {DType::kBFloat16, "bfloat16", 2, {"bfloat16", "BF16"}}};
   for (const auto& c : cases) {
     EXPECT_STREQ(DTypeName(c.dtype), c.name);
     EXPECT_EQ(DTypeBytes(c.dtype), c.bytes);

@@ -3,6 +3,8 @@
 // other than its default (found through the descriptors, so a field added to
 // the proto is covered without editing this file) and must survive the
 // round trip through the core type; a field the mapping forgets fails here.
+#include "proto/convert/wire.h"
+
 #include <climits>
 #include <cstdint>
 #include <string>
@@ -13,7 +15,6 @@
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 #include "proto/convert/settings.h"
-#include "proto/convert/wire.h"
 #include "scatterbrain/v1/attention.pb.h"
 
 namespace scatterbrain {
@@ -203,7 +204,8 @@ TEST(SettingsMappingTest, ErrorsNameTheFieldUnderThePath) {
   EXPECT_EQ(st.message(), "x.lsh_hash: unknown value 9");
   s.clear_lsh_hash();
   s.set_estimator(static_cast<v1::Estimator>(7));
-  EXPECT_EQ(SettingsToParams(s, "", &p).message(), "estimator: unknown value 7");
+  EXPECT_EQ(SettingsToParams(s, "", &p).message(),
+            "estimator: unknown value 7");
 
   AttentionParams neg;
   neg.window = -3;

@@ -95,8 +95,8 @@ std::string EnumValueName(const pb::EnumDescriptor* d, int value) {
 
 absl::Status Invalid(absl::string_view path, absl::string_view field,
                      absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      path, path.empty() ? "" : ".", field, ": ", what));
+  return absl::InvalidArgumentError(
+      absl::StrCat(path, path.empty() ? "" : ".", field, ": ", what));
 }
 
 // "must be A, B or C, got X" over a table's proto names.
