@@ -35,9 +35,11 @@
 #include "absl/time/time.h"
 #include "client/cli/npy.h"
 #include "client/cpp/client.h"
+#include "common/dtype.h"
 #include "kernels/backend.h"
 #include "kernels/devices.h"
 #include "kernels/params.h"
+#include "proto/convert/wire.h"
 
 #ifndef SB_VERSION
 #define SB_VERSION "unknown"
@@ -524,10 +526,10 @@ absl::StatusOr<client::ClientOptions> ClientOptionsFromFlags(
   return o;
 }
 
-absl::StatusOr<v1::DType> DTypeFlag(const FlagValues& f) {
-  v1::DType d = v1::DTYPE_FLOAT32;
+absl::StatusOr<DType> DTypeFlag(const FlagValues& f) {
+  DType d = DType::kFloat32;
   auto it = f.find("dtype");
-  if (it != f.end() && !client::ParseDType(it->second, &d)) {
+  if (it != f.end() && !ParseDType(it->second, &d)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown --dtype '", it->second, "' (float32|float16|bfloat16)"));
   }
@@ -553,7 +555,7 @@ int AttendRemote(const FlagValues& f, const AttentionParams& p,
   absl::StatusOr<client::ClientOptions> options =
       ClientOptionsFromFlags(f, absl::InfiniteDuration());
   if (!options.ok()) return Fail(2, options.status().message());
-  absl::StatusOr<v1::DType> dtype = DTypeFlag(f);
+  absl::StatusOr<DType> dtype = DTypeFlag(f);
   if (!dtype.ok()) return Fail(2, dtype.status().message());
   absl::StatusOr<v1::MethodSettings> settings = ToMethodSettings(p);
   if (!settings.ok()) return Fail(2, settings.status().message());
@@ -565,7 +567,7 @@ int AttendRemote(const FlagValues& f, const AttentionParams& p,
   in.shape = {p.batch, p.heads, p.seq_q, p.seq_k, p.dim, p.dim_v};
   in.settings = *settings;
   in.key_lengths = key_lengths;
-  in.dtype = *dtype;
+  in.dtype = wire::DTypeToProto(*dtype);
 
   absl::StatusOr<std::unique_ptr<client::AttentionClient>> c =
       client::AttentionClient::Create(*options);
@@ -703,7 +705,7 @@ int Bench(const std::vector<std::string>& args) {
   if (!s.ok()) return Fail(2, s.message());
   absl::StatusOr<v1::MethodSettings> settings = ToMethodSettings(p);
   if (!settings.ok()) return Fail(2, settings.status().message());
-  absl::StatusOr<v1::DType> dtype = DTypeFlag(f);
+  absl::StatusOr<DType> dtype = DTypeFlag(f);
   if (!dtype.ok()) return Fail(2, dtype.status().message());
   absl::StatusOr<client::ClientOptions> options =
       ClientOptionsFromFlags(f, absl::InfiniteDuration());
@@ -757,7 +759,7 @@ int Bench(const std::vector<std::string>& args) {
   in.v = v;
   in.shape = shape;
   in.settings = *settings;
-  in.dtype = *dtype;
+  in.dtype = wire::DTypeToProto(*dtype);
   absl::StatusOr<std::shared_ptr<const client::PreparedRequest>> prepared =
       client::Prepare(in);
   if (!prepared.ok()) return Fail(2, prepared.status().message());
@@ -789,7 +791,7 @@ int Bench(const std::vector<std::string>& args) {
       MethodName(p.method), static_cast<long long>(shape.batch),
       static_cast<long long>(shape.heads), static_cast<long long>(shape.seq_q),
       static_cast<long long>(shape.dim), static_cast<long long>(shape.seq_k),
-      client::DTypeName(*dtype), request_bytes / 1e6);
+      DTypeName(*dtype), request_bytes / 1e6);
   std::fflush(stdout);
 
   std::atomic<int64_t> next{0}, ok_count{0}, failed{0}, running{0};
@@ -881,9 +883,7 @@ int Bench(const std::vector<std::string>& args) {
       "throughput: %.2f requests/s, %.2f MB/s sent (tensor bytes), %.2f MB/s "
       "received\n",
       n_ok / elapsed, n_ok * static_cast<double>(request_bytes) / elapsed / 1e6,
-      n_ok *
-          static_cast<double>(shape.out_elements() *
-                              client::DTypeBytes(*dtype)) /
+      n_ok * static_cast<double>(shape.out_elements() * DTypeBytes(*dtype)) /
           elapsed / 1e6);
   if (n_ok > 0) {
     double mean = 0;

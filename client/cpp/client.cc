@@ -32,11 +32,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error \
-    "the wire format is little-endian; this client assumes a little-endian host"
-#endif
+#include "common/dtype.h"
+#include "proto/convert/wire.h"
 
 namespace scatterbrain {
 namespace client {
@@ -45,16 +42,6 @@ namespace {
 // Requests above this many elements per tensor are refused before any
 // allocation (2^36 floats = 256 GiB, as the CLI's .npy reader).
 constexpr int64_t kMaxElements = int64_t{1} << 36;
-
-
-absl::Status StatusFromCode(int code, const std::string& message) {
-  if (code <= 0 ||
-      code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
-    return absl::UnknownError(
-        absl::StrCat(message, " (server sent code ", code, ")"));
-  }
-  return absl::Status(static_cast<absl::StatusCode>(code), message);
-}
 
 // Multiplies non-negative sizes, refusing overflow past kMaxElements.
 bool CheckedProduct(std::initializer_list<int64_t> dims, int64_t* out) {
@@ -75,19 +62,20 @@ void SetDeadline(grpc::ClientContext* ctx, absl::Duration deadline) {
 }
 
 // Decodes a float output of `count` elements from `bytes`, checking size.
-absl::Status DecodeOutput(const std::string& bytes, v1::DType dtype,
+absl::Status DecodeOutput(const std::string& bytes, v1::DType wire_dtype,
                           int64_t count, std::vector<float>* out) {
-  const int eb = DTypeBytes(dtype);
-  if (eb == 0) {
+  DType dtype;
+  if (!wire::DTypeFromProto(wire_dtype, &dtype)) {
     return absl::InternalError(
-        absl::StrCat("server answered in unknown dtype ", dtype));
+        absl::StrCat("server answered in unknown dtype ", wire_dtype));
   }
+  const int eb = DTypeBytes(dtype);
   if (static_cast<int64_t>(bytes.size()) != count * eb) {
     return absl::InternalError(absl::StrCat(
         "server sent ", bytes.size(), " output bytes, expected ", count * eb));
   }
   out->resize(static_cast<size_t>(count));
-  DecodeFloats(bytes.data(), count, dtype, out->data());
+  DecodeToFloat(dtype, bytes.data(), count, out->data());
   return absl::OkStatus();
 }
 
@@ -150,95 +138,6 @@ absl::StatusOr<int> DecodeHealthResponse(const std::string& s) {
 
 }  // namespace
 
-// ---------------------------------------------------------------------------
-// Conversions
-// ---------------------------------------------------------------------------
-
-void EncodeFloats(absl::Span<const float> in, v1::DType dtype, char* out) {
-  switch (dtype) {
-    case v1::DTYPE_FLOAT32:
-      std::memcpy(out, in.data(), in.size() * sizeof(float));
-      return;
-    case v1::DTYPE_FLOAT16:
-      for (size_t i = 0; i < in.size(); ++i) {
-        const uint16_t h = FloatToHalf(in[i]);
-        std::memcpy(out + 2 * i, &h, 2);
-      }
-      return;
-    case v1::DTYPE_BFLOAT16:
-      for (size_t i = 0; i < in.size(); ++i) {
-        const uint16_t h = FloatToBFloat16(in[i]);
-        std::memcpy(out + 2 * i, &h, 2);
-      }
-      return;
-    default:
-      return;
-  }
-}
-
-void DecodeFloats(const char* in, int64_t count, v1::DType dtype, float* out) {
-  switch (dtype) {
-    case v1::DTYPE_FLOAT32:
-      std::memcpy(out, in, static_cast<size_t>(count) * sizeof(float));
-      return;
-    case v1::DTYPE_FLOAT16:
-      for (int64_t i = 0; i < count; ++i) {
-        uint16_t h;
-        std::memcpy(&h, in + 2 * i, 2);
-        out[i] = HalfToFloat(h);
-      }
-      return;
-    case v1::DTYPE_BFLOAT16:
-      for (int64_t i = 0; i < count; ++i) {
-        uint16_t h;
-        std::memcpy(&h, in + 2 * i, 2);
-        out[i] = BFloat16ToFloat(h);
-      }
-      return;
-    default:
-      return;
-  }
-}
-
-bool ParseDType(absl::string_view name, v1::DType* out) {
-  const std::string s = absl::AsciiStrToLower(name);
-  if (s == "float32" || s == "fp32" || s == "f32") {
-    *out = v1::DTYPE_FLOAT32;
-  } else if (s == "float16" || s == "fp16" || s == "f16" || s == "half") {
-    *out = v1::DTYPE_FLOAT16;
-  } else if (s == "bfloat16" || s == "bf16") {
-    *out = v1::DTYPE_BFLOAT16;
-  } else {
-    return false;
-  }
-  return true;
-}
-
-const char* DTypeName(v1::DType d) {
-  switch (d) {
-    case v1::DTYPE_FLOAT32:
-      return "float32";
-    case v1::DTYPE_FLOAT16:
-      return "float16";
-    case v1::DTYPE_BFLOAT16:
-      return "bfloat16";
-    default:
-      return "unspecified";
-  }
-}
-
-int DTypeBytes(v1::DType d) {
-  switch (d) {
-    case v1::DTYPE_FLOAT32:
-      return 4;
-    case v1::DTYPE_FLOAT16:
-    case v1::DTYPE_BFLOAT16:
-      return 2;
-    default:
-      return 0;
-  }
-}
-
 const char* ServingStatusName(ServingStatus s) {
   switch (s) {
     case ServingStatus::kServing:
@@ -250,51 +149,6 @@ const char* ServingStatusName(ServingStatus s) {
     default:
       return "UNKNOWN";
   }
-}
-
-absl::Status FromGrpcStatus(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  return StatusFromCode(static_cast<int>(status.error_code()),
-                        status.error_message());
-}
-
-Stats StatsFromProto(const v1::Stats& s) {
-  Stats out;
-  out.queue_seconds = s.queue_seconds();
-  out.compute_seconds = s.compute_seconds();
-  out.batch_size = static_cast<int>(s.batch_size());
-  out.dense_score_bytes = static_cast<int64_t>(s.dense_score_bytes());
-  out.workspace_bytes = static_cast<int64_t>(s.workspace_bytes());
-  out.memory_saved_bytes = static_cast<int64_t>(s.memory_saved_bytes());
-  if (s.has_estimated_relative_error()) {
-    out.estimated_relative_error = s.estimated_relative_error();
-  }
-  out.denominator_guards = static_cast<int64_t>(s.denominator_guards());
-  out.fallbacks = static_cast<int64_t>(s.fallbacks());
-  out.backend = s.backend();
-  return out;
-}
-
-TensorShape ShapeFromProto(const v1::Shape& s) {
-  TensorShape t;
-  t.batch = s.batch();
-  t.heads = s.heads();
-  t.seq_q = s.seq_q();
-  t.seq_k = s.seq_k();
-  t.dim = s.dim();
-  t.dim_v = s.dim_v();
-  return t;
-}
-
-v1::Shape ShapeToProto(const TensorShape& t) {
-  v1::Shape s;
-  s.set_batch(static_cast<uint32_t>(t.batch));
-  s.set_heads(static_cast<uint32_t>(t.heads));
-  s.set_seq_q(static_cast<uint32_t>(t.seq_q));
-  s.set_seq_k(static_cast<uint32_t>(t.seq_k));
-  s.set_dim(static_cast<uint32_t>(t.dim));
-  s.set_dim_v(static_cast<uint32_t>(t.dim_v));
-  return s;
 }
 
 // ---------------------------------------------------------------------------
@@ -384,13 +238,14 @@ absl::Status PrepareInto(const AttendInput& in, PreparedRequest* req) {
           absl::StrCat("shape.", name, ": ", d, " is out of range"));
     }
   }
-  const int eb = DTypeBytes(in.dtype);
-  if (eb == 0) {
+  DType dtype;
+  if (!wire::DTypeFromProto(in.dtype, &dtype)) {
     return absl::InvalidArgumentError(
         absl::StrCat("dtype: ", in.dtype, " is not float32|float16|bfloat16"));
   }
+  DType unused;
   if (in.output_dtype != v1::DTYPE_UNSPECIFIED &&
-      DTypeBytes(in.output_dtype) == 0) {
+      !wire::DTypeFromProto(in.output_dtype, &unused)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "output_dtype: ", in.output_dtype, " is not float32|float16|bfloat16"));
   }
@@ -412,7 +267,7 @@ absl::Status PrepareInto(const AttendInput& in, PreparedRequest* req) {
   }
   v1::RequestHeader& h = req->header;
   *h.mutable_settings() = in.settings;
-  *h.mutable_shape() = ShapeToProto(s);
+  *h.mutable_shape() = wire::ShapeToProto(s);
   h.set_dtype(in.dtype);
   h.set_output_dtype(in.output_dtype);
   for (int32_t len : in.key_lengths) h.add_key_lengths(len);
@@ -421,8 +276,9 @@ absl::Status PrepareInto(const AttendInput& in, PreparedRequest* req) {
          {std::pair<std::string*, absl::Span<const float>>{&req->q, in.q},
           {&req->k, in.k},
           {&req->v, in.v}}) {
-      dst->resize(span.size() * eb);
-      EncodeFloats(span, in.dtype, dst->data());
+      dst->resize(span.size() * DTypeBytes(dtype));
+      EncodeFromFloat(dtype, span.data(), static_cast<int64_t>(span.size()),
+                      dst->data());
     }
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError("out of memory encoding the tensors");
@@ -476,7 +332,7 @@ class AttendStream::Reactor
           "the Attend stream is closed (Finish was called); open a new one");
     }
     if (finished_) {
-      absl::Status s = FromGrpcStatus(final_status_);
+      absl::Status s = wire::FromGrpcStatus(final_status_);
       if (s.ok()) {
         return absl::FailedPreconditionError(
             "the Attend stream has ended; open a new one");
@@ -554,7 +410,7 @@ class AttendStream::Reactor
     }
     done_.WaitForNotification();
     absl::MutexLock lock(&mu_);
-    return FromGrpcStatus(final_status_);
+    return wire::FromGrpcStatus(final_status_);
   }
 
   void TryCancel() { ctx_.TryCancel(); }
@@ -612,7 +468,7 @@ class AttendStream::Reactor
       final_status_ = status;
       err = status.ok() ? absl::UnavailableError(
                               "the Attend stream ended before the response")
-                        : FromGrpcStatus(status);
+                        : wire::FromGrpcStatus(status);
       for (auto& [id, in] : inflight_) {
         if (in.done) orphans.push_back(std::move(in.done));
       }
@@ -639,7 +495,7 @@ class AttendStream::Reactor
     bool cancel_sent = false;
     bool on_wire = false;  // its header was sent (counts in on_wire_)
     bool header = false;
-    v1::DType dtype = v1::DTYPE_UNSPECIFIED;
+    DType dtype = DType::kFloat32;  // of the output, from the header
     int64_t expected_bytes = 0;
     int64_t received_bytes = 0;
     AttendResult result;
@@ -733,21 +589,19 @@ class AttendStream::Reactor
       case v1::AttendResponse::kHeader: {
         const v1::ResponseHeader& h = read_msg_.header();
         in.header = true;
-        in.result.shape = ShapeFromProto(h.shape());
-        in.result.stats = StatsFromProto(h.stats());
-        in.dtype = h.dtype();
+        in.result.shape = wire::ShapeFromProto(h.shape());
+        in.result.stats = wire::StatsFromProto(h.stats());
         int64_t n;
-        const int eb = DTypeBytes(in.dtype);
-        if (eb == 0) {
+        if (!wire::DTypeFromProto(h.dtype(), &in.dtype)) {
           error = absl::InternalError(
-              absl::StrCat("server answered in unknown dtype ", in.dtype));
+              absl::StrCat("server answered in unknown dtype ", h.dtype()));
         } else if (!CheckedProduct(
                        {in.result.shape.batch, in.result.shape.heads,
                         in.result.shape.seq_q, in.result.shape.dim_v},
                        &n)) {
           error = absl::InternalError("server sent an absurd output shape");
         } else {
-          in.expected_bytes = n * eb;
+          in.expected_bytes = n * DTypeBytes(in.dtype);
           try {
             in.result.out.assign(static_cast<size_t>(n), 0.0f);
           } catch (const std::bad_alloc&) {
@@ -772,15 +626,15 @@ class AttendStream::Reactor
                            ", ", size, " bytes, expected offset ",
                            in.received_bytes, " of ", in.expected_bytes));
         } else {
-          DecodeFloats(c.data().data(), size / eb, in.dtype,
-                       in.result.out.data() + in.received_bytes / eb);
+          DecodeToFloat(in.dtype, c.data().data(), size / eb,
+                        in.result.out.data() + in.received_bytes / eb);
           in.received_bytes += size;
         }
         break;
       }
       case v1::AttendResponse::kError:
-        error = StatusFromCode(read_msg_.error().code(),
-                               read_msg_.error().message());
+        error = wire::StatusFromCode(read_msg_.error().code(),
+                                     read_msg_.error().message());
         break;
       default:
         error = absl::InternalError("empty AttendResponse");
@@ -1293,11 +1147,11 @@ absl::StatusOr<AttendResult> AttentionClient::AttendUnaryOnce(
   SetDeadline(&ctx, options_.deadline);
   v1::AttendUnaryResponse response;
   grpc::Status st = stub_->AttendUnary(&ctx, request, &response);
-  if (!st.ok()) return FromGrpcStatus(st);
+  if (!st.ok()) return wire::FromGrpcStatus(st);
   AttendResult r;
   r.request_id = in.request_id;
-  r.shape = ShapeFromProto(response.header().shape());
-  r.stats = StatsFromProto(response.header().stats());
+  r.shape = wire::ShapeFromProto(response.header().shape());
+  r.stats = wire::StatsFromProto(response.header().stats());
   int64_t n;
   if (!CheckedProduct(
           {r.shape.batch, r.shape.heads, r.shape.seq_q, r.shape.dim_v}, &n)) {
@@ -1326,7 +1180,7 @@ absl::StatusOr<ServingStatus> AttentionClient::Health(
                       done.Notify();
                     });
   done.WaitForNotification();
-  if (!status.ok()) return FromGrpcStatus(status);
+  if (!status.ok()) return wire::FromGrpcStatus(status);
   std::vector<grpc::Slice> slices;
   if (!response.Dump(&slices).ok()) {
     return absl::InternalError("unreadable health response");
@@ -1355,7 +1209,7 @@ absl::StatusOr<v1::ServerInfo> AttentionClient::GetServerInfo() {
   v1::ServerInfo info;
   grpc::Status st =
       stub_->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &info);
-  if (!st.ok()) return FromGrpcStatus(st);
+  if (!st.ok()) return wire::FromGrpcStatus(st);
   return info;
 }
 

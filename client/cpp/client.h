@@ -23,13 +23,13 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "common/float16.h"
+#include "common/request_stats.h"
+#include "kernels/params.h"
 #include "scatterbrain/v1/attention.grpc.pb.h"
 
 namespace grpc {
 class Channel;
 class ChannelCredentials;
-class Status;
 }  // namespace grpc
 
 namespace scatterbrain {
@@ -85,20 +85,8 @@ struct ClientOptions {
 
 // [batch, heads, seq, dim] shapes of one request: q is [batch, heads,
 // seq_q, dim], k [batch, heads, seq_k, dim], v [batch, heads, seq_k, dim_v],
-// the output [batch, heads, seq_q, dim_v].
-struct TensorShape {
-  int64_t batch = 1;
-  int64_t heads = 1;
-  int64_t seq_q = 0;
-  int64_t seq_k = 0;
-  int64_t dim = 0;
-  int64_t dim_v = 0;
-
-  int64_t q_elements() const { return batch * heads * seq_q * dim; }
-  int64_t k_elements() const { return batch * heads * seq_k * dim; }
-  int64_t v_elements() const { return batch * heads * seq_k * dim_v; }
-  int64_t out_elements() const { return batch * heads * seq_q * dim_v; }
-};
+// the output [batch, heads, seq_q, dim_v]. The core's type (kernels/params.h).
+using TensorShape = ::scatterbrain::AttentionShape;
 
 // One request. The spans are read (and converted to `dtype`) before the
 // call that takes the input returns; they need not outlive it.
@@ -115,19 +103,8 @@ struct AttendInput {
   std::string request_id;
 };
 
-// What the server reported for one request (v1.Stats).
-struct Stats {
-  double queue_seconds = 0;
-  double compute_seconds = 0;
-  int batch_size = 0;
-  int64_t dense_score_bytes = 0;
-  int64_t workspace_bytes = 0;
-  int64_t memory_saved_bytes = 0;
-  std::optional<double> estimated_relative_error;  // when sampled
-  int64_t denominator_guards = 0;
-  int64_t fallbacks = 0;
-  std::string backend;
-};
+// What the server reported for one request (v1.Stats), as the core's type.
+using Stats = ::scatterbrain::RequestStats;
 
 struct AttendResult {
   std::string request_id;
@@ -253,29 +230,6 @@ absl::StatusOr<ResolvedTarget> ResolveTarget(const ClientOptions& options);
 // The wait before retry number `retry` (1 = the first retry):
 // initial * 2^(retry-1), capped at max, times a random factor in [0.8, 1.2].
 absl::Duration RetryBackoff(const ClientOptions& options, int retry);
-
-// grpc::Status -> absl::Status (same code numbers and message).
-absl::Status FromGrpcStatus(const grpc::Status& status);
-
-// "float32" | "float16" | "bfloat16" (also "fp32", "f32", "fp16", "f16",
-// "half", "bf16").
-bool ParseDType(absl::string_view name, v1::DType* out);
-const char* DTypeName(v1::DType d);
-// Bytes per element; 0 for UNSPECIFIED / unknown.
-int DTypeBytes(v1::DType d);
-
-// float32 <-> wire bytes (little-endian). Half: round to nearest even,
-// overflow to inf, NaN kept (quiet). bfloat16: round to nearest even.
-void EncodeFloats(absl::Span<const float> in, v1::DType dtype, char* out);
-void DecodeFloats(const char* in, int64_t count, v1::DType dtype, float* out);
-using ::scatterbrain::BFloat16ToFloat;
-using ::scatterbrain::FloatToBFloat16;
-using ::scatterbrain::FloatToHalf;
-using ::scatterbrain::HalfToFloat;
-
-Stats StatsFromProto(const v1::Stats& s);
-TensorShape ShapeFromProto(const v1::Shape& s);
-v1::Shape ShapeToProto(const TensorShape& s);
 
 }  // namespace client
 }  // namespace scatterbrain
