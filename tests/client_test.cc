@@ -38,6 +38,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/params.h"
+#include "proto/convert/settings.h"
 #include "proto/convert/wire.h"
 
 namespace scatterbrain {
@@ -129,42 +130,13 @@ struct Qkv {
 std::vector<float> Local(const AttendInput& in,
                          const std::vector<int32_t>& key_lengths = {}) {
   AttentionParams p;
+  const absl::Status mapped =
+      wire::SettingsToParams(in.settings, "settings", &p);
+  EXPECT_TRUE(mapped.ok()) << mapped;
+  SetShape(in.shape, p);
   p.q = in.q.data();
   p.k = in.k.data();
   p.v = in.v.data();
-  p.batch = in.shape.batch;
-  p.heads = in.shape.heads;
-  p.seq_q = in.shape.seq_q;
-  p.seq_k = in.shape.seq_k;
-  p.dim = in.shape.dim;
-  p.dim_v = in.shape.dim_v;
-  switch (in.settings.method()) {
-    case v1::METHOD_EXACT:
-      p.method = Method::kExact;
-      break;
-    case v1::METHOD_PERFORMER:
-      p.method = Method::kPerformer;
-      break;
-    case v1::METHOD_LSH:
-      p.method = Method::kLsh;
-      break;
-    case v1::METHOD_LOCAL:
-      p.method = Method::kLocal;
-      break;
-    default:
-      p.method = Method::kScatterbrain;
-      break;
-  }
-  if (in.settings.has_num_features()) {
-    p.num_features = static_cast<int>(in.settings.num_features());
-  }
-  if (in.settings.has_bucket_size()) {
-    p.bucket_size = static_cast<int>(in.settings.bucket_size());
-  }
-  if (in.settings.has_window())
-    p.window = static_cast<int>(in.settings.window());
-  p.causal = in.settings.causal();
-  p.seed = in.settings.seed();
   p.key_lengths = key_lengths.empty() ? nullptr : key_lengths.data();
   std::vector<float> out(static_cast<size_t>(in.shape.out_elements()));
   p.out = out.data();
