@@ -63,9 +63,9 @@ absl::StatusOr<NpyArray> LoadTensor(const FlagValues& f, const char* flag) {
 int AttendRemote(const FlagValues& f, const AttentionParams& p,
                  const std::vector<int32_t>& key_lengths, const NpyArray& q,
                  const NpyArray& k, const NpyArray& v, bool stats) {
-  absl::StatusOr<client::ClientOptions> options =
-      ClientOptionsFromFlags(f, absl::InfiniteDuration());
-  if (!options.ok()) return Fail(2, options.status().message());
+  absl::StatusOr<std::unique_ptr<client::AttentionClient>> c =
+      ClientFromFlags(f, absl::InfiniteDuration());
+  if (!c.ok()) return Fail(2, c.status().message());
   absl::StatusOr<DType> dtype = DTypeFlag(f);
   if (!dtype.ok()) return Fail(2, dtype.status().message());
   absl::StatusOr<v1::MethodSettings> settings = WireSettings(p);
@@ -80,9 +80,6 @@ int AttendRemote(const FlagValues& f, const AttentionParams& p,
   in.key_lengths = key_lengths;
   in.dtype = wire::DTypeToProto(*dtype);
 
-  absl::StatusOr<std::unique_ptr<client::AttentionClient>> c =
-      client::AttentionClient::Create(*options);
-  if (!c.ok()) return Fail(2, c.status().message());
   const bool unary = BoolFlag(f, "unary");
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<client::AttendResult> r =
@@ -90,7 +87,7 @@ int AttendRemote(const FlagValues& f, const AttentionParams& p,
   const double elapsed_ms = std::chrono::duration<double, std::milli>(
                                 std::chrono::steady_clock::now() - start)
                                 .count();
-  if (!r.ok()) return FailRemote(options->target, r.status());
+  if (!r.ok()) return FailRemote((*c)->options().target, r.status());
   if (static_cast<int64_t>(r->out.size()) != in.shape.out_elements()) {
     return Fail(1, "server returned an output of the wrong size");
   }

@@ -2,6 +2,7 @@
 #include "client/cli/flags.h"
 
 #include <cmath>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -13,55 +14,36 @@ namespace scatterbrain {
 namespace cli {
 namespace {
 
-// The settings chosen by name: flag, parser into AttentionParams, choices.
-// Checked in this order (the first bad one is reported).
+// Parses a setting's name (params.h's ParseMethod, ParseSparse, ...) into
+// its member of AttentionParams.
+template <typename E, bool (*Parse)(const std::string&, E*),
+          E AttentionParams::*member>
+bool ParseInto(const std::string& value, AttentionParams* p) {
+  return Parse(value, &(p->*member));
+}
+
+// The settings chosen by name: flag, parser, choices. Checked in this order
+// (the first bad one is reported). The counts are proto/convert/settings'
+// table (flag name = field name = member name).
 struct EnumFlag {
   const char* name;
   bool (*parse)(const std::string& value, AttentionParams* p);
   const char* choices;
 };
-const EnumFlag kEnumFlags[] = {
-    {"method",
-     [](const std::string& s, AttentionParams* p) {
-       return ParseMethod(s, &p->method);
-     },
+constexpr EnumFlag kEnumFlags[] = {
+    {"method", ParseInto<Method, ParseMethod, &AttentionParams::method>,
      "exact|performer|lsh|local|scatterbrain"},
-    {"sparse",
-     [](const std::string& s, AttentionParams* p) {
-       return ParseSparse(s, &p->sparse);
-     },
+    {"sparse", ParseInto<SparseSupport, ParseSparse, &AttentionParams::sparse>,
      "lsh|local|both"},
     {"estimator",
-     [](const std::string& s, AttentionParams* p) {
-       return ParseEstimator(s, &p->estimator);
-     },
+     ParseInto<Estimator, ParseEstimator, &AttentionParams::estimator>,
      "calibrated|unbiased"},
-    {"lsh_hash",
-     [](const std::string& s, AttentionParams* p) {
-       return ParseLshHash(s, &p->lsh_hash);
-     },
+    {"lsh_hash", ParseInto<LshHash, ParseLshHash, &AttentionParams::lsh_hash>,
      "kmeans|crosspolytope"},
     {"lsh_transform",
-     [](const std::string& s, AttentionParams* p) {
-       return ParseLshTransform(s, &p->lsh_transform);
-     },
+     ParseInto<LshTransform, ParseLshTransform,
+               &AttentionParams::lsh_transform>,
      "none|smyrf"},
-};
-
-// The integer settings: flag name = AttentionParams member (= the proto's
-// field, which proto/convert/settings maps).
-struct CountFlag {
-  const char* name;
-  int AttentionParams::*member;
-};
-constexpr CountFlag kCountFlags[] = {
-    {"num_features", &AttentionParams::num_features},
-    {"bucket_size", &AttentionParams::bucket_size},
-    {"num_hashes", &AttentionParams::num_hashes},
-    {"hash_projections", &AttentionParams::hash_projections},
-    {"kmeans_iterations", &AttentionParams::kmeans_iterations},
-    {"window", &AttentionParams::window},
-    {"calibration_rows", &AttentionParams::calibration_rows},
 };
 
 absl::Status BadNumber(absl::string_view name, absl::string_view value,
@@ -112,7 +94,7 @@ FlagSpecs WithSettings(FlagSpecs own) {
       own.emplace(e.name, FlagSpec{FlagKind::kString, false});
     }
   }
-  for (const CountFlag& c : kCountFlags) {
+  for (const wire::CountSetting& c : wire::CountSettings()) {
     own.emplace(c.name, FlagSpec{FlagKind::kString, false});
   }
   own.emplace("causal", FlagSpec{FlagKind::kBool, false});
@@ -223,7 +205,7 @@ absl::Status ParseSettings(const FlagValues& f, AttentionParams* p) {
           "unknown --", e.name, " '", it->second, "' (", e.choices, ")"));
     }
   }
-  for (const CountFlag& c : kCountFlags) {
+  for (const wire::CountSetting& c : wire::CountSettings()) {
     absl::Status s = IntFlag(f, c.name, &(p->*c.member));
     if (!s.ok()) return s;
   }
@@ -237,7 +219,7 @@ absl::Status ParseSettings(const FlagValues& f, AttentionParams* p) {
 absl::StatusOr<v1::MethodSettings> WireSettings(const AttentionParams& p) {
   absl::StatusOr<v1::MethodSettings> s = wire::SettingsFromParams(p);
   if (!s.ok() && absl::IsInvalidArgument(s.status())) {
-    // "num_features: must be >= 0, got -1": the field is the flag.
+    // "num_features: must be >= 0, got -1": the field's name is the flag's.
     return absl::InvalidArgumentError(
         absl::StrCat("flag --", s.status().message()));
   }
@@ -269,6 +251,14 @@ absl::StatusOr<client::ClientOptions> ClientOptionsFromFlags(
         absl::StrCat("flag --server: ", t.status().message()));
   }
   return o;
+}
+
+absl::StatusOr<std::unique_ptr<client::AttentionClient>> ClientFromFlags(
+    const FlagValues& f, absl::Duration default_timeout) {
+  absl::StatusOr<client::ClientOptions> options =
+      ClientOptionsFromFlags(f, default_timeout);
+  if (!options.ok()) return options.status();
+  return client::AttentionClient::Create(*std::move(options));
 }
 
 }  // namespace cli

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,11 @@ absl::StatusOr<DType> DTypeFlag(const FlagValues& f);
 // Client options from --server, --chunk_bytes, --timeout_s (`default_timeout`
 // when absent; 0 = none).
 absl::StatusOr<client::ClientOptions> ClientOptionsFromFlags(
+    const FlagValues& f, absl::Duration default_timeout);
+
+// A client from the same flags; errors are the flags' (exit 2). The client
+// does not connect until its first call.
+absl::StatusOr<std::unique_ptr<client::AttentionClient>> ClientFromFlags(
     const FlagValues& f, absl::Duration default_timeout);
 
 }  // namespace cli

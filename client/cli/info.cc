@@ -65,19 +65,17 @@ int InfoLocal() {
 }
 
 int InfoRemote(const FlagValues& f) {
-  absl::StatusOr<client::ClientOptions> options =
-      ClientOptionsFromFlags(f, absl::Seconds(5));
-  if (!options.ok()) return Fail(2, options.status().message());
   absl::StatusOr<std::unique_ptr<client::AttentionClient>> c =
-      client::AttentionClient::Create(*options);
+      ClientFromFlags(f, absl::Seconds(5));
   if (!c.ok()) return Fail(2, c.status().message());
+  const std::string& target = (*c)->options().target;
   absl::StatusOr<v1::ServerInfo> info = (*c)->GetServerInfo();
   if (!info.ok()) {
-    return Fail(1, absl::StrCat("server ", options->target, ": ",
-                                StatusLine(info.status())));
+    return Fail(
+        1, absl::StrCat("server ", target, ": ", StatusLine(info.status())));
   }
   const v1::ServerLimits& l = info->limits();
-  std::printf("server: %s\n", options->target.c_str());
+  std::printf("server: %s\n", target.c_str());
   std::printf("scatterbrain %s\n", info->version().c_str());
   std::printf("backends: %s\n", absl::StrJoin(info->backends(), ", ").c_str());
   std::printf("backend: %s\n", info->backend().c_str());
@@ -118,18 +116,16 @@ int Health(const std::vector<std::string>& args) {
   absl::StatusOr<FlagValues> flags = ParseFlags(args, HealthFlags());
   if (!flags.ok()) return Fail(2, flags.status().message());
   const FlagValues& f = *flags;
-  absl::StatusOr<client::ClientOptions> options =
-      ClientOptionsFromFlags(f, absl::Seconds(5));
-  if (!options.ok()) return Fail(2, options.status().message());
   absl::StatusOr<std::unique_ptr<client::AttentionClient>> c =
-      client::AttentionClient::Create(*options);
+      ClientFromFlags(f, absl::Seconds(5));
   if (!c.ok()) return Fail(2, c.status().message());
+  const std::string& target = (*c)->options().target;
   const std::string service = f.count("service") ? f.at("service") : "";
   absl::StatusOr<client::ServingStatus> st = (*c)->Health(service);
   if (!st.ok()) {
     std::printf("%s\n", absl::StatusCodeToString(st.status().code()).c_str());
-    return Fail(1, absl::StrCat("server ", options->target, ": ",
-                                StatusLine(st.status())));
+    return Fail(1,
+                absl::StrCat("server ", target, ": ", StatusLine(st.status())));
   }
   std::printf("%s\n", client::ServingStatusName(*st));
   return *st == client::ServingStatus::kServing ? 0 : 1;
