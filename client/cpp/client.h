@@ -51,6 +51,7 @@ class AttentionClient {
   // UNAVAILABLE as ClientOptions.max_attempts says.
   absl::StatusOr<AttendResult> AttendUnary(const AttendInput& in);
   // A stream for many requests in flight; `deadline` bounds the stream.
+  // The stream starts its calls on this client's stub: destroy it first.
   std::unique_ptr<AttendStream> OpenStream(
       absl::Duration deadline = absl::InfiniteDuration());
 
