@@ -32,10 +32,14 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/cli/npy.h"
+#include "common/dtype.h"
+#include "common/float16.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/params.h"
+#include "proto/convert/settings.h"
+#include "proto/convert/wire.h"
 
 namespace scatterbrain {
 namespace {
@@ -126,42 +130,13 @@ struct Qkv {
 std::vector<float> Local(const AttendInput& in,
                          const std::vector<int32_t>& key_lengths = {}) {
   AttentionParams p;
+  const absl::Status mapped =
+      wire::SettingsToParams(in.settings, "settings", &p);
+  EXPECT_TRUE(mapped.ok()) << mapped;
+  SetShape(in.shape, p);
   p.q = in.q.data();
   p.k = in.k.data();
   p.v = in.v.data();
-  p.batch = in.shape.batch;
-  p.heads = in.shape.heads;
-  p.seq_q = in.shape.seq_q;
-  p.seq_k = in.shape.seq_k;
-  p.dim = in.shape.dim;
-  p.dim_v = in.shape.dim_v;
-  switch (in.settings.method()) {
-    case v1::METHOD_EXACT:
-      p.method = Method::kExact;
-      break;
-    case v1::METHOD_PERFORMER:
-      p.method = Method::kPerformer;
-      break;
-    case v1::METHOD_LSH:
-      p.method = Method::kLsh;
-      break;
-    case v1::METHOD_LOCAL:
-      p.method = Method::kLocal;
-      break;
-    default:
-      p.method = Method::kScatterbrain;
-      break;
-  }
-  if (in.settings.has_num_features()) {
-    p.num_features = static_cast<int>(in.settings.num_features());
-  }
-  if (in.settings.has_bucket_size()) {
-    p.bucket_size = static_cast<int>(in.settings.bucket_size());
-  }
-  if (in.settings.has_window())
-    p.window = static_cast<int>(in.settings.window());
-  p.causal = in.settings.causal();
-  p.seed = in.settings.seed();
   p.key_lengths = key_lengths.empty() ? nullptr : key_lengths.data();
   std::vector<float> out(static_cast<size_t>(in.shape.out_elements()));
   p.out = out.data();
@@ -459,7 +434,7 @@ TEST_F(ClientServerTest, Float16AndBFloat16OnTheWire) {
   Qkv t = Qkv::Make(1, 2, 33, 33, 16, 5);
   // Round the inputs to float16 so both sides compute on the same values.
   for (auto* x : {&t.q, &t.k, &t.v}) {
-    for (float& f : *x) f = client::HalfToFloat(client::FloatToHalf(f));
+    for (float& f : *x) f = HalfToFloat(FloatToHalf(f));
   }
   AttendInput in = t.Input(v1::METHOD_EXACT);
   const std::vector<float> want = Local(in);
@@ -473,7 +448,7 @@ TEST_F(ClientServerTest, Float16AndBFloat16OnTheWire) {
   r = client_->Attend(in);
   ASSERT_TRUE(r.ok()) << r.status();
   for (size_t i = 0; i < want.size(); ++i) {
-    EXPECT_EQ(r->out[i], client::HalfToFloat(client::FloatToHalf(want[i])));
+    EXPECT_EQ(r->out[i], HalfToFloat(FloatToHalf(want[i])));
   }
 
   in.dtype = v1::DTYPE_BFLOAT16;
@@ -775,34 +750,33 @@ TEST_F(CliServerTest, BenchRunsATinyLoad) {
 
 TEST(ClientConversionTest, HalfRoundTripsEveryValue) {
   for (uint32_t h = 0; h < 65536; ++h) {
-    const float f = client::HalfToFloat(static_cast<uint16_t>(h));
+    const float f = HalfToFloat(static_cast<uint16_t>(h));
     if (std::isnan(f)) {
-      EXPECT_TRUE(std::isnan(client::HalfToFloat(client::FloatToHalf(f))));
+      EXPECT_TRUE(std::isnan(HalfToFloat(FloatToHalf(f))));
       continue;
     }
-    ASSERT_EQ(client::FloatToHalf(f), h) << h;
+    ASSERT_EQ(FloatToHalf(f), h) << h;
   }
-  EXPECT_EQ(client::FloatToHalf(1e6f), 0x7C00);  // overflow: inf
-  EXPECT_EQ(client::FloatToHalf(-1e6f), 0xFC00);
-  EXPECT_EQ(client::FloatToHalf(1.0f + 1.0f / 2048), 0x3C00);  // tie: even
-  EXPECT_EQ(client::FloatToHalf(1.0f + 3.0f / 2048), 0x3C02);
-  EXPECT_EQ(client::HalfToFloat(0x0001), std::ldexp(1.0f, -24));  // subnormal
+  EXPECT_EQ(FloatToHalf(1e6f), 0x7C00);  // overflow: inf
+  EXPECT_EQ(FloatToHalf(-1e6f), 0xFC00);
+  EXPECT_EQ(FloatToHalf(1.0f + 1.0f / 2048), 0x3C00);  // tie: even
+  EXPECT_EQ(FloatToHalf(1.0f + 3.0f / 2048), 0x3C02);
+  EXPECT_EQ(HalfToFloat(0x0001), std::ldexp(1.0f, -24));  // subnormal
 }
 
 TEST(ClientConversionTest, BFloat16) {
-  EXPECT_EQ(client::FloatToBFloat16(1.0f), 0x3F80);
-  EXPECT_EQ(client::BFloat16ToFloat(0x3F80), 1.0f);
+  EXPECT_EQ(FloatToBFloat16(1.0f), 0x3F80);
+  EXPECT_EQ(BFloat16ToFloat(0x3F80), 1.0f);
   // 1 + 2^-8 is a tie between 1 and 1 + 2^-7: rounds to even (1).
-  EXPECT_EQ(client::FloatToBFloat16(1.0f + std::ldexp(1.0f, -8)), 0x3F80);
-  EXPECT_EQ(client::FloatToBFloat16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3F82);
-  EXPECT_TRUE(std::isnan(
-      client::BFloat16ToFloat(client::FloatToBFloat16(std::nanf("")))));
-  EXPECT_EQ(client::FloatToBFloat16(-INFINITY), 0xFF80);
+  EXPECT_EQ(FloatToBFloat16(1.0f + std::ldexp(1.0f, -8)), 0x3F80);
+  EXPECT_EQ(FloatToBFloat16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3F82);
+  EXPECT_TRUE(std::isnan(BFloat16ToFloat(FloatToBFloat16(std::nanf("")))));
+  EXPECT_EQ(FloatToBFloat16(-INFINITY), 0xFF80);
   const std::vector<float> x = {0.5f, -2.0f, 3.140625f};
   std::string bytes(x.size() * 2, '\0');
-  client::EncodeFloats(x, v1::DTYPE_BFLOAT16, bytes.data());
+  EncodeFromFloat(DType::kBFloat16, x.data(), 3, bytes.data());
   std::vector<float> y(x.size());
-  client::DecodeFloats(bytes.data(), 3, v1::DTYPE_BFLOAT16, y.data());
+  DecodeToFloat(DType::kBFloat16, bytes.data(), 3, y.data());
   EXPECT_EQ(x, y);  // all exactly representable
 }
 
@@ -843,14 +817,17 @@ TEST(ClientTargetTest, Resolve) {
 }
 
 TEST(ClientTargetTest, DTypeNames) {
-  v1::DType d;
-  ASSERT_TRUE(client::ParseDType("float16", &d));
-  EXPECT_EQ(d, v1::DTYPE_FLOAT16);
-  ASSERT_TRUE(client::ParseDType("BF16", &d));
-  EXPECT_EQ(d, v1::DTYPE_BFLOAT16);
-  EXPECT_FALSE(client::ParseDType("int8", &d));
-  EXPECT_EQ(client::DTypeBytes(v1::DTYPE_FLOAT32), 4);
-  EXPECT_STREQ(client::DTypeName(v1::DTYPE_BFLOAT16), "bfloat16");
+  // The names the CLI's --dtype takes, to the wire's enum and back.
+  DType d;
+  ASSERT_TRUE(ParseDType("float16", &d));
+  EXPECT_EQ(wire::DTypeToProto(d), v1::DTYPE_FLOAT16);
+  ASSERT_TRUE(ParseDType("BF16", &d));
+  EXPECT_EQ(wire::DTypeToProto(d), v1::DTYPE_BFLOAT16);
+  EXPECT_FALSE(ParseDType("int8", &d));
+  ASSERT_TRUE(wire::DTypeFromProto(v1::DTYPE_FLOAT32, &d));
+  EXPECT_EQ(DTypeBytes(d), 4);
+  ASSERT_TRUE(wire::DTypeFromProto(v1::DTYPE_BFLOAT16, &d));
+  EXPECT_STREQ(DTypeName(d), "bfloat16");
 }
 
 }  // namespace

@@ -33,6 +33,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/params.h"
+#include "proto/convert/settings.h"
 
 namespace scatterbrain {
 namespace {
@@ -217,19 +218,13 @@ struct Request {
 
   std::vector<float> Local() const {
     AttentionParams p;
+    const absl::Status mapped =
+        wire::SettingsToParams(Input().settings, "settings", &p);
+    EXPECT_TRUE(mapped.ok()) << mapped;
+    SetShape(shape, p);
     p.q = q.data();
     p.k = k.data();
     p.v = v.data();
-    p.batch = shape.batch;
-    p.heads = shape.heads;
-    p.seq_q = shape.seq_q;
-    p.seq_k = shape.seq_k;
-    p.dim = shape.dim;
-    p.dim_v = shape.dim_v;
-    p.method = Method::kScatterbrain;
-    p.num_features = 16;
-    p.bucket_size = 8;
-    p.seed = seed;
     std::vector<float> out(static_cast<size_t>(shape.out_elements()));
     p.out = out.data();
     SetContiguousStrides(p);

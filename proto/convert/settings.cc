@@ -62,11 +62,7 @@ P ToProto(const EnumPair<P, C> (&table)[N], C value) {
 
 // The optional uint32 counts: the proto field of the same name as the
 // AttentionParams member, read and written through reflection.
-struct CountField {
-  const char* name;
-  int AttentionParams::*member;
-};
-constexpr CountField kCounts[] = {
+constexpr CountSetting kCounts[] = {
     {"num_features", &AttentionParams::num_features},
     {"bucket_size", &AttentionParams::bucket_size},
     {"num_hashes", &AttentionParams::num_hashes},
@@ -154,7 +150,7 @@ absl::Status SettingsToParams(const v1::MethodSettings& s,
     if (!st.ok()) return st;
   }
   const pb::Reflection* r = v1::MethodSettings::GetReflection();
-  for (const CountField& c : kCounts) {
+  for (const CountSetting& c : kCounts) {
     const pb::FieldDescriptor* f = Field(c.name);
     if (f != nullptr && r->HasField(s, f)) {
       p->*c.member = ClampToInt(r->GetUInt32(s, f));
@@ -170,7 +166,7 @@ absl::StatusOr<v1::MethodSettings> SettingsFromParams(
     const AttentionParams& p) {
   v1::MethodSettings s;
   const pb::Reflection* r = v1::MethodSettings::GetReflection();
-  for (const CountField& c : kCounts) {
+  for (const CountSetting& c : kCounts) {
     const int value = p.*c.member;
     if (value < 0) {
       return absl::InvalidArgumentError(
@@ -193,6 +189,8 @@ absl::StatusOr<v1::MethodSettings> SettingsFromParams(
   s.set_seed(p.seed);
   return s;
 }
+
+absl::Span<const CountSetting> CountSettings() { return kCounts; }
 
 bool IsSettingsField(absl::string_view field) {
   return v1::MethodSettings::descriptor()->FindFieldByName(

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "kernels/params.h"
 #include "scatterbrain/v1/attention.pb.h"
 
@@ -42,6 +43,15 @@ absl::Status SettingsToParams(const v1::MethodSettings& s,
 // travel (uint32 on the wire): INVALID_ARGUMENT "num_features: must be >=
 // 0, got -1".
 absl::StatusOr<v1::MethodSettings> SettingsFromParams(const AttentionParams& p);
+
+// An optional uint32 count of MethodSettings and the AttentionParams member
+// of the same name (the CLI's flags take these names too).
+struct CountSetting {
+  const char* name;
+  int AttentionParams::*member;
+};
+// Every count, in the order SettingsFromParams checks them.
+absl::Span<const CountSetting> CountSettings();
 
 // Whether `field` names a field of MethodSettings (the core's field names
 // are the proto's; used to give validation errors their proto path).

@@ -1,0 +1,71 @@
+// scatterbrain/client/cpp/options.h — ClientOptions: where the server is and
+// how calls to it behave (chunking, in-flight window, deadline, retries).
+//
+// Its own header because every part of the client reads it: the target
+// resolution, the retry policy, the stream and AttentionClient.
+#ifndef SCATTERBRAIN_CLIENT_CPP_OPTIONS_H_
+#define SCATTERBRAIN_CLIENT_CPP_OPTIONS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/time/time.h"
+
+namespace grpc {
+class ChannelCredentials;
+}  // namespace grpc
+
+namespace scatterbrain {
+namespace client {
+
+struct ClientOptions {
+  // Where the server is:
+  //  "host:port"                      one endpoint (gRPC's dns resolver);
+  //  "10.0.0.1:50051,10.0.0.2:50051"  several endpoints, IP literals (or
+  //                                   localhost): an ipv4:/// (ipv6:///)
+  //                                   address list, balanced round_robin;
+  //  any gRPC target URI ("dns:///name:port", "ipv4:///...", "unix:...")
+  //                                   passed through as is.
+  std::string target = "localhost:50051";
+  // Bytes of tensor data per TensorChunk message on Attend streams.
+  int64_t chunk_bytes = int64_t{1} << 20;
+  // Requests of one AttendStream on the wire at once (header sent, last
+  // response not received); more wait in the client, in order, so a stream
+  // never exceeds the server's max_inflight_per_stream (64 by default).
+  // 0 = no limit.
+  int max_inflight_per_stream = 32;
+  // Deadline of each unary call and of each blocking Attend() (its stream);
+  // streams from OpenStream() take theirs as an argument. Infinite = none.
+  absl::Duration deadline = absl::InfiniteDuration();
+  // Largest gRPC message sent or received (AttendUnary carries whole
+  // tensors in one message; the server's own limit is in ServerInfo).
+  int max_message_bytes = 256 << 20;
+  // "" = round_robin: a list of endpoints, and a dns:/// name resolving to
+  // several addresses, spread calls over all of them (set as the channel's
+  // default service config). Any other gRPC policy name overrides it.
+  std::string load_balancing_policy;
+  // Retries of UNAVAILABLE (a server down, restarting or unreachable, or a
+  // stream that broke before the request's answer was complete): the
+  // computation is deterministic and side-effect free, so a whole request is
+  // sent again, up to max_attempts tries in all (1 = no retry), waiting
+  // initial_backoff, then x2 per try up to max_backoff, each wait with
+  // +-20% jitter. Applies to Attend(), AttendUnary() and AttendStream
+  // (whose unanswered requests are resubmitted on a new stream, same ids).
+  // Other codes (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED...)
+  // are never retried. The deadline applies to each try.
+  int max_attempts = 5;
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(1);
+  // Give this channel its own TCP connection(s) instead of sharing gRPC's
+  // global subchannel pool with identical channels in the process (load
+  // generators: one connection per simulated client).
+  bool own_connection = false;
+  // nullptr = insecure (plaintext), what scatterbrain_server serves.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+};
+
+}  // namespace client
+}  // namespace scatterbrain
+
+#endif  // SCATTERBRAIN_CLIENT_CPP_OPTIONS_H_
