@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "scatterbrain/v1/attention.pb.h"
 #include "server/proto_convert.h"
+#include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
 namespace server {
@@ -16,6 +17,7 @@ namespace {
 
 namespace pb = ::scatterbrain::v1;
 using ::testing::HasSubstr;
+using testutil::StatusIs;
 
 pb::RequestHeader BaseHeader() {
   pb::RequestHeader h;
@@ -146,8 +148,7 @@ TEST(ProtoConvertTest, HeaderErrorsNameTheProtoField) {
     c.edit(&h);
     absl::StatusOr<RequestSpec> s = SpecFromHeader(h, limits, true);
     ASSERT_FALSE(s.ok()) << c.field;
-    EXPECT_EQ(s.status().code(), c.code) << s.status();
-    EXPECT_THAT(s.status().message(), HasSubstr(c.field));
+    EXPECT_THAT(s, StatusIs(c.code, HasSubstr(c.field)));
   }
   // The unary call does not need an id.
   pb::RequestHeader h = BaseHeader();
