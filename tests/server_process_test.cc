@@ -47,6 +47,7 @@ using testutil::IsOkAndHolds;
 using testutil::Process;
 using testutil::ServerBinary;
 using testutil::ServingStatus;
+using testutil::StatusIs;
 
 // Value of the first sample whose line starts with `prefix` (a metric name,
 // optionally with the start of its labels); -1 when absent.
@@ -397,6 +398,21 @@ TEST(ServerProcessFlagsTest, BadFlagsExitTwo) {
   Process help({ServerBinary(), "--help"}, "server_process_test_flags");
   EXPECT_EQ(help.WaitExit(absl::Seconds(10)), 0);
   EXPECT_THAT(help.output(), HasSubstr("--max_queue_delay_us (default 2000)"));
+}
+
+// The harness itself: a server that exits during startup is an error that
+// says how it exited and carries its log (no retry for a usage error).
+TEST(ServerProcessFlagsTest, HarnessReportsAServerThatDoesNotStart) {
+  testutil::ServerProcess server;
+  testutil::ServerProcessOptions o;
+  o.flags = {"--backend=tpu"};
+  o.log_name = "server_process_test_server";
+  EXPECT_THAT(server.Start(o),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       ::testing::AllOf(HasSubstr("exit status 2"),
+                                        HasSubstr("--backend"))));
+  EXPECT_FALSE(server.running());
+  EXPECT_THAT(server.Stop(), StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
 TEST(ServerProcessFlagsTest, CudaWithoutAGpuIsAStartupError) {
