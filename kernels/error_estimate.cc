@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/status_macros.h"
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/random_draws.h"
@@ -18,8 +19,7 @@ bool ExactRowDouble(const AttentionParams& p, int64_t b, int64_t h, int64_t i,
 
 absl::StatusOr<double> EstimateRelativeError(const AttentionParams& p,
                                              int rows_per_head, uint64_t seed) {
-  absl::Status st = ValidateParams(p, /*check_values=*/false);
-  if (!st.ok()) return st;
+  SB_RETURN_IF_ERROR(ValidateParams(p, /*check_values=*/false));
   if (rows_per_head < 1)
     return absl::InvalidArgumentError("rows_per_head: must be >= 1");
   double num = 0, den = 0;

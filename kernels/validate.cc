@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace scatterbrain {
 namespace {
@@ -112,21 +113,14 @@ absl::Status ValidateParams(const AttentionParams& p, bool check_values) {
   if (p.k == nullptr) return Bad("k", "is null");
   if (p.v == nullptr) return Bad("v", "is null");
   if (p.out == nullptr) return Bad("out", "is null");
-  absl::Status st;
-  if (!(st = CheckStrides("q", p.q_strides, p.batch, p.heads, p.seq_q, p.dim, false))
-           .ok())
-    return st;
-  if (!(st = CheckStrides("k", p.k_strides, p.batch, p.heads, p.seq_k, p.dim, false))
-           .ok())
-    return st;
-  if (!(st = CheckStrides("v", p.v_strides, p.batch, p.heads, p.seq_k,
-                          p.dim_v, false))
-           .ok())
-    return st;
-  if (!(st = CheckStrides("out", p.out_strides, p.batch, p.heads, p.seq_q,
-                          p.dim_v, true))
-           .ok())
-    return st;
+  SB_RETURN_IF_ERROR(
+      CheckStrides("q", p.q_strides, p.batch, p.heads, p.seq_q, p.dim, false));
+  SB_RETURN_IF_ERROR(
+      CheckStrides("k", p.k_strides, p.batch, p.heads, p.seq_k, p.dim, false));
+  SB_RETURN_IF_ERROR(CheckStrides("v", p.v_strides, p.batch, p.heads, p.seq_k,
+                                  p.dim_v, false));
+  SB_RETURN_IF_ERROR(CheckStrides("out", p.out_strides, p.batch, p.heads,
+                                  p.seq_q, p.dim_v, true));
   if (!std::isfinite(p.scale) || p.scale < 0.0f)
     return Bad("scale", "must be finite and > 0 (0 selects 1/sqrt(dim))");
   if (p.key_lengths != nullptr) {
@@ -171,18 +165,12 @@ absl::Status ValidateParams(const AttentionParams& p, bool check_values) {
   if (p.num_threads < 0 || p.num_threads > 1024)
     return Bad("num_threads", "must be in [0, 1024]");
   if (check_values) {
-    if (!(st = CheckFinite("q", p.q, p.q_strides, p.batch, p.heads, p.seq_q,
-                           p.dim))
-             .ok())
-      return st;
-    if (!(st = CheckFinite("k", p.k, p.k_strides, p.batch, p.heads, p.seq_k,
-                           p.dim))
-             .ok())
-      return st;
-    if (!(st = CheckFinite("v", p.v, p.v_strides, p.batch, p.heads, p.seq_k,
-                           p.dim_v))
-             .ok())
-      return st;
+    SB_RETURN_IF_ERROR(
+        CheckFinite("q", p.q, p.q_strides, p.batch, p.heads, p.seq_q, p.dim));
+    SB_RETURN_IF_ERROR(
+        CheckFinite("k", p.k, p.k_strides, p.batch, p.heads, p.seq_k, p.dim));
+    SB_RETURN_IF_ERROR(
+        CheckFinite("v", p.v, p.v_strides, p.batch, p.heads, p.seq_k, p.dim_v));
   }
   return absl::OkStatus();
 }

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/status_macros.h"
 #include "kernels/devices.h"
 #include "kernels/error_estimate.h"
 
@@ -57,11 +58,10 @@ int64_t ResidentBytes() {
 
 absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(
     const ExecutorOptions& options, Metrics* metrics, const Clock* clock) {
-  absl::StatusOr<std::unique_ptr<Backend>> backend =
-      MakeBackend(options.backend);
-  if (!backend.ok()) return backend.status();
+  SB_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
+                      MakeBackend(options.backend));
   return std::unique_ptr<Executor>(
-      new Executor(options, *std::move(backend), metrics, clock));
+      new Executor(options, std::move(backend), metrics, clock));
 }
 
 Executor::Executor(const ExecutorOptions& options,
@@ -230,18 +230,16 @@ absl::Status Executor::Compute(Job& job, JobResult* result) {
   // an allocation inside it can; a request that cannot get memory fails
   // alone.
   try {
-    absl::Status st = result->out.Allocate(spec.out_elements, "output");
-    if (!st.ok()) return st;
+    SB_RETURN_IF_ERROR(result->out.Allocate(spec.out_elements, "output"));
     p.out = result->out.data.get();
-    absl::StatusOr<AttentionStats> stats = backend_->Forward(p);
-    if (!stats.ok()) return stats.status();
+    SB_ASSIGN_OR_RETURN(const AttentionStats stats, backend_->Forward(p));
     RequestStats& rs = result->stats;
-    rs.dense_score_bytes = stats->dense_score_bytes;
-    rs.workspace_bytes = stats->workspace_bytes;
+    rs.dense_score_bytes = stats.dense_score_bytes;
+    rs.workspace_bytes = stats.workspace_bytes;
     rs.memory_saved_bytes =
-        std::max<int64_t>(stats->dense_score_bytes - stats->workspace_bytes, 0);
-    rs.denominator_guards = stats->denominator_guards;
-    rs.fallbacks = stats->fallbacks;
+        std::max<int64_t>(stats.dense_score_bytes - stats.workspace_bytes, 0);
+    rs.denominator_guards = stats.denominator_guards;
+    rs.fallbacks = stats.fallbacks;
     if (options_.error_sample_rows > 0 && p.method != Method::kExact) {
       absl::StatusOr<double> err = EstimateRelativeError(
           p, std::min<int64_t>(options_.error_sample_rows, p.seq_q),

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "kernels/backend.h"
@@ -106,8 +107,7 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const ServerOptions& options, const Clock* clock) {
-  absl::Status st = ValidateServerOptions(options);
-  if (!st.ok()) return st;
+  SB_RETURN_IF_ERROR(ValidateServerOptions(options));
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
   s->metrics_ = std::make_unique<Metrics>();
@@ -146,7 +146,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     health->SetServingStatus(true);
   }
   if (options.metrics_port > 0) {
-    st = s->metrics_->Expose(
+    const absl::Status st = s->metrics_->Expose(
         absl::StrCat(options.host, ":", options.metrics_port));
     if (!st.ok()) {
       s->Shutdown();

@@ -16,6 +16,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/clock.h"
+#include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
 namespace server {
@@ -25,6 +26,7 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
+using testutil::StatusIs;
 
 BatcherOptions Opts(int max_requests, int64_t max_tokens, int64_t delay_us,
                     int max_queue = 256) {
@@ -209,8 +211,8 @@ TEST(BatcherTest, DrainMakesEverythingReadyAndRefusesNew) {
   b.Drain();
   EXPECT_TRUE(b.draining());
   absl::Status s = b.Enqueue("a", 5, 1);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("draining"));
+  EXPECT_THAT(s,
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("draining")));
   // Due now, without the clock moving.
   EXPECT_EQ(b.NextDeadlineMicros(), 0);
   auto batches = b.TakeReadyBatches();  // the clock never moved
@@ -229,9 +231,8 @@ TEST(BatcherTest, QueueFullIsUnavailableAndRecovers) {
   ASSERT_TRUE(b.Enqueue("b", 2, 1).ok());
   ASSERT_TRUE(b.Enqueue("c", 3, 1).ok());
   absl::Status s = b.Enqueue("a", 4, 1);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
-  EXPECT_THAT(std::string(s.message()),
-              HasSubstr("queue full: 3 requests waiting"));
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnavailable,
+                          HasSubstr("queue full: 3 requests waiting")));
   EXPECT_EQ(b.queued(), 3);
   clock.AdvanceMicros(1000);
   EXPECT_THAT(b.TakeReadyBatches(), SizeIs(3));

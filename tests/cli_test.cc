@@ -1,18 +1,10 @@
 // End-to-end tests of the scatterbrain_cli binary: runs it in a temporary
 // directory and checks exit codes, the one-line error contract, that bad
 // input writes no output, and that every method produces a sane output.
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <fstream>
 #include <limits>
-#include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -22,6 +14,9 @@
 #include "client/cli/npy.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testutil/files.h"
+#include "tests/testutil/process.h"
+#include "tests/testutil/random.h"
 
 #ifndef SB_CLI_PATH
 #error "SB_CLI_PATH must name the scatterbrain_cli binary"
@@ -32,70 +27,30 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
-
-struct RunResult {
-  int code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-bool Exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
-}
+using testutil::Exists;
+using testutil::ReadFile;
+using testutil::WriteFile;
+using RunResult = testutil::CommandResult;
 
 class CliTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const char* base = std::getenv("TEST_TMPDIR");
-    std::string templ =
-        absl::StrCat(base && *base ? base : "/tmp", "/cli_test.XXXXXX");
-    ASSERT_NE(::mkdtemp(templ.data()), nullptr);
-    dir_ = templ;
-  }
-  void TearDown() override {
-    std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
-  }
+  void SetUp() override { ASSERT_TRUE(dir_.ok()); }
 
-  std::string Path(const std::string& name) const {
-    return absl::StrCat(dir_, "/", name);
-  }
+  std::string Path(const std::string& name) const { return dir_.File(name); }
 
   RunResult Run(const std::vector<std::string>& args) {
-    std::string cmd = absl::StrCat("'", SB_CLI_PATH, "'");
-    for (const std::string& a : args) absl::StrAppend(&cmd, " '", a, "'");
-    absl::StrAppend(&cmd, " >'", Path("stdout.txt"), "' 2>'",
-                    Path("stderr.txt"), "'");
-    const int status = std::system(cmd.c_str());
-    RunResult r;
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = ReadFile(Path("stdout.txt"));
-    r.err = ReadFile(Path("stderr.txt"));
-    return r;
+    std::vector<std::string> argv = {SB_CLI_PATH};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return testutil::RunCommand(argv, dir_.path());
   }
 
   // Writes a float32 [shape] array of N(0, 1) values; returns its path.
   std::string WriteRandom(const std::string& name,
                           const std::vector<int64_t>& shape, uint32_t seed,
                           std::vector<float>* values = nullptr) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
-    std::vector<float> data(static_cast<size_t>(n));
-    for (float& x : data) x = normal(rng);
+    const std::vector<float> data = testutil::RandomNormal(n, seed);
     const std::string path = Path(name);
     EXPECT_TRUE(WriteNpy(path, shape, data.data()).ok());
     if (values != nullptr) *values = data;
@@ -134,7 +89,7 @@ class CliTest : public ::testing::Test {
     EXPECT_FALSE(Exists(Path("o.npy")));
   }
 
-  std::string dir_;
+  testutil::ScratchDir dir_{"cli_test"};
   std::vector<float> q_, k_, v_;
 };
 

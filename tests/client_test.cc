@@ -5,41 +5,32 @@
 // helpers (dtype conversions, targets) without a server.
 #include "client/cpp/client.h"
 
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <fstream>
 #include <future>
 #include <memory>
-#include <random>
 #include <set>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/cli/npy.h"
 #include "common/dtype.h"
 #include "common/float16.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "kernels/backend.h"
 #include "kernels/params.h"
 #include "proto/convert/settings.h"
 #include "proto/convert/wire.h"
+#include "tests/testutil/cpu_attention.h"
+#include "tests/testutil/files.h"
+#include "tests/testutil/net.h"
+#include "tests/testutil/process.h"
+#include "tests/testutil/random.h"
+#include "tests/testutil/server_process.h"
+#include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
 namespace {
@@ -48,53 +39,17 @@ using client::AttendInput;
 using client::AttendResult;
 using client::AttentionClient;
 using ::testing::HasSubstr;
+using testutil::BinDir;
+using testutil::Exists;
+using testutil::FreePort;
+using testutil::IsOk;
+using testutil::RandomNormal;
+using testutil::ReadFile;
+using testutil::ServerProcess;
+using testutil::StatusIs;
 
 // --- helpers
 // ------------------------------------------------------------------
-
-std::string BinDir() {
-  char buf[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n <= 0) return ".";
-  std::string path(buf, static_cast<size_t>(n));
-  return path.substr(0, path.rfind('/'));
-}
-
-bool Exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = -1;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  ::close(fd);
-  return port;
-}
-
-std::vector<float> RandomVector(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = normal(rng);
-  return v;
-}
 
 // Owned inputs of one request plus the matching AttendInput.
 struct Qkv {
@@ -105,9 +60,9 @@ struct Qkv {
                   int64_t dim, uint32_t seed) {
     Qkv t;
     t.shape = {batch, heads, seq_q, seq_k, dim, dim};
-    t.q = RandomVector(t.shape.q_elements(), seed);
-    t.k = RandomVector(t.shape.k_elements(), seed + 1000);
-    t.v = RandomVector(t.shape.v_elements(), seed + 2000);
+    t.q = RandomNormal(t.shape.q_elements(), seed);
+    t.k = RandomNormal(t.shape.k_elements(), seed + 1000);
+    t.v = RandomNormal(t.shape.v_elements(), seed + 2000);
     return t;
   }
 
@@ -138,124 +93,31 @@ std::vector<float> Local(const AttendInput& in,
   p.k = in.k.data();
   p.v = in.v.data();
   p.key_lengths = key_lengths.empty() ? nullptr : key_lengths.data();
-  std::vector<float> out(static_cast<size_t>(in.shape.out_elements()));
-  p.out = out.data();
-  SetContiguousStrides(p);
-  auto backend = CreateBackend("cpu");
-  EXPECT_TRUE(backend.ok());
-  auto st = (*backend)->Forward(p);
-  EXPECT_TRUE(st.ok()) << st.status();
-  return out;
+  return testutil::CpuAttention(p);
 }
 
 // --- the server process
 // -------------------------------------------------------
 
-class ServerProcess {
- public:
-  // Starts the server; false (with a message) when it does not come up.
-  bool Start(std::string* error) {
-    const std::string bin = BinDir() + "/scatterbrain_server";
-    if (!Exists(bin)) {
-      *error = "no server binary at " + bin;
-      return false;
-    }
-    port_ = FreePort();
-    metrics_port_ = FreePort();
-    log_ = absl::StrCat(::testing::TempDir(), "/client_test_server.",
-                        ::getpid(), ".log");
-    const std::string port_flag = absl::StrCat("--port=", port_);
-    const std::string metrics_flag =
-        absl::StrCat("--metrics_port=", metrics_port_);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-      }
-      ::execl(bin.c_str(), bin.c_str(), port_flag.c_str(), metrics_flag.c_str(),
-              "--backend=cpu", "--drain_timeout_s=10",
-              static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    if (pid_ < 0) {
-      *error = "fork failed";
-      return false;
-    }
-    client::ClientOptions o;
-    o.target = target();
-    o.deadline = absl::Seconds(1);
-    auto c = AttentionClient::Create(o);
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (absl::Now() < deadline) {
-      int status;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        *error = "server exited early: " + ReadFile(log_);
-        return false;
-      }
-      auto h = (*c)->Health();
-      if (h.ok() && *h == client::ServingStatus::kServing) return true;
-      absl::SleepFor(absl::Milliseconds(100));
-    }
-    *error = "server not SERVING after 30 s: " + ReadFile(log_);
-    Stop();
-    return false;
-  }
-
-  // SIGTERM (the server drains and exits 0), then SIGKILL after 20 s.
-  // Returns "" on a clean exit, else what happened and the server's log.
-  std::string Stop() {
-    if (pid_ <= 0) return "not running";
-    ::kill(pid_, SIGTERM);
-    int status = 0;
-    std::string what;
-    const absl::Time deadline = absl::Now() + absl::Seconds(20);
-    while (::waitpid(pid_, &status, WNOHANG) == 0) {
-      if (absl::Now() > deadline) {
-        ::kill(pid_, SIGKILL);
-        ::waitpid(pid_, &status, 0);
-        what = "still running 20 s after SIGTERM (killed)";
-        break;
-      }
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    pid_ = -1;
-    if (what.empty()) {
-      if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return "";
-      what = WIFEXITED(status)
-                 ? absl::StrCat("exit status ", WEXITSTATUS(status))
-                 : absl::StrCat("killed by signal ", WTERMSIG(status));
-    }
-    return absl::StrCat(what, "; server log:\n", ReadFile(log_));
-  }
-
-  std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
-  int metrics_port() const { return metrics_port_; }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-  int metrics_port_ = 0;
-  std::string log_;
-};
-
 class ClientServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     server_ = new ServerProcess;
-    std::string error;
-    if (!server_->Start(&error)) {
-      start_error_ = new std::string(error);
+    testutil::ServerProcessOptions o;
+    o.flags = {"--backend=cpu", "--drain_timeout_s=10"};
+    o.log_name = "client_test_server";
+    o.start_timeout = absl::Seconds(30);
+    const absl::Status st = server_->Start(o);
+    if (!st.ok()) {
+      start_error_ = new std::string(st.ToString());
       delete server_;
       server_ = nullptr;
     }
   }
   static void TearDownTestSuite() {
     if (server_ != nullptr) {
-      const std::string stop = server_->Stop();
-      EXPECT_EQ(stop, "") << "the server did not exit 0 on SIGTERM";
+      EXPECT_THAT(server_->Stop(absl::Seconds(20)), IsOk())
+          << "the server did not exit 0 on SIGTERM";
       delete server_;
       server_ = nullptr;
     }
@@ -425,8 +287,8 @@ TEST_F(ClientServerTest, DuplicateIdInFlightIsRefused) {
   absl::StatusOr<AttendResult> a = first.get();
   ASSERT_TRUE(a.ok()) << a.status();
   if (!b.ok()) {
-    EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(b.status().message(), HasSubstr("request_id"));
+    EXPECT_THAT(b, StatusIs(absl::StatusCode::kInvalidArgument,
+                            HasSubstr("request_id")));
   }
 }
 
@@ -465,8 +327,8 @@ TEST_F(ClientServerTest, ServerErrorsComeBackAsStatus) {
   in.settings.set_num_features(7);  // odd: rejected
   auto r = client_->Attend(in);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr("num_features"));
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kInvalidArgument,
+                          HasSubstr("num_features")));
   r = client_->AttendUnary(in);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
@@ -498,8 +360,7 @@ TEST_F(ClientServerTest, ClientSideValidation) {
   in.shape.seq_q = 17;  // q has 16 rows
   auto r = client_->Attend(in);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr("q:"));
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("q:")));
   in = t.Input(v1::METHOD_EXACT);
   in.dtype = v1::DTYPE_UNSPECIFIED;
   EXPECT_EQ(client_->Attend(in).status().code(),
@@ -569,41 +430,24 @@ TEST(ClientNoServerTest, UnreachableServerIsUnavailable) {
 // --- the CLI's server modes
 // ---------------------------------------------------
 
-struct RunResult {
-  int code = -1;
-  std::string out, err;
-};
+using RunResult = testutil::CommandResult;
 
 class CliServerTest : public ClientServerTest {
  protected:
   void SetUp() override {
     ClientServerTest::SetUp();
-    std::string templ = ::testing::TempDir() + "/client_cli.XXXXXX";
-    ASSERT_NE(::mkdtemp(templ.data()), nullptr);
-    dir_ = templ;
+    ASSERT_TRUE(dir_.ok());
   }
-  void TearDown() override {
-    std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
-  }
-  std::string Path(const std::string& name) const {
-    return absl::StrCat(dir_, "/", name);
-  }
+  std::string Path(const std::string& name) const { return dir_.File(name); }
   RunResult Run(const std::vector<std::string>& args) {
-    std::string cmd = absl::StrCat("'", BinDir(), "/scatterbrain_cli'");
-    for (const std::string& a : args) absl::StrAppend(&cmd, " '", a, "'");
-    absl::StrAppend(&cmd, " >'", Path("stdout.txt"), "' 2>'",
-                    Path("stderr.txt"), "'");
-    const int status = std::system(cmd.c_str());
-    RunResult r;
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = ReadFile(Path("stdout.txt"));
-    r.err = ReadFile(Path("stderr.txt"));
-    return r;
+    std::vector<std::string> argv = {BinDir() + "/scatterbrain_cli"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return testutil::RunCommand(argv, dir_.path());
   }
   void WriteQkv() {
     int i = 0;
     for (const char* name : {"q", "k", "v"}) {
-      const std::vector<float> x = RandomVector(2 * 2 * 48 * 16, 100 + i++);
+      const std::vector<float> x = RandomNormal(2 * 2 * 48 * 16, 100 + i++);
       ASSERT_TRUE(
           WriteNpy(Path(absl::StrCat(name, ".npy")), {2, 2, 48, 16}, x.data())
               .ok());
@@ -622,7 +466,7 @@ class CliServerTest : public ClientServerTest {
             "--seed=5"};
   }
 
-  std::string dir_;
+  testutil::ScratchDir dir_{"client_cli"};
 };
 
 TEST_F(CliServerTest, AttendOnServerWritesTheLocalOutput) {

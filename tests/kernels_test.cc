@@ -14,6 +14,7 @@
 #include "kernels/random_draws.h"
 #include "kernels/validate.h"
 #include "tests/testutil/reference.h"
+#include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
 namespace {
@@ -645,8 +646,10 @@ TEST(ValidateTest, NamesTheBadField) {
     AttentionParams p = t.params;
     mutate(p);
     const absl::Status st = ValidateParams(p);
-    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << field;
-    EXPECT_THAT(std::string(st.message()), ::testing::StartsWith(field));
+    EXPECT_THAT(
+        st, scatterbrain::testutil::StatusIs(absl::StatusCode::kInvalidArgument,
+                                             ::testing::StartsWith(field)))
+        << field;
     auto be = Cpu();
     EXPECT_EQ(be->Forward(p).status().code(), absl::StatusCode::kInvalidArgument);
   };

@@ -3,12 +3,6 @@
 // loopback (or reports a busy port as a Status).
 #include "server/metrics.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
-
 #include <cmath>
 #include <map>
 #include <optional>
@@ -21,12 +15,14 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testutil/net.h"
 
 namespace scatterbrain {
 namespace server {
 namespace {
 
 using ::testing::HasSubstr;
+using testutil::Listener;
 using Labels = std::map<std::string, std::string>;
 
 // Parses one sample line of the text format: name{k="v",...} value.
@@ -248,65 +244,6 @@ TEST(MetricsTest, ConcurrentUpdatesAddUp) {
 
 // --- HTTP exposition on loopback. ---
 
-// A listening TCP socket on 127.0.0.1 with a kernel-chosen port.
-class Listener {
- public:
-  Listener() {
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = 0;
-    if (fd_ < 0 ||
-        bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-        listen(fd_, 4) != 0) {
-      return;
-    }
-    socklen_t len = sizeof(addr);
-    if (getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-      port_ = ntohs(addr.sin_port);
-    }
-  }
-  ~Listener() { Close(); }
-  void Close() {
-    if (fd_ >= 0) close(fd_);
-    fd_ = -1;
-  }
-  int port() const { return port_; }
-
- private:
-  int fd_ = -1;
-  int port_ = 0;
-};
-
-// GET `path` from 127.0.0.1:port with HTTP/1.0; the whole response, or ""
-// on any socket error. Receive timeout bounds the test.
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  timeval tv{};
-  tv.tv_sec = 5;
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  std::string response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request =
-        absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-        static_cast<ssize_t>(request.size())) {
-      char buf[4096];
-      ssize_t n;
-      while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) response.append(buf, n);
-    }
-  }
-  close(fd);
-  return response;
-}
-
 TEST(MetricsTest, ExposeServesMetricsOverHttp) {
   Metrics m;
   m.SetQueueDepth(42);
@@ -326,14 +263,14 @@ TEST(MetricsTest, ExposeServesMetricsOverHttp) {
   }
   ASSERT_TRUE(s.ok()) << s;
 
-  const std::string response = HttpGet(port, "/metrics");
+  const std::string response = testutil::HttpGetResponse(port, "/metrics");
   EXPECT_THAT(response, HasSubstr(" 200 "));
   EXPECT_THAT(response, HasSubstr("\nscatterbrain_queue_depth 42"));
   EXPECT_THAT(response, HasSubstr("scatterbrain_requests_total{"));
 
   // Served live, not a snapshot.
   m.SetQueueDepth(3);
-  EXPECT_THAT(HttpGet(port, "/metrics"),
+  EXPECT_THAT(testutil::HttpGetResponse(port, "/metrics"),
               HasSubstr("\nscatterbrain_queue_depth 3\n"));
 
   // A second Expose is refused rather than replacing the first.

@@ -2,70 +2,28 @@
 // malformed-file error the reader promises.
 #include "client/cli/npy.h"
 
-#include <dirent.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <limits>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testutil/files.h"
+#include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
 namespace {
 
 using ::testing::HasSubstr;
 
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TEST_TMPDIR");
-    std::string templ =
-        absl::StrCat(base && *base ? base : "/tmp", "/npy_test.XXXXXX");
-    char* d = ::mkdtemp(templ.data());
-    if (d == nullptr) std::abort();
-    path_ = d;
-  }
-  ~TempDir() { std::system(absl::StrCat("rm -rf '", path_, "'").c_str()); }
-  std::string File(const std::string& name) const {
-    return absl::StrCat(path_, "/", name);
-  }
-  const std::string& path() const { return path_; }
-  std::vector<std::string> List() const {
-    std::vector<std::string> names;
-    DIR* dir = ::opendir(path_.c_str());
-    while (dirent* e = ::readdir(dir)) {
-      std::string n = e->d_name;
-      if (n != "." && n != "..") names.push_back(n);
-    }
-    ::closedir(dir);
-    return names;
-  }
-
- private:
-  std::string path_;
-};
-
-void WriteRaw(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string ReadRaw(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using testutil::ReadFile;
+using testutil::ScratchDir;
+using testutil::StatusIs;
+using testutil::WriteFile;
 
 // A hand-built .npy image: any version, dict text and payload.
 std::string MakeNpy(const std::string& dict, const std::string& payload,
@@ -123,7 +81,7 @@ double HalfReference(uint16_t h) {
 }
 
 TEST(NpyTest, RoundTripFloat32) {
-  TempDir dir;
+  ScratchDir dir("npy_test");
   const std::vector<int64_t> shape = {2, 3, 5, 7};
   std::vector<float> data(2 * 3 * 5 * 7);
   for (size_t i = 0; i < data.size(); ++i) {
@@ -135,7 +93,7 @@ TEST(NpyTest, RoundTripFloat32) {
   const std::string path = dir.File("a.npy");
   ASSERT_TRUE(WriteNpy(path, shape, data.data()).ok());
 
-  const std::string raw = ReadRaw(path);
+  const std::string raw = ReadFile(path);
   ASSERT_GE(raw.size(), 10u);
   const size_t header_len = static_cast<unsigned char>(raw[8]) |
                             static_cast<unsigned char>(raw[9]) << 8;
@@ -157,7 +115,7 @@ TEST(NpyTest, RoundTripFloat32) {
 }
 
 TEST(NpyTest, RoundTripOtherRanks) {
-  TempDir dir;
+  ScratchDir dir("npy_test");
   const std::vector<float> data = {1, 2, 3};
   for (const std::vector<int64_t>& shape :
        std::vector<std::vector<int64_t>>{{3}, {1, 3}, {3, 1, 1, 1, 1}}) {
@@ -190,9 +148,9 @@ TEST(NpyTest, EncodeMatchesParse) {
 }
 
 TEST(NpyTest, OverwritesExistingFile) {
-  TempDir dir;
+  ScratchDir dir("npy_test");
   const std::string path = dir.File("o.npy");
-  WriteRaw(path, "old contents");
+  WriteFile(path, "old contents");
   const std::vector<float> data = {4, 5};
   ASSERT_TRUE(WriteNpy(path, {1, 1, 1, 2}, data.data()).ok());
   absl::StatusOr<NpyArray> a = ReadNpy(path);
@@ -202,7 +160,7 @@ TEST(NpyTest, OverwritesExistingFile) {
 }
 
 TEST(NpyTest, FailedWriteLeavesNothing) {
-  TempDir dir;
+  ScratchDir dir("npy_test");
   const std::vector<float> data = {1};
   const std::string path = dir.File("missing_dir/o.npy");
   absl::Status s = WriteNpy(path, {1, 1, 1, 1}, data.data());
@@ -268,11 +226,11 @@ TEST(NpyTest, FloatToHalfRoundsToNearestEven) {
 }
 
 TEST(NpyTest, ReadsFloat16) {
-  TempDir dir;
+  ScratchDir dir("npy_test");
   // 1, -2, min subnormal, max subnormal, 65504, -0, inf, 0.333 (rounded)
   const std::vector<uint16_t> h = {0x3c00, 0xc000, 0x0001, 0x03ff,
                                    0x7bff, 0x8000, 0x7c00, 0x3555};
-  WriteRaw(dir.File("h.npy"), MakeNpy(Dict("<f2", "(1, 2, 2, 2)"), Halves(h)));
+  WriteFile(dir.File("h.npy"), MakeNpy(Dict("<f2", "(1, 2, 2, 2)"), Halves(h)));
   absl::StatusOr<NpyArray> a = ReadNpy(dir.File("h.npy"));
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->shape, (std::vector<int64_t>{1, 2, 2, 2}));
@@ -302,9 +260,8 @@ TEST(NpyTest, ReadsVersions2And3AndQuoteStyles) {
 TEST(NpyTest, MissingFile) {
   absl::StatusOr<NpyArray> a = ReadNpy("/nonexistent/dir/x.npy");
   ASSERT_FALSE(a.ok());
-  EXPECT_EQ(a.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(std::string(a.status().message()),
-              HasSubstr("/nonexistent/dir/x.npy"));
+  EXPECT_THAT(a, StatusIs(absl::StatusCode::kNotFound,
+                          HasSubstr("/nonexistent/dir/x.npy")));
 }
 
 struct BadCase {
@@ -366,24 +323,24 @@ TEST(NpyTest, RejectsMalformedFiles) {
   for (const BadCase& c : cases) {
     absl::StatusOr<NpyArray> a = ParseNpy(c.bytes, "in.npy");
     ASSERT_FALSE(a.ok()) << c.label;
-    EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << c.label;
-    const std::string msg(a.status().message());
-    EXPECT_THAT(msg, HasSubstr("in.npy: ")) << c.label;
-    EXPECT_THAT(msg, HasSubstr(c.want)) << c.label;
+    EXPECT_THAT(
+        a, StatusIs(absl::StatusCode::kInvalidArgument,
+                    ::testing::AllOf(HasSubstr("in.npy: "), HasSubstr(c.want))))
+        << c.label;
   }
 }
 
 TEST(NpyTest, ReadNpyFileErrorsNameTheFile) {
-  TempDir dir;
+  ScratchDir dir("npy_test");
   const std::string f4 = Floats(std::vector<float>(8, 1.0f));
   const std::string path = dir.File("trunc.npy");
-  WriteRaw(path, MakeNpy(Dict("<f4", "(1, 2, 2, 2)"), f4.substr(0, 20)));
+  WriteFile(path, MakeNpy(Dict("<f4", "(1, 2, 2, 2)"), f4.substr(0, 20)));
   absl::StatusOr<NpyArray> a = ReadNpy(path);
   ASSERT_FALSE(a.ok());
   EXPECT_THAT(std::string(a.status().message()),
               HasSubstr(path + ": truncated data"));
   // A shape promising far more than the file holds fails before allocating.
-  WriteRaw(path, MakeNpy(Dict("<f4", "(1000, 1000, 1000, 10)"), f4));
+  WriteFile(path, MakeNpy(Dict("<f4", "(1000, 1000, 1000, 10)"), f4));
   a = ReadNpy(path);
   ASSERT_FALSE(a.ok());
   EXPECT_THAT(std::string(a.status().message()), HasSubstr("truncated data"));

@@ -10,6 +10,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "scatterbrain/v1/attention.pb.h"
+#include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
 namespace server {
@@ -17,6 +18,7 @@ namespace {
 
 namespace pb = ::scatterbrain::v1;
 using ::testing::HasSubstr;
+using testutil::StatusIs;
 
 pb::RequestHeader BaseHeader() {
   pb::RequestHeader h;
@@ -147,8 +149,7 @@ TEST(ProtoConvertTest, HeaderErrorsNameTheProtoField) {
     c.edit(&h);
     absl::StatusOr<RequestSpec> s = SpecFromHeader(h, limits, true);
     ASSERT_FALSE(s.ok()) << c.field;
-    EXPECT_EQ(s.status().code(), c.code) << s.status();
-    EXPECT_THAT(s.status().message(), HasSubstr(c.field));
+    EXPECT_THAT(s, StatusIs(c.code, HasSubstr(c.field)));
   }
   // The unary call does not need an id.
   pb::RequestHeader h = BaseHeader();

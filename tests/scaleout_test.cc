@@ -4,20 +4,9 @@
 // every server serves work (their /metrics), then SIGKILLs one while
 // requests are in flight: every request still gets exactly one answer
 // (UNAVAILABLE is retried on the others), equal to the local CPU backend.
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <cstdint>
-#include <fstream>
 #include <memory>
-#include <random>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,10 +19,15 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/cpp/client.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "kernels/backend.h"
 #include "kernels/params.h"
 #include "proto/convert/settings.h"
+#include "tests/testutil/cpu_attention.h"
+#include "tests/testutil/net.h"
+#include "tests/testutil/random.h"
+#include "tests/testutil/server_process.h"
+#include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
 namespace {
@@ -41,63 +35,9 @@ namespace {
 using client::AttendInput;
 using client::AttendResult;
 using client::AttentionClient;
-
-// --- helpers (as in client_test.cc / server_process_test.cc) --------------
-
-std::string BinDir() {
-  char buf[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n <= 0) return ".";
-  std::string path(buf, static_cast<size_t>(n));
-  return path.substr(0, path.rfind('/'));
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = -1;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  ::close(fd);
-  return port;
-}
-
-// GET http://127.0.0.1:port/path; the body ("" on failure).
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return "";
-  }
-  const std::string req =
-      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-  ::send(fd, req.data(), req.size(), 0);
-  std::string resp;
-  char buf[8192];
-  ssize_t n;
-  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) resp.append(buf, n);
-  ::close(fd);
-  const size_t body = resp.find("\r\n\r\n");
-  return body == std::string::npos ? "" : resp.substr(body + 4);
-}
+using testutil::HttpGet;
+using testutil::IsOk;
+using testutil::ServerProcess;
 
 // Sum of scatterbrain_requests_total samples with code="OK".
 double OkRequests(const std::string& metrics) {
@@ -117,90 +57,20 @@ double OkRequests(const std::string& metrics) {
   return total;
 }
 
-class ServerProcess {
- public:
-  ~ServerProcess() { Kill(); }
-
-  bool Start(int index, std::string* error) {
-    const std::string bin = BinDir() + "/scatterbrain_server";
-    port_ = FreePort();
-    metrics_port_ = FreePort();
-    log_ = absl::StrCat(::testing::TempDir(), "/scaleout_test_server.",
-                        ::getpid(), ".", index, ".log");
-    const std::string port_flag = absl::StrCat("--port=", port_);
-    const std::string metrics_flag =
-        absl::StrCat("--metrics_port=", metrics_port_);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-      }
-      ::execl(bin.c_str(), bin.c_str(), port_flag.c_str(), metrics_flag.c_str(),
-              "--backend=cpu", "--drain_timeout_s=5",
-              static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    if (pid_ < 0) {
-      *error = "fork failed";
-      return false;
-    }
-    client::ClientOptions o;
-    o.target = target();
-    o.deadline = absl::Seconds(1);
-    o.max_attempts = 1;
-    auto c = AttentionClient::Create(o);
-    const absl::Time deadline = absl::Now() + absl::Seconds(15);
-    while (absl::Now() < deadline) {
-      int status;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        *error = "server exited early: " + ReadFile(log_);
-        return false;
-      }
-      auto h = (*c)->Health();
-      if (h.ok() && *h == client::ServingStatus::kServing &&
-          !HttpGet(metrics_port_, "/metrics").empty()) {
-        return true;
-      }
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    *error = "server not SERVING after 15 s: " + ReadFile(log_);
-    Kill();
-    return false;
-  }
-
-  void Kill() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-
-  std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
-  int metrics_port() const { return metrics_port_; }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-  int metrics_port_ = 0;
-  std::string log_;
-};
-
 // One small request (B=1, H=2, N=64, d=16, scatterbrain) with its seed.
 struct Request {
   client::TensorShape shape{1, 2, 64, 64, 16, 16};
   std::vector<float> q, k, v;
   uint64_t seed = 0;
 
+  // q, k and v in turn from one N(0, 1) stream seeded with `s`.
   explicit Request(uint64_t s) : seed(s) {
-    std::mt19937 rng(static_cast<uint32_t>(s));
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    for (auto* t : {&q, &k, &v}) {
-      t->resize(static_cast<size_t>(shape.q_elements()));
-      for (float& x : *t) x = normal(rng);
-    }
+    const size_t n = static_cast<size_t>(shape.q_elements());
+    const std::vector<float> all =
+        testutil::RandomNormal(3 * n, static_cast<uint32_t>(s));
+    q.assign(all.begin(), all.begin() + n);
+    k.assign(all.begin() + n, all.begin() + 2 * n);
+    v.assign(all.begin() + 2 * n, all.end());
   }
 
   AttendInput Input() const {
@@ -225,14 +95,7 @@ struct Request {
     p.q = q.data();
     p.k = k.data();
     p.v = v.data();
-    std::vector<float> out(static_cast<size_t>(shape.out_elements()));
-    p.out = out.data();
-    SetContiguousStrides(p);
-    auto backend = CreateBackend("cpu");
-    EXPECT_TRUE(backend.ok());
-    auto st = (*backend)->Forward(p);
-    EXPECT_TRUE(st.ok()) << st.status();
-    return out;
+    return testutil::CpuAttention(p);
   }
 };
 
@@ -240,8 +103,11 @@ class ScaleOutTest : public ::testing::Test {
  protected:
   void SetUp() override {
     for (int i = 0; i < 3; ++i) {
-      std::string error;
-      ASSERT_TRUE(servers_[i].Start(i, &error)) << error;
+      testutil::ServerProcessOptions o;
+      o.flags = {"--backend=cpu", "--drain_timeout_s=5"};
+      o.log_name = absl::StrCat("scaleout_test_server.", i);
+      o.start_timeout = absl::Seconds(15);
+      ASSERT_THAT(servers_[i].Start(o), IsOk());
     }
     client::ClientOptions o;
     o.target = absl::StrCat(servers_[0].target(), ",", servers_[1].target(),

@@ -6,175 +6,48 @@
 //
 // The binary is SB_SERVER_PATH when the build defines it, else
 // scatterbrain_server next to this test binary (both live in build/bin).
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <future>
 #include <map>
 #include <memory>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
-#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "kernels/backend.h"
 #include "kernels/devices.h"
 #include "kernels/params.h"
 #include "scatterbrain/v1/attention.grpc.pb.h"
+#include "tests/testutil/cpu_attention.h"
+#include "tests/testutil/health.h"
+#include "tests/testutil/net.h"
+#include "tests/testutil/process.h"
+#include "tests/testutil/random.h"
+#include "tests/testutil/server_process.h"
+#include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
 namespace {
 
 namespace pb = ::scatterbrain::v1;
 using ::testing::HasSubstr;
-
-std::string ServerPath() {
-#ifdef SB_SERVER_PATH
-  return SB_SERVER_PATH;
-#else
-  char buf[4096];
-  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n <= 0) return "scatterbrain_server";
-  std::string self(buf, static_cast<size_t>(n));
-  return self.substr(0, self.rfind('/') + 1) + "scatterbrain_server";
-#endif
-}
-
-// A port that was free a moment ago (for the metrics endpoint, which has no
-// "pick one" mode; the gRPC port uses --port=0).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-// A child process with stdout and stderr on one pipe.
-class Process {
- public:
-  explicit Process(const std::vector<std::string>& args) {
-    int fds[2];
-    if (pipe(fds) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fds[1], 1);
-      dup2(fds[1], 2);
-      close(fds[0]);
-      close(fds[1]);
-      std::vector<char*> argv;
-      for (const std::string& a : args)
-        argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(fds[1]);
-    fd_ = fds[0];
-  }
-  ~Process() {
-    if (pid_ > 0 && !exited_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (fd_ >= 0) close(fd_);
-  }
-
-  pid_t pid() const { return pid_; }
-  const std::string& output() const { return out_; }
-
-  // Reads output until it contains `needle` (true) or EOF / timeout.
-  bool WaitFor(const std::string& needle, int timeout_ms) {
-    const auto end = std::chrono::steady_clock::now() +
-                     std::chrono::milliseconds(timeout_ms);
-    while (out_.find(needle) == std::string::npos) {
-      const int left = static_cast<int>(
-          std::chrono::duration_cast<std::chrono::milliseconds>(
-              end - std::chrono::steady_clock::now())
-              .count());
-      if (left <= 0 || !ReadSome(left)) return false;
-    }
-    return true;
-  }
-
-  // Exit code, or -1 if the process did not exit within `timeout_ms`.
-  int WaitExit(int timeout_ms) {
-    for (int waited = 0; waited <= timeout_ms; waited += 10) {
-      int status = 0;
-      const pid_t r = waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        exited_ = true;
-        while (ReadSome(100)) {
-        }
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return -1;
-  }
-
- private:
-  bool ReadSome(int timeout_ms) {
-    pollfd p{fd_, POLLIN, 0};
-    if (poll(&p, 1, timeout_ms) <= 0) return false;
-    char buf[4096];
-    const ssize_t n = read(fd_, buf, sizeof(buf));
-    if (n <= 0) return false;
-    out_.append(buf, static_cast<size_t>(n));
-    return true;
-  }
-
-  pid_t pid_ = -1;
-  int fd_ = -1;
-  bool exited_ = false;
-  std::string out_;
-};
-
-// GET http://127.0.0.1:port/path; the body ("" on failure).
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string req =
-      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-  send(fd, req.data(), req.size(), 0);
-  std::string resp;
-  char buf[8192];
-  ssize_t n;
-  while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) resp.append(buf, n);
-  close(fd);
-  const size_t body = resp.find("\r\n\r\n");
-  return body == std::string::npos ? "" : resp.substr(body + 4);
-}
+using testutil::CheckHealth;
+using testutil::HttpGet;
+using testutil::IsOk;
+using testutil::IsOkAndHolds;
+using testutil::Process;
+using testutil::ServerBinary;
+using testutil::ServingStatus;
+using testutil::StatusIs;
 
 // Value of the first sample whose line starts with `prefix` (a metric name,
 // optionally with the start of its labels); -1 when absent.
@@ -192,29 +65,6 @@ double Sample(const std::string& text, const std::string& prefix) {
     pos += prefix.size();
   }
   return -1;
-}
-
-// grpc.health.v1.Health/Check without generated health stubs: the request
-// is empty, the response is field 1 (status) as a varint. 1 SERVING, 2
-// NOT_SERVING, -1 on an RPC error.
-int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  grpc::Slice empty("");
-  grpc::ByteBuffer request(&empty, 1), response;
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
-                 &request, &response,
-                 [&done](grpc::Status s) { done.set_value(s); });
-  if (!done.get_future().get().ok()) return -1;
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return -1;
-  std::string bytes;
-  for (const grpc::Slice& sl : slices) {
-    bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
-  }
-  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
 }
 
 struct Req {
@@ -240,12 +90,13 @@ Req MakeReq(const std::string& id, pb::Method method, int heads, int n, int d,
   s->set_seq_k(n);
   s->set_dim(d);
   s->set_dim_v(d);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> u(-1, 1);
-  for (auto* t : {&r.q, &r.k, &r.v}) {
-    t->resize(static_cast<size_t>(heads) * n * d);
-    for (float& x : *t) x = u(rng);
-  }
+  // q, k and v in turn from one U(-1, 1) stream seeded with `seed`.
+  const size_t size = static_cast<size_t>(heads) * n * d;
+  const std::vector<float> all =
+      testutil::RandomUniform(3 * size, seed, -1.0f, 1.0f);
+  r.q.assign(all.begin(), all.begin() + size);
+  r.k.assign(all.begin() + size, all.begin() + 2 * size);
+  r.v.assign(all.begin() + 2 * size, all.end());
   return r;
 }
 
@@ -266,17 +117,10 @@ std::vector<float> Local(const Req& r) {
   p.seq_k = s.seq_k();
   p.dim = s.dim();
   p.dim_v = s.dim_v();
-  std::vector<float> out(
-      static_cast<size_t>(p.batch * p.heads * p.seq_q * p.dim_v));
   p.q = r.q.data();
   p.k = r.k.data();
   p.v = r.v.data();
-  p.out = out.data();
-  SetContiguousStrides(p);
-  auto backend = CreateBackend("cpu");
-  EXPECT_TRUE(backend.ok());
-  EXPECT_TRUE((*backend)->Forward(p).ok());
-  return out;
+  return testutil::CpuAttention(p);
 }
 
 std::string Bytes(const std::vector<float>& x) {
@@ -346,20 +190,20 @@ Reply ReadReply(Stream& s, const std::string& id) {
 
 class ServerProcessTest : public ::testing::Test {
  protected:
-  // Starts the server; retries if the metrics port was taken meanwhile.
+  // Starts the server on a port of its own choosing (--port=0) and a free
+  // metrics port (the harness retries if that was taken meanwhile).
   void Start(const std::vector<std::string>& extra) {
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      metrics_port_ = FreePort();
-      std::vector<std::string> args = {
-          ServerPath(),    "--host=127.0.0.1",
-          "--port=0",      absl::StrCat("--metrics_port=", metrics_port_),
-          "--backend=cpu", "--drain_timeout_s=10"};
-      args.insert(args.end(), extra.begin(), extra.end());
-      proc_ = std::make_unique<Process>(args);
-      if (proc_->WaitFor("/metrics\n", 20000)) break;
-      ASSERT_EQ(proc_->WaitExit(5000), 1) << proc_->output();
-    }
-    const std::string& out = proc_->output();
+    testutil::ServerProcessOptions o;
+    o.flags = {"--host=127.0.0.1", "--port=0", "--backend=cpu",
+               "--drain_timeout_s=10"};
+    o.flags.insert(o.flags.end(), extra.begin(), extra.end());
+    o.log_name = "server_process_test_server";
+    o.start_timeout = absl::Seconds(20);
+    server_ = std::make_unique<testutil::ServerProcess>();
+    ASSERT_THAT(server_->Start(o), IsOk());
+    metrics_port_ = server_->metrics_port();
+    const std::string out = server_->log();
+    ASSERT_THAT(out, HasSubstr("/metrics\n"));
     const std::string tag = "gRPC on 127.0.0.1:";
     const size_t at = out.find(tag);
     ASSERT_NE(at, std::string::npos) << out;
@@ -368,6 +212,7 @@ class ServerProcessTest : public ::testing::Test {
                    out.find(' ', at + tag.size()) - at - tag.size()),
         &port_))
         << out;
+    EXPECT_EQ(port_, server_->port());
     EXPECT_THAT(out, HasSubstr(absl::StrCat("metrics at http://127.0.0.1:",
                                             metrics_port_, "/metrics")));
     grpc::ChannelArguments args;
@@ -378,7 +223,7 @@ class ServerProcessTest : public ::testing::Test {
     stub_ = pb::AttentionService::NewStub(channel_);
   }
 
-  std::unique_ptr<Process> proc_;
+  std::unique_ptr<testutil::ServerProcess> server_;
   int port_ = 0;
   int metrics_port_ = 0;
   std::shared_ptr<grpc::Channel> channel_;
@@ -387,7 +232,7 @@ class ServerProcessTest : public ::testing::Test {
 
 TEST_F(ServerProcessTest, ServesOverLoopbackAndExportsMetrics) {
   Start({"--chunk_bytes=8192", "--error_sample_rows=4"});
-  EXPECT_EQ(HealthStatus(channel_), 1);
+  EXPECT_THAT(CheckHealth(channel_), IsOkAndHolds(ServingStatus::kServing));
   const Req exact = MakeReq("e", pb::METHOD_EXACT, 2, 128, 32, 1);
   const Req sb = MakeReq("s", pb::METHOD_SCATTERBRAIN, 2, 256, 32, 2);
   grpc::ClientContext ctx;
@@ -467,8 +312,8 @@ TEST_F(ServerProcessTest, ServesOverLoopbackAndExportsMetrics) {
   EXPECT_GT(
       Sample(text, "scatterbrain_device_memory_used_bytes{device=\"cpu\"}"), 0);
 
-  kill(proc_->pid(), SIGTERM);
-  EXPECT_EQ(proc_->WaitExit(15000), 0) << proc_->output();
+  ASSERT_TRUE(server_->Signal(SIGTERM));
+  EXPECT_EQ(server_->WaitExit(absl::Seconds(15)), 0) << server_->log();
 }
 
 TEST_F(ServerProcessTest, SigtermDrainsInFlightRequestAndExitsZero) {
@@ -486,11 +331,13 @@ TEST_F(ServerProcessTest, SigtermDrainsInFlightRequestAndExitsZero) {
             static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
 
   const auto t0 = std::chrono::steady_clock::now();
-  ASSERT_EQ(kill(proc_->pid(), SIGTERM), 0);
-  ASSERT_TRUE(proc_->WaitFor("draining", 10000)) << proc_->output();
+  ASSERT_TRUE(server_->Signal(SIGTERM));
+  ASSERT_TRUE(server_->WaitForLog("draining", absl::Seconds(10)))
+      << server_->log();
   bool not_serving = false;
   for (int i = 0; i < 500 && !not_serving; ++i) {
-    not_serving = HealthStatus(channel_) == 2;
+    not_serving = ::testing::Value(CheckHealth(channel_),
+                                   IsOkAndHolds(ServingStatus::kNotServing));
     if (!not_serving)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -522,15 +369,15 @@ TEST_F(ServerProcessTest, SigtermDrainsInFlightRequestAndExitsZero) {
   EXPECT_TRUE(st.ok() || st.error_code() == grpc::StatusCode::UNAVAILABLE)
       << st.error_message();
 
-  EXPECT_EQ(proc_->WaitExit(15000), 0) << proc_->output();
+  EXPECT_EQ(server_->WaitExit(absl::Seconds(15)), 0) << server_->log();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
-  EXPECT_THAT(proc_->output(), HasSubstr("stopped"));
+  EXPECT_THAT(server_->log(), HasSubstr("stopped"));
 }
 
 TEST_F(ServerProcessTest, IdleServerExitsZeroOnSigint) {
   Start({});
-  kill(proc_->pid(), SIGINT);
-  EXPECT_EQ(proc_->WaitExit(15000), 0) << proc_->output();
+  ASSERT_TRUE(server_->Signal(SIGINT));
+  EXPECT_EQ(server_->WaitExit(absl::Seconds(15)), 0) << server_->log();
 }
 
 TEST(ServerProcessFlagsTest, BadFlagsExitTwo) {
@@ -542,21 +389,37 @@ TEST(ServerProcessFlagsTest, BadFlagsExitTwo) {
                                              {"--backend=tpu"},
                                              {"--drain_timeout_s=-1"},
                                              {"positional"}}) {
-    std::vector<std::string> args = {ServerPath()};
+    std::vector<std::string> args = {ServerBinary()};
     args.insert(args.end(), bad.begin(), bad.end());
-    Process p(args);
-    EXPECT_EQ(p.WaitExit(10000), 2) << bad[0] << ": " << p.output();
+    Process p(args, "server_process_test_flags");
+    EXPECT_EQ(p.WaitExit(absl::Seconds(10)), 2) << bad[0] << ": " << p.output();
     EXPECT_THAT(p.output(), HasSubstr("scatterbrain_server:")) << bad[0];
   }
-  Process help({ServerPath(), "--help"});
-  EXPECT_EQ(help.WaitExit(10000), 0);
+  Process help({ServerBinary(), "--help"}, "server_process_test_flags");
+  EXPECT_EQ(help.WaitExit(absl::Seconds(10)), 0);
   EXPECT_THAT(help.output(), HasSubstr("--max_queue_delay_us (default 2000)"));
+}
+
+// The harness itself: a server that exits during startup is an error that
+// says how it exited and carries its log (no retry for a usage error).
+TEST(ServerProcessFlagsTest, HarnessReportsAServerThatDoesNotStart) {
+  testutil::ServerProcess server;
+  testutil::ServerProcessOptions o;
+  o.flags = {"--backend=tpu"};
+  o.log_name = "server_process_test_server";
+  EXPECT_THAT(server.Start(o),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       ::testing::AllOf(HasSubstr("exit status 2"),
+                                        HasSubstr("--backend"))));
+  EXPECT_FALSE(server.running());
+  EXPECT_THAT(server.Stop(), StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
 TEST(ServerProcessFlagsTest, CudaWithoutAGpuIsAStartupError) {
   if (!CudaDevices().empty()) GTEST_SKIP() << "a GPU is present";
-  Process p({ServerPath(), "--backend=cuda", "--port=0", "--metrics_port=0"});
-  EXPECT_EQ(p.WaitExit(10000), 1) << p.output();
+  Process p({ServerBinary(), "--backend=cuda", "--port=0", "--metrics_port=0"},
+            "server_process_test_flags");
+  EXPECT_EQ(p.WaitExit(absl::Seconds(10)), 1) << p.output();
   EXPECT_THAT(p.output(), HasSubstr("cannot start"));
 }
 

@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <future>
 #include <limits>
 #include <map>
 #include <memory>
@@ -26,12 +25,15 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "kernels/backend.h"
 #include "kernels/params.h"
 #include "scatterbrain/v1/attention.grpc.pb.h"
 #include "proto/convert/settings.h"
 #include "proto/convert/wire.h"
 #include "server/server.h"
+#include "tests/testutil/cpu_attention.h"
+#include "tests/testutil/health.h"
+#include "tests/testutil/random.h"
+#include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
 namespace server {
@@ -39,6 +41,9 @@ namespace {
 
 namespace pb = ::scatterbrain::v1;
 using ::testing::HasSubstr;
+using testutil::CheckHealth;
+using testutil::IsOkAndHolds;
+using testutil::ServingStatus;
 
 // ===========================================================================
 // The service, in process
@@ -59,10 +64,7 @@ DType Core(pb::DType dtype) {
 
 std::string RandomTensor(pb::DType wire_dtype, int64_t n, uint64_t seed) {
   const DType dtype = Core(wire_dtype);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
-  std::vector<float> x(n);
-  for (float& f : x) f = u(rng);
+  const std::vector<float> x = testutil::RandomUniform(n, seed, -1.5f, 1.5f);
   std::string bytes(n * DTypeBytes(dtype), '\0');
   EncodeFromFloat(dtype, x.data(), n, bytes.data());
   return bytes;
@@ -108,18 +110,12 @@ std::string LocalOutput(const Req& r) {
   DecodeToFloat(dt, r.q.data(), q.size(), q.data());
   DecodeToFloat(dt, r.k.data(), k.size(), k.data());
   DecodeToFloat(dt, r.v.data(), v.size(), v.data());
-  std::vector<float> out(p.batch * p.heads * p.seq_q * p.dim_v);
   std::vector<int32_t> lengths(h.key_lengths().begin(), h.key_lengths().end());
   p.q = q.data();
   p.k = k.data();
   p.v = v.data();
-  p.out = out.data();
   if (!lengths.empty()) p.key_lengths = lengths.data();
-  SetContiguousStrides(p);
-  auto backend = CreateBackend("cpu");
-  EXPECT_TRUE(backend.ok());
-  auto st = (*backend)->Forward(p);
-  EXPECT_TRUE(st.ok()) << st.status();
+  const std::vector<float> out = testutil::CpuAttention(p);
   const DType odt =
       h.output_dtype() == pb::DTYPE_UNSPECIFIED ? dt : Core(h.output_dtype());
   std::string bytes(out.size() * DTypeBytes(odt), '\0');
@@ -300,32 +296,6 @@ double MetricValue(const std::string& text, const std::string& series) {
   return -1;
 }
 
-// grpc.health.v1.Health/Check over the wire, without generated health
-// stubs: the request is empty, the response is field 1 (status) as varint.
-// Returns 1 SERVING, 2 NOT_SERVING, -1 on an RPC error.
-int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  grpc::Slice empty("");
-  grpc::ByteBuffer request(&empty, 1), response;
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
-                 &request, &response,
-                 [&done](grpc::Status s) { done.set_value(s); });
-  const grpc::Status st = done.get_future().get();
-  if (!st.ok()) return -1;
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return -1;
-  std::string bytes;
-  for (const grpc::Slice& s : slices) {
-    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  if (bytes.empty()) return 0;  // UNKNOWN (all fields default)
-  if (bytes.size() != 2 || bytes[0] != 0x08) return -2;
-  return bytes[1];
-}
-
 class ServiceTest : public ::testing::Test {
  protected:
   static ServerOptions TestOptions() {
@@ -357,6 +327,28 @@ class ServiceTest : public ::testing::Test {
     return grpc::CreateCustomChannel(
         absl::StrCat("127.0.0.1:", server_->port()),
         grpc::InsecureChannelCredentials(), args);
+  }
+
+  // Each request on a channel and stream of its own, all at once (one
+  // thread each), uploaded in `chunk`-byte chunks; the replies in the
+  // order of `reqs`. Every stream must finish OK.
+  std::vector<Reply> AttendEachOnItsOwnStream(const std::vector<Req>& reqs,
+                                              size_t chunk) {
+    std::vector<std::thread> threads;
+    std::vector<Reply> got(reqs.size());
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      threads.emplace_back([&, i] {
+        auto stub = pb::AttentionService::NewStub(NewChannel());
+        grpc::ClientContext ctx;
+        Stream s = stub->Attend(&ctx);
+        SendRequest(s.get(), reqs[i], chunk);
+        s->WritesDone();
+        got[i] = ReadAll(s.get())[reqs[i].header.request_id()];
+        EXPECT_TRUE(s->Finish().ok());
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    return got;
   }
 
   // Polls `pred` (bounded: 10 s); true once it holds.
@@ -473,20 +465,7 @@ TEST_F(ServiceTest, BatchesFormAcrossStreamsWithDifferentLengths) {
                            pb::DTYPE_FLOAT16, 1, 2, 32 + 16 * i, 48 + 8 * i, 16,
                            16, 40 + i));
   }
-  std::vector<std::thread> threads;
-  std::vector<Reply> got(4);
-  for (int i = 0; i < 4; ++i) {
-    threads.emplace_back([&, i] {
-      auto stub = pb::AttentionService::NewStub(NewChannel());
-      grpc::ClientContext ctx;
-      Stream s = stub->Attend(&ctx);
-      SendRequest(s.get(), reqs[i], 512);
-      s->WritesDone();
-      got[i] = ReadAll(s.get())[reqs[i].header.request_id()];
-      EXPECT_TRUE(s->Finish().ok());
-    });
-  }
-  for (std::thread& t : threads) t.join();
+  const std::vector<Reply> got = AttendEachOnItsOwnStream(reqs, 512);
   for (int i = 0; i < 4; ++i) {
     ExpectOutput(got[i], reqs[i], reqs[i].header.request_id());
     EXPECT_EQ(got[i].header.stats().batch_size(), 4u);
@@ -515,20 +494,7 @@ TEST_F(ServiceTest, OneBadRequestInABatchFailsAlone) {
   }
   const float nan = NAN;
   std::memcpy(reqs[1].q.data() + 4 * 5, &nan, 4);  // q[0,0,1,1]
-  std::vector<std::thread> threads;
-  std::vector<Reply> got(3);
-  for (int i = 0; i < 3; ++i) {
-    threads.emplace_back([&, i] {
-      auto stub = pb::AttentionService::NewStub(NewChannel());
-      grpc::ClientContext ctx;
-      Stream s = stub->Attend(&ctx);
-      SendRequest(s.get(), reqs[i], 64);
-      s->WritesDone();
-      got[i] = ReadAll(s.get())[reqs[i].header.request_id()];
-      EXPECT_TRUE(s->Finish().ok());
-    });
-  }
-  for (std::thread& t : threads) t.join();
+  const std::vector<Reply> got = AttendEachOnItsOwnStream(reqs, 64);
   ExpectOutput(got[0], reqs[0], "n0");
   ExpectOutput(got[2], reqs[2], "n2");
   EXPECT_EQ(got[0].header.stats().batch_size(), 3u);
@@ -965,7 +931,7 @@ TEST_F(ServiceTest, ServerInfoHealthAndReflection) {
             static_cast<uint64_t>(o.service.limits.max_request_bytes));
   EXPECT_EQ(info.limits().error_sample_rows(), 4u);
 
-  EXPECT_EQ(HealthStatus(channel_), 1);  // SERVING
+  EXPECT_THAT(CheckHealth(channel_), IsOkAndHolds(ServingStatus::kServing));
 
   // Reflection: list_services (field 7) on the v1alpha stream.
   grpc::GenericStub generic(channel_);
@@ -1026,8 +992,10 @@ TEST_F(ServiceTest, DrainFinishesInFlightWorkAndRefusesNewWork) {
   ASSERT_TRUE(Eventually([&] { return server_->inflight_requests() == 1; }));
 
   std::thread drain([&] { server_->Shutdown(); });
-  ASSERT_TRUE(
-      Eventually([&] { return HealthStatus(channel_) == 2; }));  // NOT_SERVING
+  ASSERT_TRUE(Eventually([&] {
+    return ::testing::Value(CheckHealth(channel_),
+                            IsOkAndHolds(ServingStatus::kNotServing));
+  }));
 
   // New work is refused: on the open stream, and as a unary call.
   const Req b =

@@ -13,12 +13,14 @@
 #include "common/float16.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
 namespace server {
 namespace {
 
 using ::testing::HasSubstr;
+using testutil::StatusIs;
 
 TEST(TensorAssemblerTest, AssemblerHandlesChunksThatSplitElements) {
   std::mt19937 rng(7);
@@ -54,11 +56,11 @@ TEST(TensorAssemblerTest, AssemblerHandlesChunksThatSplitElements) {
   TensorAssembler a;
   ASSERT_TRUE(a.Init("k", DType::kFloat16, 4).ok());
   absl::Status st = a.Append(2, "ab");
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(st.message(), HasSubstr("chunk.offset"));
+  EXPECT_THAT(st, StatusIs(absl::StatusCode::kInvalidArgument,
+                           HasSubstr("chunk.offset")));
   st = a.Append(0, "0123456789");
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(st.message(), HasSubstr("chunk.data"));
+  EXPECT_THAT(st, StatusIs(absl::StatusCode::kInvalidArgument,
+                           HasSubstr("chunk.data")));
 }
 
 TEST(DTypeTest, NamesSizesAndAliases) {

@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "proto/convert/settings.h"
 #include "scatterbrain/v1/attention.pb.h"
+#include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
 namespace wire {
@@ -24,6 +25,7 @@ namespace {
 namespace gpb = ::google::protobuf;
 using ::google::protobuf::util::MessageDifferencer;
 using ::testing::HasSubstr;
+using testutil::StatusIs;
 
 // Sets every singular field of `msg` to a value other than its default:
 // field i (1-based) gets i + 1 for integers, the largest value its enum
@@ -190,11 +192,12 @@ TEST(SettingsMappingTest, ErrorsNameTheFieldUnderThePath) {
   v1::MethodSettings s;
   AttentionParams p;
   absl::Status st = SettingsToParams(s, "header.settings", &p);
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(st.message(),
-              HasSubstr("header.settings.method: must be METHOD_EXACT, "
-                        "METHOD_PERFORMER, METHOD_LSH, METHOD_LOCAL or "
-                        "METHOD_SCATTERBRAIN, got METHOD_UNSPECIFIED"));
+  EXPECT_THAT(st, StatusIs(absl::StatusCode::kInvalidArgument,
+                           HasSubstr("header.settings.method: must be "
+                                     "METHOD_EXACT, METHOD_PERFORMER, "
+                                     "METHOD_LSH, METHOD_LOCAL or "
+                                     "METHOD_SCATTERBRAIN, got "
+                                     "METHOD_UNSPECIFIED")));
   s.set_method(static_cast<v1::Method>(42));
   EXPECT_THAT(SettingsToParams(s, "header.settings", &p).message(),
               HasSubstr("got 42"));
@@ -210,8 +213,8 @@ TEST(SettingsMappingTest, ErrorsNameTheFieldUnderThePath) {
   AttentionParams neg;
   neg.window = -3;
   absl::StatusOr<v1::MethodSettings> out = SettingsFromParams(neg);
-  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(out.status().message(), "window: must be >= 0, got -3");
+  EXPECT_THAT(out, StatusIs(absl::StatusCode::kInvalidArgument,
+                            "window: must be >= 0, got -3"));
 }
 
 TEST(SettingsMappingTest, CountsPastIntMaxClampInsteadOfWrapping) {
@@ -293,8 +296,8 @@ TEST(WireMappingTest, StatusesKeepCodeAndMessageBothWays) {
     EXPECT_EQ(FromGrpcStatus(g), st);
   }
   const absl::Status odd = StatusFromCode(99, "boom");
-  EXPECT_EQ(odd.code(), absl::StatusCode::kUnknown);
-  EXPECT_THAT(odd.message(), HasSubstr("server sent code 99"));
+  EXPECT_THAT(odd, StatusIs(absl::StatusCode::kUnknown,
+                            HasSubstr("server sent code 99")));
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <new>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/random_draws.h"
 #include "kernels/validate.h"
@@ -41,8 +42,7 @@ class CpuBackend : public Backend {
 };
 
 absl::StatusOr<AttentionStats> CpuBackend::Forward(const AttentionParams& p) {
-  absl::Status st = ValidateParams(p);
-  if (!st.ok()) return st;
+  SB_RETURN_IF_ERROR(ValidateParams(p));
   AttentionStats stats;
   stats.dense_score_bytes = p.batch * p.heads * p.seq_q * p.seq_k *
                             static_cast<int64_t>(sizeof(float));
