@@ -36,16 +36,21 @@ ABSL_FLAG(int, metrics_port, kDefaults.metrics_port,
 ABSL_FLAG(std::string, backend, kDefaults.executor.backend,
           "auto (cuda when a GPU is present, else cpu), cpu or cuda "
           "(cuda without a usable GPU is a startup error).");
-ABSL_FLAG(int, max_batch_requests, kDefaults.executor.batcher.max_batch_requests,
+ABSL_FLAG(int, max_batch_requests,
+          kDefaults.executor.batcher.max_batch_requests,
           "A batch closes when it holds this many requests.");
-ABSL_FLAG(int64_t, max_batch_tokens, kDefaults.executor.batcher.max_batch_tokens,
+ABSL_FLAG(int64_t, max_batch_tokens,
+          kDefaults.executor.batcher.max_batch_tokens,
           "...or this many tokens (batch * heads * (seq_q + seq_k) summed).");
-ABSL_FLAG(int64_t, max_queue_delay_us, kDefaults.executor.batcher.max_queue_delay_us,
+ABSL_FLAG(int64_t, max_queue_delay_us,
+          kDefaults.executor.batcher.max_queue_delay_us,
           "...or when its oldest request has waited this long (0: no wait).");
-ABSL_FLAG(int, max_queue_requests, kDefaults.executor.batcher.max_queue_requests,
+ABSL_FLAG(int, max_queue_requests,
+          kDefaults.executor.batcher.max_queue_requests,
           "Requests waiting for a batch, all queues together; beyond: "
           "UNAVAILABLE.");
-ABSL_FLAG(int64_t, max_request_bytes, kDefaults.service.limits.max_request_bytes,
+ABSL_FLAG(int64_t, max_request_bytes,
+          kDefaults.service.limits.max_request_bytes,
           "q + k + v bytes of one request (and its output's); beyond: "
           "RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes,
@@ -59,7 +64,8 @@ ABSL_FLAG(int, error_sample_rows, kDefaults.executor.error_sample_rows,
 ABSL_FLAG(double, drain_timeout_s, kDefaults.drain_timeout_s,
           "On SIGTERM/SIGINT, seconds in-flight work may take before it is "
           "cancelled.");
-ABSL_FLAG(int, max_inflight_per_stream, kDefaults.service.max_inflight_per_stream,
+ABSL_FLAG(int, max_inflight_per_stream,
+          kDefaults.service.max_inflight_per_stream,
           "Requests in flight on one Attend stream; beyond: "
           "RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_seq, kDefaults.service.limits.max_seq,
@@ -176,16 +182,20 @@ int main(int argc, char** argv) {
   o.port = absl::GetFlag(FLAGS_port);
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   o.executor.backend = absl::GetFlag(FLAGS_backend);
-  o.executor.batcher.max_batch_requests = absl::GetFlag(FLAGS_max_batch_requests);
+  o.executor.batcher.max_batch_requests =
+      absl::GetFlag(FLAGS_max_batch_requests);
   o.executor.batcher.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
-  o.executor.batcher.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
-  o.executor.batcher.max_queue_requests = absl::GetFlag(FLAGS_max_queue_requests);
+  o.executor.batcher.max_queue_delay_us =
+      absl::GetFlag(FLAGS_max_queue_delay_us);
+  o.executor.batcher.max_queue_requests =
+      absl::GetFlag(FLAGS_max_queue_requests);
   o.service.limits.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   o.service.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
   o.executor.error_sample_rows = absl::GetFlag(FLAGS_error_sample_rows);
   o.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
-  o.service.max_inflight_per_stream = absl::GetFlag(FLAGS_max_inflight_per_stream);
+  o.service.max_inflight_per_stream =
+      absl::GetFlag(FLAGS_max_inflight_per_stream);
   o.service.limits.max_seq = absl::GetFlag(FLAGS_max_seq);
   if (const absl::Status st = sv::ValidateServerOptions(o); !st.ok()) {
     return UsageError(absl::StrCat("--", st.message()));

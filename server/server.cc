@@ -37,7 +37,8 @@ v1::ServerInfo MakeInfo(const ServerOptions& o, const std::string& backend) {
   info.add_devices(absl::StrCat("cpu: ", std::thread::hardware_concurrency(),
                                 " hardware threads"));
   v1::ServerLimits* l = info.mutable_limits();
-  l->set_max_request_bytes(static_cast<uint64_t>(o.service.limits.max_request_bytes));
+  l->set_max_request_bytes(
+      static_cast<uint64_t>(o.service.limits.max_request_bytes));
   l->set_max_message_bytes(static_cast<uint64_t>(o.max_message_bytes));
   l->set_chunk_bytes(static_cast<uint64_t>(o.service.chunk_bytes));
   l->set_max_seq(static_cast<uint32_t>(o.service.limits.max_seq));
@@ -47,7 +48,8 @@ v1::ServerInfo MakeInfo(const ServerOptions& o, const std::string& backend) {
       static_cast<uint32_t>(o.service.max_inflight_per_stream));
   l->set_max_batch_requests(
       static_cast<uint32_t>(o.executor.batcher.max_batch_requests));
-  l->set_max_batch_tokens(static_cast<uint64_t>(o.executor.batcher.max_batch_tokens));
+  l->set_max_batch_tokens(
+      static_cast<uint64_t>(o.executor.batcher.max_batch_tokens));
   l->set_max_queue_delay_us(
       static_cast<uint64_t>(o.executor.batcher.max_queue_delay_us));
   l->set_error_sample_rows(static_cast<uint32_t>(o.executor.error_sample_rows));
@@ -63,45 +65,50 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   if (o.metrics_port < 0 || o.metrics_port > 65535)
     return Bad("metrics_port",
                absl::StrCat("must be in [0, 65535], got ", o.metrics_port));
-  if (o.executor.backend != "auto" && o.executor.backend != "cpu" && o.executor.backend != "cuda")
+  if (o.executor.backend != "auto" && o.executor.backend != "cpu" &&
+      o.executor.backend != "cuda")
     return Bad("backend", absl::StrCat("must be auto, cpu or cuda, got '",
                                        o.executor.backend, "'"));
   if (o.executor.batcher.max_batch_requests < 1)
-    return Bad(
-        "max_batch_requests",
-        absl::StrCat("must be >= 1, got ", o.executor.batcher.max_batch_requests));
+    return Bad("max_batch_requests",
+               absl::StrCat("must be >= 1, got ",
+                            o.executor.batcher.max_batch_requests));
   if (o.executor.batcher.max_batch_tokens < 1)
     return Bad("max_batch_tokens",
-               absl::StrCat("must be >= 1, got ", o.executor.batcher.max_batch_tokens));
+               absl::StrCat("must be >= 1, got ",
+                            o.executor.batcher.max_batch_tokens));
   if (o.executor.batcher.max_queue_delay_us < 0)
-    return Bad(
-        "max_queue_delay_us",
-        absl::StrCat("must be >= 0, got ", o.executor.batcher.max_queue_delay_us));
+    return Bad("max_queue_delay_us",
+               absl::StrCat("must be >= 0, got ",
+                            o.executor.batcher.max_queue_delay_us));
   if (o.executor.batcher.max_queue_requests < 1)
-    return Bad(
-        "max_queue_requests",
-        absl::StrCat("must be >= 1, got ", o.executor.batcher.max_queue_requests));
+    return Bad("max_queue_requests",
+               absl::StrCat("must be >= 1, got ",
+                            o.executor.batcher.max_queue_requests));
   if (o.service.limits.max_request_bytes < 1)
-    return Bad("max_request_bytes",
-               absl::StrCat("must be >= 1, got ", o.service.limits.max_request_bytes));
+    return Bad(
+        "max_request_bytes",
+        absl::StrCat("must be >= 1, got ", o.service.limits.max_request_bytes));
   if (o.max_message_bytes < 1024 || o.max_message_bytes > INT_MAX)
     return Bad("max_message_bytes",
                absl::StrCat("must be in [1024, ", INT_MAX, "], got ",
                             o.max_message_bytes));
   if (o.service.chunk_bytes < 4 || o.service.chunk_bytes > (int64_t{1} << 30))
-    return Bad("chunk_bytes",
-               absl::StrCat("must be in [4, 2^30], got ", o.service.chunk_bytes));
+    return Bad("chunk_bytes", absl::StrCat("must be in [4, 2^30], got ",
+                                           o.service.chunk_bytes));
   if (o.executor.error_sample_rows < 0 || o.executor.error_sample_rows > 1024)
-    return Bad("error_sample_rows",
-               absl::StrCat("must be in [0, 1024], got ", o.executor.error_sample_rows));
+    return Bad("error_sample_rows", absl::StrCat("must be in [0, 1024], got ",
+                                                 o.executor.error_sample_rows));
   if (!std::isfinite(o.drain_timeout_s) || o.drain_timeout_s < 0)
     return Bad("drain_timeout_s", absl::StrCat("must be finite and >= 0, got ",
                                                o.drain_timeout_s));
   if (o.service.max_inflight_per_stream < 1)
-    return Bad("max_inflight_per_stream",
-               absl::StrCat("must be >= 1, got ", o.service.max_inflight_per_stream));
+    return Bad(
+        "max_inflight_per_stream",
+        absl::StrCat("must be >= 1, got ", o.service.max_inflight_per_stream));
   if (o.service.limits.max_seq < 1)
-    return Bad("max_seq", absl::StrCat("must be >= 1, got ", o.service.limits.max_seq));
+    return Bad("max_seq",
+               absl::StrCat("must be >= 1, got ", o.service.limits.max_seq));
   return absl::OkStatus();
 }
 
@@ -112,10 +119,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   s->options_ = options;
   s->metrics_ = std::make_unique<Metrics>();
 
-  absl::StatusOr<std::unique_ptr<Executor>> executor =
-      Executor::Create(options.executor, s->metrics_.get(), clock);
-  if (!executor.ok()) return executor.status();
-  s->executor_ = *std::move(executor);
+  SB_ASSIGN_OR_RETURN(s->executor_, Executor::Create(options.executor,
+                                                     s->metrics_.get(), clock));
   s->info_ = MakeInfo(options, s->executor_->backend_name());
 
   ServiceOptions so = options.service;

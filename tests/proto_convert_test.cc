@@ -8,6 +8,7 @@
 #include <string>
 
 #include "gmock/gmock.h"
+#include "google/protobuf/descriptor.h"
 #include "gtest/gtest.h"
 #include "scatterbrain/v1/attention.pb.h"
 #include "tests/testutil/status_matchers.h"
@@ -57,6 +58,65 @@ TEST(ProtoConvertTest, SpecFromHeaderComputesSizesAndKey) {
   h2 = h;
   h2.mutable_shape()->set_dim(16);
   EXPECT_NE(SpecFromHeader(h2, RequestLimits(), true)->batch_key, s->batch_key);
+}
+
+// Two requests that differ in any one setting must never share a batch (a
+// batch runs as one computation with one set of settings). Every field of
+// MethodSettings is found through the descriptor, so a field added to the
+// proto but left out of the batch key fails here.
+TEST(ProtoConvertTest, EverySettingSeparatesBatches) {
+  namespace gpb = ::google::protobuf;
+  pb::RequestHeader base = BaseHeader();
+  base.mutable_settings()->set_method(pb::METHOD_SCATTERBRAIN);
+  absl::StatusOr<RequestSpec> base_spec =
+      SpecFromHeader(base, RequestLimits(), true);
+  ASSERT_TRUE(base_spec.ok()) << base_spec.status();
+  const gpb::Descriptor* d = pb::MethodSettings::descriptor();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const gpb::FieldDescriptor* f = d->field(i);
+    pb::RequestHeader h = base;
+    pb::MethodSettings* s = h.mutable_settings();
+    const gpb::Reflection* r = s->GetReflection();
+    switch (f->cpp_type()) {
+      case gpb::FieldDescriptor::CPPTYPE_UINT32:
+        // A valid value other than the default for every count.
+        r->SetUInt32(s, f, f->name() == "num_features" ? 64 : 2);
+        break;
+      case gpb::FieldDescriptor::CPPTYPE_UINT64:
+        r->SetUInt64(s, f, 99);
+        break;
+      case gpb::FieldDescriptor::CPPTYPE_BOOL:
+        r->SetBool(s, f, true);
+        break;
+      case gpb::FieldDescriptor::CPPTYPE_FLOAT:
+        r->SetFloat(s, f, 0.5f);
+        break;
+      case gpb::FieldDescriptor::CPPTYPE_ENUM: {
+        // The last value the enum defines differs from the default.
+        const gpb::EnumDescriptor* e = f->enum_type();
+        if (f->name() == "method") {
+          r->SetEnumValue(s, f, pb::METHOD_LSH);
+        } else {
+          r->SetEnum(s, f, e->value(e->value_count() - 1));
+        }
+        break;
+      }
+      default:
+        FAIL() << "no test value for " << f->full_name();
+    }
+    absl::StatusOr<RequestSpec> spec = SpecFromHeader(h, RequestLimits(), true);
+    ASSERT_TRUE(spec.ok()) << f->name() << ": " << spec.status();
+    EXPECT_NE(spec->batch_key, base_spec->batch_key) << f->name();
+  }
+  // And the wire dtypes.
+  pb::RequestHeader h = base;
+  h.set_dtype(pb::DTYPE_BFLOAT16);
+  EXPECT_NE(SpecFromHeader(h, RequestLimits(), true)->batch_key,
+            base_spec->batch_key);
+  h = base;
+  h.set_output_dtype(pb::DTYPE_FLOAT16);
+  EXPECT_NE(SpecFromHeader(h, RequestLimits(), true)->batch_key,
+            base_spec->batch_key);
 }
 
 TEST(ProtoConvertTest, HeaderErrorsNameTheProtoField) {
