@@ -116,7 +116,9 @@ const Inputs& GetInputs(int64_t n) {
 
 Backend* GetBackend() {
   static Backend* b = [] {
-    auto be = CreateBackend("cpu");
+    BackendOptions options;
+    options.threads = GetOptions().threads;
+    auto be = CreateBackend("cpu", options);
     if (!be.ok()) {
       std::fprintf(stderr, "cannot create cpu backend: %s\n",
                    std::string(be.status().message()).c_str());
@@ -156,7 +158,6 @@ AttentionParams MakeParams(const MethodSpec& spec, int64_t n,
   p.sparse = spec.sparse;
   p.lsh_hash = spec.hash;
   p.seed = kSeed;
-  p.num_threads = GetOptions().threads;
   return p;
 }
 

@@ -1,23 +1,216 @@
-// scatterbrain/kernels/backend.cc — backend registry.
+// scatterbrain/kernels/backend.cc — the Backend's public calls (host-side
+// validation, then the implementation), the default batch path, and the
+// backend registry.
 #include "kernels/backend.h"
+
+#include <cmath>
+#include <cstring>
+#include <new>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/devices.h"
+#include "kernels/validate.h"
+
+#ifdef SB_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace scatterbrain {
+namespace {
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& name) {
-  if (name == "cpu") return MakeCpuBackend();
-  if (name == "cuda") {
-    return absl::UnimplementedError(
-        absl::StrCat("backend: 'cuda' is not available in this build yet (",
-                     CudaRuntimeSummary(), "); use --backend=cpu"));
+bool IsHost(MemorySpace s) { return s != MemorySpace::kDevice; }
+
+// `n` elements of a host tensor in any dtype: the index of the first
+// non-finite one, or -1.
+int64_t FirstNonFinite(const TensorRef& t, int64_t n) {
+  if (t.dtype == DType::kFloat32) {
+    const float* x = static_cast<const float*>(t.data);
+    for (int64_t i = 0; i < n; ++i) {
+      if (!std::isfinite(x[i])) return i;
+    }
+    return -1;
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("backend: unknown backend '", name, "' (known: cpu)"));
+  constexpr int64_t kBlock = 4096;
+  float buf[kBlock];
+  const char* bytes = static_cast<const char*>(t.data);
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t m = std::min(kBlock, n - i);
+    DecodeToFloat(t.dtype, bytes + i * DTypeBytes(t.dtype), m, buf);
+    for (int64_t j = 0; j < m; ++j) {
+      if (!std::isfinite(buf[j])) return i + j;
+    }
+  }
+  return -1;
 }
 
-std::vector<std::string> CompiledBackends() { return {"cpu"}; }
+// A host tensor as float32: the caller's bytes when they already are, else
+// a converted copy in `storage`.
+const float* HostFloats(const TensorRef& t, int64_t n,
+                        std::vector<float>* storage) {
+  if (t.dtype == DType::kFloat32) return static_cast<const float*>(t.data);
+  storage->resize(static_cast<size_t>(n));
+  DecodeToFloat(t.dtype, static_cast<const char*>(t.data), n,
+                storage->data());
+  return storage->data();
+}
+
+}  // namespace
+
+const char* MemorySpaceName(MemorySpace space) {
+  switch (space) {
+    case MemorySpace::kHost:
+      return "host";
+    case MemorySpace::kPinnedHost:
+      return "pinned host";
+    case MemorySpace::kDevice:
+      return "device";
+  }
+  return "unknown";
+}
+
+absl::Status ValidateCall(const AttentionCall& call, bool check_values) {
+  AttentionParams p = call.params;
+  static const float kStandIn = 0.0f;
+  p.q = p.k = p.v = &kStandIn;
+  p.out = const_cast<float*>(&kStandIn);
+  SetContiguousStrides(p);
+  absl::Status st = ValidateParams(p, /*check_values=*/false);
+  if (!st.ok()) return st;
+  const AttentionShape shape = ShapeOf(p);
+  const struct {
+    const char* name;
+    const void* data;
+    TensorRef ref;
+    int64_t n;
+  } tensors[] = {{"q", call.q.data, call.q, shape.q_elements()},
+                 {"k", call.k.data, call.k, shape.k_elements()},
+                 {"v", call.v.data, call.v, shape.v_elements()},
+                 {"out", call.out.data,
+                  TensorRef{call.out.data, call.out.dtype, call.out.space},
+                  shape.out_elements()}};
+  for (const auto& t : tensors) {
+    if (t.data == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(t.name, ": is null"));
+    }
+  }
+  if (!check_values) return absl::OkStatus();
+  for (int i = 0; i < 3; ++i) {
+    const auto& t = tensors[i];
+    if (!IsHost(t.ref.space)) continue;  // device values: the backend's scan
+    const int64_t bad = FirstNonFinite(t.ref, t.n);
+    if (bad >= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          t.name, ": non-finite value at flat index ", bad));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<AttentionStats> Backend::Forward(const AttentionParams& p) {
+  const absl::Status st = ValidateParams(p, /*check_values=*/true);
+  if (!st.ok()) return st;
+  return ForwardImpl(p);
+}
+
+void Backend::ForwardBatch(absl::Span<AttentionCall> calls) {
+  std::vector<AttentionCall*> valid;
+  for (AttentionCall& c : calls) {
+    c.status = ValidateCall(c, /*check_values=*/true);
+    c.stats = AttentionStats();
+    if (c.status.ok()) valid.push_back(&c);
+  }
+  if (!valid.empty()) ForwardBatchImpl(absl::MakeSpan(valid));
+}
+
+void Backend::ForwardBatchAsync(absl::Span<AttentionCall> calls,
+                                std::function<void()> done) {
+  std::vector<AttentionCall*> valid;
+  for (AttentionCall& c : calls) {
+    c.status = ValidateCall(c, /*check_values=*/true);
+    c.stats = AttentionStats();
+    if (c.status.ok()) valid.push_back(&c);
+  }
+  if (valid.empty()) {
+    done();
+    return;
+  }
+  ForwardBatchAsyncImpl(absl::MakeSpan(valid), std::move(done));
+}
+
+absl::StatusOr<HostBuffer> Backend::AllocateHost(int64_t bytes) {
+  char* p = new (std::nothrow) char[static_cast<size_t>(std::max<int64_t>(
+      bytes, 1))];
+  if (p == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
+  }
+  return HostBuffer(p, bytes, MemorySpace::kHost,
+                    [](void* d) { delete[] static_cast<char*>(d); });
+}
+
+void Backend::ForwardBatchImpl(absl::Span<AttentionCall*> calls) {
+  for (AttentionCall* c : calls) {
+    if (!IsHost(c->q.space) || !IsHost(c->k.space) || !IsHost(c->v.space) ||
+        !IsHost(c->out.space)) {
+      c->status = absl::InvalidArgumentError(absl::StrCat(
+          "backend ", name(), " reads and writes host memory only"));
+      continue;
+    }
+    AttentionParams p = c->params;
+    const AttentionShape shape = ShapeOf(p);
+    std::vector<float> q, k, v, out;
+    p.q = HostFloats(c->q, shape.q_elements(), &q);
+    p.k = HostFloats(c->k, shape.k_elements(), &k);
+    p.v = HostFloats(c->v, shape.v_elements(), &v);
+    if (c->out.dtype == DType::kFloat32) {
+      p.out = static_cast<float*>(c->out.data);
+    } else {
+      out.resize(static_cast<size_t>(shape.out_elements()));
+      p.out = out.data();
+    }
+    SetContiguousStrides(p);
+    absl::StatusOr<AttentionStats> stats = ForwardImpl(p);
+    if (!stats.ok()) {
+      c->status = stats.status();
+      continue;
+    }
+    c->stats = *stats;
+    if (!out.empty()) {
+      EncodeFromFloat(c->out.dtype, out.data(), shape.out_elements(),
+                      static_cast<char*>(c->out.data));
+    }
+  }
+}
+
+void Backend::ForwardBatchAsyncImpl(absl::Span<AttentionCall*> calls,
+                                    std::function<void()> done) {
+  ForwardBatchImpl(calls);
+  done();
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
+    const std::string& name, const BackendOptions& options) {
+  if (name == "cpu") return MakeCpuBackend(options);
+  if (name == "cuda") {
+#ifdef SB_HAVE_CUDA
+    return MakeCudaBackend(options);
+#else
+    return absl::UnimplementedError(
+        absl::StrCat("backend: 'cuda' is not compiled into this build (",
+                     CudaRuntimeSummary(), "); use --backend=cpu"));
+#endif
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "backend: unknown backend '", name, "' (known: ",
+      CudaCompiled() ? "cpu, cuda" : "cpu", ")"));
+}
+
+std::vector<std::string> CompiledBackends() {
+  if (CudaCompiled()) return {"cpu", "cuda"};
+  return {"cpu"};
+}
 
 }  // namespace scatterbrain

@@ -98,8 +98,6 @@ struct AttentionParams {
   // 0: no calibration, a fixed combination (ratio estimate, lambda = 1/4).
   int calibration_rows = 16;
   uint64_t seed = 0;
-  // Worker threads for the CPU backend; 0 = hardware concurrency.
-  int num_threads = 0;
 };
 
 // What a call reports besides its output.

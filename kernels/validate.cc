@@ -162,8 +162,6 @@ absl::Status ValidateParams(const AttentionParams& p, bool check_values) {
     return Bad("calibration_rows",
                absl::StrCat("must be in [0, ", kMaxCalibrationRows, "], got ",
                             p.calibration_rows));
-  if (p.num_threads < 0 || p.num_threads > 1024)
-    return Bad("num_threads", "must be in [0, 1024]");
   if (check_values) {
     SB_RETURN_IF_ERROR(
         CheckFinite("q", p.q, p.q_strides, p.batch, p.heads, p.seq_q, p.dim));

@@ -49,7 +49,7 @@ bool NextMessage(Answer& a, int64_t chunk_bytes, v1::AttendResponse* msg) {
   std::string* data = c->mutable_data();
   data->resize(static_cast<size_t>(n * elem));
   // The output's one copy: float32 straight into the message's bytes.
-  EncodeFromFloat(spec.output_dtype, a.result.out.data.get() + first, n,
+  EncodeFromFloat(spec.output_dtype, a.result.out.data() + first, n,
                   data->data());
   a.sent_bytes += n * elem;
   const bool last = first + n == spec.out_elements;
@@ -63,7 +63,7 @@ void FillUnaryResponse(const RequestSpec& spec, JobResult& result,
   FillResponseHeader(spec, result.stats, response->mutable_header());
   std::string* out = response->mutable_output();
   out->resize(static_cast<size_t>(spec.out_bytes));
-  EncodeFromFloat(spec.output_dtype, result.out.data.get(), spec.out_elements,
+  EncodeFromFloat(spec.output_dtype, result.out.data(), spec.out_elements,
                   out->data());
   result.out.Release();
 }

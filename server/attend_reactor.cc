@@ -195,10 +195,12 @@ void AttentionServiceImpl::AttendReactor::HandleHeader(
   absl::StatusOr<RequestSpec> spec =
       SpecFromHeader(header, svc_->options_.limits, /*require_id=*/true);
   if (!spec.ok()) return reject(spec.status());
+  // The bytes land in the backend's host buffers (pinned on CUDA).
+  const HostAllocator alloc = svc_->executor_->host_allocator();
   auto upload = std::make_unique<Upload>();
-  absl::Status st = upload->q.Init("q", spec->dtype, spec->q_elements);
-  if (st.ok()) st = upload->k.Init("k", spec->dtype, spec->k_elements);
-  if (st.ok()) st = upload->v.Init("v", spec->dtype, spec->v_elements);
+  absl::Status st = upload->q.Init("q", spec->dtype, spec->q_elements, alloc);
+  if (st.ok()) st = upload->k.Init("k", spec->dtype, spec->k_elements, alloc);
+  if (st.ok()) st = upload->v.Init("v", spec->dtype, spec->v_elements, alloc);
   if (!st.ok()) return reject(st);
   if (!svc_->TryAccept()) return reject(DrainingError());
   upload->job = std::make_shared<Job>();

@@ -25,33 +25,23 @@ namespace {
 // so that a request's stats are reproducible too.
 constexpr uint64_t kErrorSampleSalt = 0x9e3779b97f4a7c15ull;
 
-absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& name) {
-  if (name == "cpu" || name == "cuda") return CreateBackend(name);
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(
+    const std::string& name, const BackendOptions& options) {
+  if (name == "cpu" || name == "cuda") return CreateBackend(name, options);
   if (name == "auto") {
     if (!CudaDevices().empty()) {
-      absl::StatusOr<std::unique_ptr<Backend>> cuda = CreateBackend("cuda");
+      absl::StatusOr<std::unique_ptr<Backend>> cuda =
+          CreateBackend("cuda", options);
       if (cuda.ok()) return cuda;
       std::fprintf(stderr,
                    "scatterbrain_server: a GPU is present but the cuda backend "
                    "is not usable (%s); using cpu\n",
                    std::string(cuda.status().message()).c_str());
     }
-    return CreateBackend("cpu");
+    return CreateBackend("cpu", options);
   }
   return absl::InvalidArgumentError(
       absl::StrCat("backend: must be auto, cpu or cuda, got '", name, "'"));
-}
-
-// Resident memory of this process: what "device memory in use" means for
-// the CPU backend.
-int64_t ResidentBytes() {
-  FILE* f = std::fopen("/proc/self/statm", "r");
-  if (f == nullptr) return 0;
-  long long size = 0, resident = 0;
-  const int n = std::fscanf(f, "%lld %lld", &size, &resident);
-  std::fclose(f);
-  if (n != 2) return 0;
-  return static_cast<int64_t>(resident) * sysconf(_SC_PAGESIZE);
 }
 
 }  // namespace
@@ -59,7 +49,7 @@ int64_t ResidentBytes() {
 absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(
     const ExecutorOptions& options, Metrics* metrics, const Clock* clock) {
   SB_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
-                      MakeBackend(options.backend));
+                      MakeBackend(options.backend, options.backend_options));
   return std::unique_ptr<Executor>(
       new Executor(options, std::move(backend), metrics, clock));
 }
@@ -132,6 +122,14 @@ void Executor::Stop() {
     stop_ = true;
   }
   if (thread_.joinable()) thread_.join();
+  {
+    // Batches with the backend finish (their jobs complete) first.
+    absl::MutexLock lock(&mu_);
+    const auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return batches_in_flight_ == 0;
+    };
+    mu_.Await(absl::Condition(&idle));
+  }
   batcher_.Drain();  // refuses new jobs and makes every queued one ready
   for (Batch<JobPtr>& batch : batcher_.TakeReadyBatches()) {
     for (auto& [job, enqueued_us] : batch.items) {
@@ -179,8 +177,18 @@ void Executor::Loop() {
   }
 }
 
+// A batch handed to the backend: its jobs, their calls (which point into
+// the jobs' buffers) and when it started.
+struct Executor::RunningBatch {
+  std::vector<JobPtr> jobs;
+  std::vector<AttentionCall> calls;
+  std::vector<JobResult> results;
+  int64_t start_us = 0;
+};
+
 void Executor::RunBatch(Batch<JobPtr>& batch) {
-  const int64_t start_us = clock_->NowMicros();
+  auto run = std::make_shared<RunningBatch>();
+  run->start_us = clock_->NowMicros();
   const int size = static_cast<int>(batch.items.size());
   metrics_->BatchExecuted(size);
   for (auto& [job, enqueued_us] : batch.items) {
@@ -192,13 +200,76 @@ void Executor::RunBatch(Batch<JobPtr>& batch) {
     }
     result.stats.batch_size = size;
     result.stats.backend = backend_name_;
-    result.stats.queue_seconds = (start_us - enqueued_us) * 1e-6;
+    result.stats.queue_seconds = (run->start_us - enqueued_us) * 1e-6;
     metrics_->QueueTime(job->spec.method_label, result.stats.queue_seconds);
-    result.status = Compute(*job, &result);
-    // The batch's computation up to this request's output (queue + compute
-    // is the request's time in the executor).
-    result.stats.compute_seconds = (clock_->NowMicros() - start_us) * 1e-6;
+    // A request whose output cannot be had fails alone.
+    const absl::Status st = result.out.Allocate(job->spec.out_elements,
+                                                "output", host_allocator());
+    if (!st.ok()) {
+      result.status = st;
+      job->q.Release();
+      job->k.Release();
+      job->v.Release();
+      Complete(job, std::move(result));
+      continue;
+    }
+    run->jobs.push_back(job);
+    run->results.push_back(std::move(result));
+  }
+  if (run->jobs.empty()) return;
+  run->calls.resize(run->jobs.size());
+  for (size_t i = 0; i < run->jobs.size(); ++i) {
+    const Job& job = *run->jobs[i];
+    AttentionCall& c = run->calls[i];
+    c.params = job.spec.params;
+    c.params.key_lengths =
+        job.spec.key_lengths.empty() ? nullptr : job.spec.key_lengths.data();
+    c.q = TensorRef{job.q.data(), DType::kFloat32, job.q.space()};
+    c.k = TensorRef{job.k.data(), DType::kFloat32, job.k.space()};
+    c.v = TensorRef{job.v.data(), DType::kFloat32, job.v.space()};
+    FloatBuffer& out = run->results[i].out;
+    c.out = MutableTensorRef{out.data(), DType::kFloat32, out.space()};
+  }
+  // At most max_batches_in_flight() batches with the backend: the next one
+  // is prepared (and, on a device, uploaded) while this one computes.
+  {
+    absl::MutexLock lock(&mu_);
+    const int limit = std::max(backend_->max_batches_in_flight(), 1);
+    const auto room = [this, limit]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return batches_in_flight_ < limit;
+    };
+    mu_.Await(absl::Condition(&room));
+    ++batches_in_flight_;
+  }
+  // Nothing may abort the server: the backend never throws by contract, but
+  // an allocation inside it can; then the batch fails, alone.
+  try {
+    backend_->ForwardBatchAsync(absl::MakeSpan(run->calls),
+                                [this, run] { FinishBatch(*run); });
+  } catch (const std::exception& e) {
+    const bool oom = dynamic_cast<const std::bad_alloc*>(&e) != nullptr;
+    for (AttentionCall& c : run->calls) {
+      c.status =
+          oom ? absl::ResourceExhaustedError(
+                    "the server ran out of memory computing this request")
+              : absl::InternalError(absl::StrCat("backend failed: ", e.what()));
+    }
+    FinishBatch(*run);
+  }
+}
+
+void Executor::FinishBatch(RunningBatch& run) {
+  const int64_t end_us = clock_->NowMicros();
+  for (size_t i = 0; i < run.jobs.size(); ++i) {
+    const JobPtr& job = run.jobs[i];
+    JobResult& result = run.results[i];
+    const AttentionCall& call = run.calls[i];
+    result.status = call.status;
+    // The batch's computation (queue + compute is the request's time in the
+    // executor).
+    result.stats.compute_seconds = (end_us - run.start_us) * 1e-6;
     if (result.status.ok()) {
+      FillStats(*job, call, &result);
       metrics_->ComputeTime(job->spec.method_label,
                             result.stats.compute_seconds);
       metrics_->MemorySaved(result.stats.memory_saved_bytes);
@@ -216,46 +287,44 @@ void Executor::RunBatch(Batch<JobPtr>& batch) {
     Complete(job, std::move(result));
   }
   ReportDeviceMemory();
+  absl::MutexLock lock(&mu_);
+  --batches_in_flight_;
 }
 
-absl::Status Executor::Compute(Job& job, JobResult* result) {
-  const RequestSpec& spec = job.spec;
-  AttentionParams p = spec.params;
-  p.q = job.q.data.get();
-  p.k = job.k.data.get();
-  p.v = job.v.data.get();
-  p.key_lengths = spec.key_lengths.empty() ? nullptr : spec.key_lengths.data();
-  SetContiguousStrides(p);
-  // Nothing may abort the server: the backend never throws by contract, but
-  // an allocation inside it can; a request that cannot get memory fails
-  // alone.
-  try {
-    SB_RETURN_IF_ERROR(result->out.Allocate(spec.out_elements, "output"));
-    p.out = result->out.data.get();
-    SB_ASSIGN_OR_RETURN(const AttentionStats stats, backend_->Forward(p));
-    RequestStats& rs = result->stats;
-    rs.dense_score_bytes = stats.dense_score_bytes;
-    rs.workspace_bytes = stats.workspace_bytes;
-    rs.memory_saved_bytes =
-        std::max<int64_t>(stats.dense_score_bytes - stats.workspace_bytes, 0);
-    rs.denominator_guards = stats.denominator_guards;
-    rs.fallbacks = stats.fallbacks;
-    if (options_.error_sample_rows > 0 && p.method != Method::kExact) {
-      absl::StatusOr<double> err = EstimateRelativeError(
-          p, std::min<int64_t>(options_.error_sample_rows, p.seq_q),
-          p.seed ^ kErrorSampleSalt);
-      // No estimate (e.g. every sampled row is all-zero) is not an error.
-      if (err.ok()) {
-        rs.estimated_relative_error = *err;
-      }
-    }
-    return absl::OkStatus();
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(
-        "the server ran out of memory computing this request");
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("backend failed: ", e.what()));
+void Executor::FillStats(const Job& job, const AttentionCall& call,
+                         JobResult* result) {
+  const AttentionStats& stats = call.stats;
+  RequestStats& rs = result->stats;
+  rs.dense_score_bytes = stats.dense_score_bytes;
+  rs.workspace_bytes = stats.workspace_bytes;
+  rs.memory_saved_bytes =
+      std::max<int64_t>(stats.dense_score_bytes - stats.workspace_bytes, 0);
+  rs.denominator_guards = stats.denominator_guards;
+  rs.fallbacks = stats.fallbacks;
+  if (options_.error_sample_rows <= 0 ||
+      job.spec.params.method == Method::kExact) {
+    return;
   }
+  AttentionParams p = call.params;
+  p.q = job.q.data();
+  p.k = job.k.data();
+  p.v = job.v.data();
+  p.out = result->out.data();
+  SetContiguousStrides(p);
+  try {
+    absl::StatusOr<double> err = EstimateRelativeError(
+        p, std::min<int64_t>(options_.error_sample_rows, p.seq_q),
+        p.seed ^ kErrorSampleSalt);
+    // No estimate (e.g. every sampled row is all-zero) is not an error.
+    if (err.ok()) rs.estimated_relative_error = *err;
+  } catch (const std::bad_alloc&) {
+    // The estimate is optional: skipped rather than failing the request.
+  }
+}
+
+HostAllocator Executor::host_allocator() const {
+  Backend* backend = backend_.get();
+  return [backend](int64_t bytes) { return backend->AllocateHost(bytes); };
 }
 
 void Executor::Complete(const JobPtr& job, JobResult result) {
@@ -263,7 +332,8 @@ void Executor::Complete(const JobPtr& job, JobResult result) {
 }
 
 void Executor::ReportDeviceMemory() {
-  if (backend_name_ == "cpu") metrics_->SetDeviceMemory("cpu", ResidentBytes());
+  const MemoryStats m = backend_->GetMemoryStats();
+  metrics_->SetDeviceMemory(m.device, m.used_bytes);
 }
 
 }  // namespace server

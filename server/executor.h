@@ -6,10 +6,12 @@
 // batcher's next deadline, runs every job of each ready batch and hands each
 // result to the job's `done` callback.
 //
-// A batch runs as one Backend::Forward per request, one after the other:
-// the CPU backend already spreads one call over all cores, so running them
-// side by side would only contend; a GPU backend can fuse a batch's calls
-// behind this same interface (requests of a batch share every setting).
+// A batch goes to the backend as one Backend::ForwardBatchAsync (requests of
+// a batch share every setting, so a device backend runs it as one fused
+// launch; the CPU backend runs its requests one after the other, each over
+// every core). Up to the backend's max_batches_in_flight() batches are with
+// it at once, so batch n+1 uploads while batch n computes; each batch's
+// completion finishes its jobs on the backend's thread.
 #ifndef SCATTERBRAIN_SERVER_EXECUTOR_H_
 #define SCATTERBRAIN_SERVER_EXECUTOR_H_
 
@@ -38,6 +40,8 @@ struct ExecutorOptions {
   // "auto": cuda when a CUDA device is present and the cuda backend can be
   // created, else cpu. "cpu", "cuda": that backend or a startup error.
   std::string backend = "auto";
+  // Device, streams, workspace limit and CPU threads of the backend.
+  BackendOptions backend_options;
   BatcherOptions batcher;
   // Query rows per (batch, head) recomputed exactly to estimate each
   // approximate request's relative error (Stats.estimated_relative_error);
@@ -98,6 +102,11 @@ class Executor {
   void Stop();
 
   const std::string& backend_name() const { return backend_name_; }
+  // Host buffers from the backend (pinned on CUDA), for the tensors of the
+  // jobs submitted here.
+  HostAllocator host_allocator() const;
+  // The backend's memory now.
+  MemoryStats memory_stats() const { return backend_->GetMemoryStats(); }
   int queued() const { return batcher_.queued(); }
 
  private:
@@ -105,9 +114,12 @@ class Executor {
            Metrics* metrics, const Clock* clock);
   void Loop();
   void Wake();
+  struct RunningBatch;
+  // Hands a ready batch to the backend (waiting while
+  // max_batches_in_flight() are with it); FinishBatch completes its jobs.
   void RunBatch(Batch<JobPtr>& batch);
-  // Runs one job's computation into result->out; fills result->stats.
-  absl::Status Compute(Job& job, JobResult* result);
+  void FinishBatch(RunningBatch& run);
+  void FillStats(const Job& job, const AttentionCall& call, JobResult* result);
   void Complete(const JobPtr& job, JobResult result);
   void ReportDeviceMemory();
 
@@ -122,6 +134,7 @@ class Executor {
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  int batches_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread thread_;
 };
 

@@ -25,7 +25,6 @@ absl::StatusOr<RequestSpec> MakeRequestSpec(std::string request_id,
   p.q = p.k = p.v = nullptr;
   p.out = nullptr;
   p.key_lengths = nullptr;
-  p.num_threads = 0;
 
   if (!s.key_lengths.empty() &&
       static_cast<int64_t>(s.key_lengths.size()) != p.batch) {

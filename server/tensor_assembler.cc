@@ -10,14 +10,24 @@
 namespace scatterbrain {
 namespace server {
 
-absl::Status FloatBuffer::Allocate(int64_t n, absl::string_view what) {
+absl::Status FloatBuffer::Allocate(int64_t n, absl::string_view what,
+                                   const HostAllocator& allocator) {
   Release();
   if (n < 0) return absl::InternalError(absl::StrCat(what, ": negative size"));
   // Sized from client input: a failed allocation is the client's problem
   // (RESOURCE_EXHAUSTED), never an abort.
-  data.reset(
-      new (std::nothrow) float[static_cast<size_t>(std::max<int64_t>(n, 1))]);
-  if (data == nullptr) {
+  const int64_t bytes = std::max<int64_t>(n, 1) * 4;
+  if (allocator) {
+    absl::StatusOr<HostBuffer> b = allocator(bytes);
+    if (b.ok()) buffer = *std::move(b);
+  } else {
+    float* p = new (std::nothrow) float[static_cast<size_t>(bytes / 4)];
+    if (p != nullptr) {
+      buffer = HostBuffer(p, bytes, MemorySpace::kHost,
+                          [](void* d) { delete[] static_cast<float*>(d); });
+    }
+  }
+  if (!buffer) {
     return absl::ResourceExhaustedError(absl::StrCat(
         what, ": cannot allocate ", n * 4, " bytes on the server right now"));
   }
@@ -26,14 +36,15 @@ absl::Status FloatBuffer::Allocate(int64_t n, absl::string_view what) {
 }
 
 absl::Status TensorAssembler::Init(absl::string_view name, DType dtype,
-                                   int64_t elements) {
+                                   int64_t elements,
+                                   const HostAllocator& allocator) {
   name_ = std::string(name);
   dtype_ = dtype;
   elem_bytes_ = DTypeBytes(dtype);
   total_bytes_ = elements * elem_bytes_;
   received_ = 0;
   carry_len_ = 0;
-  return buffer_.Allocate(elements, name_);
+  return buffer_.Allocate(elements, name_, allocator);
 }
 
 absl::Status TensorAssembler::Append(uint64_t offset, absl::string_view data) {
@@ -61,12 +72,12 @@ absl::Status TensorAssembler::Append(uint64_t offset, absl::string_view data) {
     p += take;
     left -= take;
     if (carry_len_ < elem_bytes_) return absl::OkStatus();
-    DecodeToFloat(dtype_, carry_, 1, buffer_.data.get() + index);
+    DecodeToFloat(dtype_, carry_, 1, buffer_.data() + index);
     ++index;
     carry_len_ = 0;
   }
   const int64_t whole = left / elem_bytes_;
-  DecodeToFloat(dtype_, p, whole, buffer_.data.get() + index);
+  DecodeToFloat(dtype_, p, whole, buffer_.data() + index);
   p += whole * elem_bytes_;
   left -= whole * elem_bytes_;
   std::memcpy(carry_, p, static_cast<size_t>(left));

@@ -6,25 +6,36 @@
 #define SCATTERBRAIN_SERVER_TENSOR_ASSEMBLER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/dtype.h"
+#include "kernels/tensor.h"
 
 namespace scatterbrain {
 namespace server {
 
+// Where request buffers come from: the backend's AllocateHost (pinned host
+// memory on CUDA, so the copy engine reads what the transport wrote). Empty:
+// plain host memory.
+using HostAllocator = std::function<absl::StatusOr<HostBuffer>(int64_t bytes)>;
+
 // A float32 buffer that is not zero-filled on allocation (it is about to be
 // overwritten in full); the allocation fails softly.
 struct FloatBuffer {
-  std::unique_ptr<float[]> data;
+  HostBuffer buffer;
   int64_t size = 0;
+  float* data() const { return buffer.as<float>(); }
+  MemorySpace space() const { return buffer.space(); }
   // RESOURCE_EXHAUSTED when the memory is not available.
-  absl::Status Allocate(int64_t n, absl::string_view what);
+  absl::Status Allocate(int64_t n, absl::string_view what,
+                        const HostAllocator& allocator = nullptr);
   void Release() {
-    data.reset();
+    buffer.Reset();
     size = 0;
   }
 };
@@ -34,8 +45,10 @@ struct FloatBuffer {
 // the next chunk.
 class TensorAssembler {
  public:
-  // `name`: "q", "k" or "v", used in messages.
-  absl::Status Init(absl::string_view name, DType dtype, int64_t elements);
+  // `name`: "q", "k" or "v", used in messages. The float32 buffer comes
+  // from `allocator` (plain host memory when empty).
+  absl::Status Init(absl::string_view name, DType dtype, int64_t elements,
+                    const HostAllocator& allocator = nullptr);
   // INVALID_ARGUMENT when `offset` is not the bytes received so far
   // ("chunk.offset: ...") or the data runs past the tensor's end
   // ("chunk.data: ...").

@@ -102,7 +102,7 @@ JobPtr MakeJob(const std::string& id, const AttentionParams& p,
   for (auto [buf, src] : {std::pair{&job->q, &in.q}, std::pair{&job->k, &in.k},
                           std::pair{&job->v, &in.v}}) {
     EXPECT_TRUE(buf->Allocate(static_cast<int64_t>(src->size()), "t").ok());
-    std::memcpy(buf->data.get(), src->data(), src->size() * sizeof(float));
+    std::memcpy(buf->data(), src->data(), src->size() * sizeof(float));
   }
   job->done = [results](const JobPtr& j, JobResult r) {
     results->Add(j, std::move(r));
@@ -172,7 +172,7 @@ TEST_F(ExecutorTest, EveryMethodMatchesTheBackendCalledDirectly) {
     EXPECT_EQ(results_.calls(id), 1) << id;
     ASSERT_EQ(r.out.size, static_cast<int64_t>(out.size())) << id;
     for (size_t i = 0; i < out.size(); ++i) {
-      ASSERT_EQ(r.out.data[i], out[i]) << id << " at " << i;
+      ASSERT_EQ(r.out.data()[i], out[i]) << id << " at " << i;
     }
     EXPECT_EQ(r.stats.backend, "cpu");
     EXPECT_EQ(r.stats.batch_size, 1);

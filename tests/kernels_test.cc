@@ -586,23 +586,27 @@ TEST(ExtremeInputsTest, HugeNormScatterbrainCountsItsGuards) {
 // ---------------------------------------------------------------------------
 
 TEST(DeterminismTest, SameSeedSameOutputAnyThreadCount) {
-  auto be = Cpu();
+  BackendOptions one_thread, three_threads;
+  one_thread.threads = 1;
+  three_threads.threads = 3;
+  auto be1 = CreateBackend("cpu", one_thread);
+  auto be3 = CreateBackend("cpu", three_threads);
+  ASSERT_TRUE(be1.ok() && be3.ok());
+  Backend& be = **be1;
   TestTensors t = testing::Make(2, 3, 300, 300, 32, 32, testing::kClustered, 1);
   for (Method m : kAllMethods) {
     t.params.method = m;
     t.params.seed = 77;
-    t.params.num_threads = 1;
     t.ResetOut();
-    RunChecked(*be, t);
+    RunChecked(be, t);
     const auto one = t.OutContiguous();
-    t.params.num_threads = 3;
     t.ResetOut();
-    RunChecked(*be, t);
+    RunChecked(**be3, t);
     EXPECT_EQ(one, t.OutContiguous()) << MethodName(m);
     if (m == Method::kPerformer || m == Method::kScatterbrain) {
       t.params.seed = 78;
       t.ResetOut();
-      RunChecked(*be, t);
+      RunChecked(be, t);
       EXPECT_NE(one, t.OutContiguous()) << MethodName(m);
     }
   }

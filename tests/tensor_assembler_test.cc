@@ -51,7 +51,7 @@ TEST(TensorAssemblerTest, AssemblerHandlesChunksThatSplitElements) {
     FloatBuffer got = a.Take();
     ASSERT_EQ(got.size, n);
     for (int64_t i = 0; i < n; ++i)
-      EXPECT_EQ(FloatBits(got.data[i]), FloatBits(want[i]));
+      EXPECT_EQ(FloatBits(got.data()[i]), FloatBits(want[i]));
   }
   TensorAssembler a;
   ASSERT_TRUE(a.Init("k", DType::kFloat16, 4).ok());

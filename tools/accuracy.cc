@@ -353,7 +353,9 @@ struct HashRow {
 
 int Main(int argc, char** argv) {
   const Options o = ParseFlags(argc, argv);
-  auto be_or = CreateBackend("cpu");
+  BackendOptions backend_options;
+  backend_options.threads = o.threads;
+  auto be_or = CreateBackend("cpu", backend_options);
   if (!be_or.ok()) {
     std::fprintf(stderr, "cpu backend: %s\n",
                  std::string(be_or.status().message()).c_str());
@@ -381,7 +383,6 @@ int Main(int argc, char** argv) {
     const std::vector<double> ref = t.Reference();
     AttentionParams base = t.params;
     base.seed = o.seed;
-    base.num_threads = o.threads;
     if (o.calibration_rows >= 0) base.calibration_rows = o.calibration_rows;
     trivial_rows.push_back({fs.label, MeanValueError(t, ref)});
     std::fprintf(stderr, "[%6.1fs] %s: methods...\n", elapsed(),

@@ -127,13 +127,14 @@ int Attend(const std::vector<std::string>& args) {
   absl::Status settings = ParseSettings(f, &p);
   if (!settings.ok()) return Fail(2, settings.message());
   std::vector<int32_t> key_lengths;
+  BackendOptions backend_options;
   for (absl::Status s : {
-           IntFlag(f, "threads", &p.num_threads),
+           IntFlag(f, "threads", &backend_options.threads),
            KeyLengthsFlag(f, &key_lengths),
        }) {
     if (!s.ok()) return Fail(2, s.message());
   }
-  if (p.num_threads < 0) {
+  if (backend_options.threads < 0) {
     return Fail(2, "flag --threads: must be >= 0");
   }
   const bool stats = BoolFlag(f, "stats");
@@ -215,7 +216,7 @@ int Attend(const std::vector<std::string>& args) {
   SetContiguousStrides(p);
 
   absl::StatusOr<std::unique_ptr<Backend>> backend =
-      CreateBackend(backend_name);
+      CreateBackend(backend_name, backend_options);
   if (!backend.ok()) {
     return Fail(
         backend.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1,

@@ -2,6 +2,10 @@
 #include "kernels/cpu/cpu_backend.h"
 
 #include <malloc.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
 
 #include <exception>
 #include <mutex>
@@ -22,9 +26,22 @@ using cpu::Slice;
 // uses every core.
 constexpr int64_t kExactRowsPerTask = 256;
 
+// Resident memory of this process: what "device memory in use" means for
+// the CPU backend.
+int64_t ResidentBytes() {
+  FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  long long size = 0, resident = 0;
+  const int n = std::fscanf(f, "%lld %lld", &size, &resident);
+  std::fclose(f);
+  if (n != 2) return 0;
+  return static_cast<int64_t>(resident) * sysconf(_SC_PAGESIZE);
+}
+
 class CpuBackend : public Backend {
  public:
-  CpuBackend() {
+  explicit CpuBackend(const BackendOptions& options)
+      : threads_(cpu::ResolveThreads(options.threads)) {
     cpu::PinBlasToOneThread();
     // Every call allocates tens of MB of scratch per thread; with glibc's
     // defaults those come from fresh mmaps and each call pays the page
@@ -38,16 +55,50 @@ class CpuBackend : public Backend {
   absl::Status Supports(const AttentionParams&) const override {
     return absl::OkStatus();
   }
-  absl::StatusOr<AttentionStats> Forward(const AttentionParams& p) override;
+  int64_t WorkspaceBytes(const AttentionParams& p) const override;
+  MemoryStats GetMemoryStats() const override {
+    MemoryStats m;
+    m.device = "cpu";
+    m.used_bytes = ResidentBytes();
+    return m;
+  }
+
+ protected:
+  absl::StatusOr<AttentionStats> ForwardImpl(const AttentionParams& p) override;
+
+ private:
+  const int threads_;
 };
 
-absl::StatusOr<AttentionStats> CpuBackend::Forward(const AttentionParams& p) {
-  SB_RETURN_IF_ERROR(ValidateParams(p));
+int64_t CpuBackend::WorkspaceBytes(const AttentionParams& p) const {
+  // An upper estimate of the scratch the slices running at once hold: per
+  // slice the features of q and k, the low-rank sums and the sparse
+  // accumulators (rows x (m + 2 dv + 8) floats), a sorted copy of q, k and v
+  // per hash round, and, for exact, one block of scores per thread.
+  const int64_t slices = std::max<int64_t>(p.batch * p.heads, 1);
+  const int64_t at_once = std::min<int64_t>(slices, threads_);
+  const int64_t rows = p.seq_q + p.seq_k;
+  if (p.method == Method::kExact) {
+    return at_once * kExactRowsPerTask * p.seq_k * 4;
+  }
+  const int64_t m = (p.method == Method::kPerformer ||
+                     p.method == Method::kScatterbrain)
+                        ? p.num_features
+                        : 0;
+  int64_t per_slice = rows * (m + 2 * p.dim_v + 8) * 4;
+  if (p.method != Method::kPerformer) {
+    per_slice += rows * (p.dim + p.dim_v + 2) * 4;
+  }
+  return at_once * per_slice;
+}
+
+absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
+    const AttentionParams& p) {
   AttentionStats stats;
   stats.dense_score_bytes = p.batch * p.heads * p.seq_q * p.seq_k *
                             static_cast<int64_t>(sizeof(float));
   cpu::WorkspaceMeter meter;
-  const int threads = cpu::ResolveThreads(p.num_threads);
+  const int threads = threads_;
   const int64_t slices = p.batch * p.heads;
 
   std::mutex mu;
@@ -145,8 +196,8 @@ absl::StatusOr<AttentionStats> CpuBackend::Forward(const AttentionParams& p) {
 
 }  // namespace
 
-std::unique_ptr<Backend> MakeCpuBackend() {
-  return std::make_unique<CpuBackend>();
+std::unique_ptr<Backend> MakeCpuBackend(const BackendOptions& options) {
+  return std::make_unique<CpuBackend>(options);
 }
 
 }  // namespace scatterbrain

@@ -9,7 +9,7 @@
 
 namespace scatterbrain {
 
-std::unique_ptr<Backend> MakeCpuBackend();
+std::unique_ptr<Backend> MakeCpuBackend(const BackendOptions& options = {});
 
 }  // namespace scatterbrain
 
