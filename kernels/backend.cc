@@ -97,13 +97,19 @@ absl::Status ValidateCall(const AttentionCall& call, bool check_values) {
     }
   }
   if (!check_values) return absl::OkStatus();
+  const int64_t seq[] = {p.seq_q, p.seq_k, p.seq_k};
+  const int64_t cols[] = {p.dim, p.dim, p.dim_v};
   for (int i = 0; i < 3; ++i) {
     const auto& t = tensors[i];
     if (!IsHost(t.ref.space)) continue;  // device values: the backend's scan
     const int64_t bad = FirstNonFinite(t.ref, t.n);
     if (bad >= 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          t.name, ": non-finite value at flat index ", bad));
+      // Named as ValidateParams names it: [batch, head, row, column].
+      const int64_t c = bad % cols[i], row = bad / cols[i];
+      const int64_t r = row % seq[i], bh = row / seq[i];
+      return absl::InvalidArgumentError(
+          absl::StrCat(t.name, ": non-finite value at [", bh / p.heads, ", ",
+                       bh % p.heads, ", ", r, ", ", c, "]"));
     }
   }
   return absl::OkStatus();
