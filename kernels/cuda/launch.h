@@ -67,8 +67,16 @@ struct DeviceBatch {
   DeviceCounters* counters = nullptr;       // device [n]
   std::vector<DeviceRequest> host_requests;  // the same, on the host
   std::vector<int64_t> host_slice_offsets;
+  // Global row numbering across the batch: slice s (request i, entry b,
+  // head h, numbered by slice_offsets) owns query rows [q_row_offsets[s],
+  // q_row_offsets[s + 1]) and key rows [k_row_offsets[s], ...), in that
+  // order. Per-row scratch (features, sums) is indexed by global row.
+  const int64_t* q_row_offsets = nullptr;  // device [total_slices + 1]
+  const int64_t* k_row_offsets = nullptr;  // device [total_slices + 1]
+  std::vector<int64_t> host_q_row_offsets, host_k_row_offsets;
   int n = 0;
   int64_t total_slices = 0;
+  int64_t total_q_rows = 0, total_k_rows = 0;
   int32_t max_seq_q = 0, max_seq_k = 0;
   DeviceDraws draws;
 };
@@ -92,6 +100,29 @@ absl::Status RunLocal(const DeviceBatch& batch, const LaunchContext& ctx);
 absl::Status RunLsh(const DeviceBatch& batch, const LaunchContext& ctx);
 absl::Status RunScatterbrain(const DeviceBatch& batch,
                              const LaunchContext& ctx);
+
+// Building blocks shared by the performer and Scatterbrain launchers.
+//
+// Positive random features (symmetric FAVOR+, m = num_features), stored as
+// the CPU's phi_bar: relative to a per-query-row log-scale and one key
+// log-scale per slice (kernels/cpu/lowrank.cc), indexed by global row.
+struct DeviceFeatures {
+  int m = 0;
+  float* q = nullptr;       // [total_q_rows][m]
+  float* qscale = nullptr;  // [total_q_rows] (log)
+  float* k = nullptr;       // [total_k_rows][m]
+  float* kscale = nullptr;  // [total_slices] (log)
+};
+absl::Status ComputeFeatures(const DeviceBatch& batch, const LaunchContext& ctx,
+                             DeviceFeatures* out);
+// Low-rank sums phi(q_i) . sum_j phi(k_j) [v_j, 1] over the keys each row
+// sees (prefix sums when causal), in units of exp(qscale_i + kscale).
+struct DeviceLowRank {
+  float* num = nullptr;  // [total_q_rows][dim_v]
+  float* den = nullptr;  // [total_q_rows]
+};
+absl::Status ComputeLowRank(const DeviceBatch& batch, const LaunchContext& ctx,
+                            const DeviceFeatures& features, DeviceLowRank* out);
 
 // Scratch a batch of `settings` with these totals needs at its peak (the
 // arena's reservation; also Backend::WorkspaceBytes).
