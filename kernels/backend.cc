@@ -52,8 +52,7 @@ const float* HostFloats(const TensorRef& t, int64_t n,
                         std::vector<float>* storage) {
   if (t.dtype == DType::kFloat32) return static_cast<const float*>(t.data);
   storage->resize(static_cast<size_t>(n));
-  DecodeToFloat(t.dtype, static_cast<const char*>(t.data), n,
-                storage->data());
+  DecodeToFloat(t.dtype, static_cast<const char*>(t.data), n, storage->data());
   return storage->data();
 }
 
@@ -147,8 +146,8 @@ void Backend::ForwardBatchAsync(absl::Span<AttentionCall> calls,
 }
 
 absl::StatusOr<HostBuffer> Backend::AllocateHost(int64_t bytes) {
-  char* p = new (std::nothrow) char[static_cast<size_t>(std::max<int64_t>(
-      bytes, 1))];
+  char* p =
+      new (std::nothrow) char[static_cast<size_t>(std::max<int64_t>(bytes, 1))];
   if (p == nullptr) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
@@ -209,9 +208,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
                      CudaRuntimeSummary(), "); use --backend=cpu"));
 #endif
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "backend: unknown backend '", name, "' (known: ",
-      CudaCompiled() ? "cpu, cuda" : "cpu", ")"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("backend: unknown backend '", name,
+                   "' (known: ", CudaCompiled() ? "cpu, cuda" : "cpu", ")"));
 }
 
 std::vector<std::string> CompiledBackends() {

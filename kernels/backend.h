@@ -53,9 +53,9 @@ struct AttentionCall {
 };
 
 struct MemoryStats {
-  std::string device;         // metrics label: "cpu", "cuda:0"
-  int64_t used_bytes = 0;     // in use now (resident memory on the CPU)
-  int64_t total_bytes = 0;    // the device's memory (0 = unknown)
+  std::string device;           // metrics label: "cpu", "cuda:0"
+  int64_t used_bytes = 0;       // in use now (resident memory on the CPU)
+  int64_t total_bytes = 0;      // the device's memory (0 = unknown)
   int64_t workspace_bytes = 0;  // backend-owned scratch held now
   int64_t workspace_high_water_bytes = 0;  // its peak since start
 };

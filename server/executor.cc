@@ -54,6 +54,13 @@ absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(
       new Executor(options, std::move(backend), metrics, clock));
 }
 
+std::unique_ptr<Executor> Executor::CreateWithBackend(
+    const ExecutorOptions& options, std::unique_ptr<Backend> backend,
+    Metrics* metrics, const Clock* clock) {
+  return std::unique_ptr<Executor>(
+      new Executor(options, std::move(backend), metrics, clock));
+}
+
 Executor::Executor(const ExecutorOptions& options,
                    std::unique_ptr<Backend> backend, Metrics* metrics,
                    const Clock* clock)
@@ -203,8 +210,8 @@ void Executor::RunBatch(Batch<JobPtr>& batch) {
     result.stats.queue_seconds = (run->start_us - enqueued_us) * 1e-6;
     metrics_->QueueTime(job->spec.method_label, result.stats.queue_seconds);
     // A request whose output cannot be had fails alone.
-    const absl::Status st = result.out.Allocate(job->spec.out_elements,
-                                                "output", host_allocator());
+    const absl::Status st =
+        result.out.Allocate(job->spec.out_elements, "output", host_allocator());
     if (!st.ok()) {
       result.status = st;
       job->q.Release();

@@ -81,6 +81,12 @@ class Executor {
       const ExecutorOptions& options, Metrics* metrics, const Clock* clock);
   ~Executor();  // Stop()
 
+  // The same with a backend made by the caller (tests inject fakes);
+  // options.backend is ignored.
+  static std::unique_ptr<Executor> CreateWithBackend(
+      const ExecutorOptions& options, std::unique_ptr<Backend> backend,
+      Metrics* metrics, const Clock* clock);
+
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 

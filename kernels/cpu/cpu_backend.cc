@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cstdio>
-
 #include <exception>
 #include <mutex>
 #include <new>
@@ -81,10 +80,10 @@ int64_t CpuBackend::WorkspaceBytes(const AttentionParams& p) const {
   if (p.method == Method::kExact) {
     return at_once * kExactRowsPerTask * p.seq_k * 4;
   }
-  const int64_t m = (p.method == Method::kPerformer ||
-                     p.method == Method::kScatterbrain)
-                        ? p.num_features
-                        : 0;
+  const int64_t m =
+      (p.method == Method::kPerformer || p.method == Method::kScatterbrain)
+          ? p.num_features
+          : 0;
   int64_t per_slice = rows * (m + 2 * p.dim_v + 8) * 4;
   if (p.method != Method::kPerformer) {
     per_slice += rows * (p.dim + p.dim_v + 2) * 4;
@@ -115,13 +114,15 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
     } catch (const std::exception& e) {
       std::lock_guard<std::mutex> l(mu);
       if (first_error.ok())
-        first_error = absl::InternalError(absl::StrCat("cpu backend: ", e.what()));
+        first_error =
+            absl::InternalError(absl::StrCat("cpu backend: ", e.what()));
     }
   };
 
   try {
     if (p.method == Method::kExact) {
-      const int64_t per_slice = (p.seq_q + kExactRowsPerTask - 1) / kExactRowsPerTask;
+      const int64_t per_slice =
+          (p.seq_q + kExactRowsPerTask - 1) / kExactRowsPerTask;
       cpu::ParallelFor(slices * per_slice, threads, [&](int64_t t) {
         guarded([&] {
           const int64_t sl = t / per_slice, part = t % per_slice;
@@ -131,8 +132,8 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
         });
       });
     } else {
-      const bool features = p.method == Method::kPerformer ||
-                            p.method == Method::kScatterbrain;
+      const bool features =
+          p.method == Method::kPerformer || p.method == Method::kScatterbrain;
       std::vector<std::vector<float>> proj;
       const int r = p.num_features / 2;
       if (features) {
@@ -141,10 +142,11 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
           proj[h] = DrawFeatureProjections(p.seed, h, r, p.dim);
       }
       cpu::SupportOptions so;
-      so.lsh = p.method == Method::kLsh ||
-               (p.method == Method::kScatterbrain && p.sparse != SparseSupport::kLocal);
-      so.local = p.method == Method::kLocal ||
-                 (p.method == Method::kScatterbrain && p.sparse != SparseSupport::kLsh);
+      so.lsh = p.method == Method::kLsh || (p.method == Method::kScatterbrain &&
+                                            p.sparse != SparseSupport::kLocal);
+      so.local =
+          p.method == Method::kLocal || (p.method == Method::kScatterbrain &&
+                                         p.sparse != SparseSupport::kLsh);
       so.bucket_size = p.bucket_size;
       so.num_hashes = p.num_hashes;
       so.hash_projections = p.hash_projections;
