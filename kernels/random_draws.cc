@@ -137,4 +137,75 @@ std::vector<int64_t> SampleRows(uint64_t seed, DrawPurpose purpose,
   return chosen;
 }
 
+DrawCache& DrawCache::Global() {
+  static DrawCache* cache = new DrawCache();
+  return *cache;
+}
+
+template <typename F>
+DrawCache::Draw DrawCache::GetOrDraw(const Key& key, F draw) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = index_.find(key);
+    if (it != index_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second);
+      ++hits_;
+      return it->second->second;
+    }
+    ++misses_;
+  }
+  // Drawn outside the lock: two threads may draw the same key at once; both
+  // get equal vectors and the second insert is dropped.
+  Draw fresh = std::make_shared<const std::vector<float>>(draw());
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(key);
+  if (it != index_.end()) return it->second->second;
+  lru_.emplace_front(key, fresh);
+  index_[key] = lru_.begin();
+  while (lru_.size() > max_entries_) {
+    index_.erase(lru_.back().first);
+    lru_.pop_back();
+  }
+  return fresh;
+}
+
+DrawCache::Draw DrawCache::FeatureProjections(uint64_t seed, int64_t head,
+                                              int r, int64_t d) {
+  const Key key{static_cast<uint64_t>(DrawPurpose::kFeatures),
+                seed,
+                static_cast<uint64_t>(head),
+                0,
+                static_cast<uint64_t>(r),
+                static_cast<uint64_t>(d)};
+  return GetOrDraw(key,
+                   [&] { return DrawFeatureProjections(seed, head, r, d); });
+}
+
+DrawCache::Draw DrawCache::HashProjections(uint64_t seed, int64_t head,
+                                           int round, int n, int64_t d) {
+  const Key key{static_cast<uint64_t>(DrawPurpose::kHash),
+                seed,
+                static_cast<uint64_t>(head),
+                static_cast<uint64_t>(round),
+                static_cast<uint64_t>(n),
+                static_cast<uint64_t>(d)};
+  return GetOrDraw(
+      key, [&] { return DrawHashProjections(seed, head, round, n, d); });
+}
+
+int64_t DrawCache::hits() const {
+  absl::MutexLock lock(&mu_);
+  return hits_;
+}
+
+int64_t DrawCache::misses() const {
+  absl::MutexLock lock(&mu_);
+  return misses_;
+}
+
+size_t DrawCache::size() const {
+  absl::MutexLock lock(&mu_);
+  return lru_.size();
+}
+
 }  // namespace scatterbrain

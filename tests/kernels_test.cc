@@ -4,6 +4,7 @@
 // of the estimators.
 #include <cmath>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -676,6 +677,45 @@ TEST(ValidateTest, NamesTheBadField) {
   expect_bad([](AttentionParams& p) { p.key_lengths = bad_len; }, "key_lengths[0]");
   t.Q(0, 0, 2, 3) = INFINITY;
   expect_bad([](AttentionParams&) {}, "q");
+}
+
+}  // namespace
+}  // namespace scatterbrain
+
+namespace scatterbrain {
+namespace {
+
+TEST(DrawCacheTest, ReturnsTheDrawsAndReusesThem) {
+  DrawCache cache(/*max_entries=*/3);
+  const DrawCache::Draw a = cache.FeatureProjections(5, 1, 32, 16);
+  EXPECT_EQ(*a, DrawFeatureProjections(5, 1, 32, 16));
+  EXPECT_EQ(cache.FeatureProjections(5, 1, 32, 16), a);  // the same vector
+  EXPECT_EQ(cache.hits(), 1);
+  EXPECT_EQ(cache.misses(), 1);
+  // Every part of the key matters: head, seed, rows, purpose, round.
+  EXPECT_NE(*cache.FeatureProjections(5, 2, 32, 16), *a);
+  EXPECT_NE(*cache.FeatureProjections(6, 1, 32, 16), *a);
+  const DrawCache::Draw h = cache.HashProjections(5, 1, 0, 32, 16);
+  EXPECT_EQ(*h, DrawHashProjections(5, 1, 0, 32, 16));
+  EXPECT_NE(*cache.HashProjections(5, 1, 1, 32, 16), *h);
+  // Bounded: the least recently used went; a held draw stays valid.
+  EXPECT_EQ(cache.size(), 3u);
+  EXPECT_EQ(*a, DrawFeatureProjections(5, 1, 32, 16));
+}
+
+TEST(DrawCacheTest, ConcurrentCallersGetEqualDraws) {
+  DrawCache cache(8);
+  std::vector<std::thread> threads;
+  std::vector<DrawCache::Draw> got(8);
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      got[t] = cache.FeatureProjections(9, t % 2, 64, 32);
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 8; ++t) {
+    EXPECT_EQ(*got[t], DrawFeatureProjections(9, t % 2, 64, 32)) << t;
+  }
 }
 
 }  // namespace

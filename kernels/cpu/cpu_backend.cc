@@ -134,12 +134,12 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
     } else {
       const bool features =
           p.method == Method::kPerformer || p.method == Method::kScatterbrain;
-      std::vector<std::vector<float>> proj;
+      std::vector<DrawCache::Draw> proj;
       const int r = p.num_features / 2;
       if (features) {
         proj.resize(p.heads);
         for (int64_t h = 0; h < p.heads; ++h)
-          proj[h] = DrawFeatureProjections(p.seed, h, r, p.dim);
+          proj[h] = DrawCache::Global().FeatureProjections(p.seed, h, r, p.dim);
       }
       cpu::SupportOptions so;
       so.lsh = p.method == Method::kLsh || (p.method == Method::kScatterbrain &&
@@ -163,7 +163,7 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
           cpu::LowRank lr;
           cpu::SparseAcc acc;
           if (features) {
-            cpu::ComputeFeatures(s, proj[s.h], r, &meter, &f);
+            cpu::ComputeFeatures(s, *proj[s.h], r, &meter, &f);
             // Scatterbrain on one LSH round fuses the low-rank sums into its
             // support pass (cheaper: see sparse.cc).
             if (p.method == Method::kPerformer || !cpu::FusesLowRank(s, so))

@@ -322,7 +322,9 @@ void KMeansHash(const Slice& s, int64_t clusters, int iterations,
   }
   // Every key and query: (leaf, projection on a random direction).
   Scratch<uint32_t> leaf(meter, std::max(nk, nq));
-  const std::vector<float> dir = DrawHashProjections(seed, s.h, round, 1, d);
+  const DrawCache::Draw dir_draw =
+      DrawCache::Global().HashProjections(seed, s.h, round, 1, d);
+  const std::vector<float>& dir = *dir_draw;
   auto order_keys = [&](const float* x, int64_t ld, int64_t n, HashKey* out) {
     TreeAssign(x, ld, n, d, top.data(), K1, leaves.data(), K2, meter,
                leaf.data());
@@ -448,8 +450,9 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
       KMeansHash(s, nchunks, o.kmeans_iterations, o.seed, round, meter,
                  hk.data(), hq.data());
     } else {
-      const std::vector<float> proj =
-          DrawHashProjections(o.seed, s.h, round, 2 * P, D);
+      const DrawCache::Draw proj_draw =
+          DrawCache::Global().HashProjections(o.seed, s.h, round, 2 * P, D);
+      const std::vector<float>& proj = *proj_draw;
       HashRows(s.k, s.k_row, nk, s.d, smyrf ? kextra.data() : nullptr, proj,
                P, meter, hk.data());
       HashRows(s.q, s.q_row, nq, s.d, smyrf ? qextra.data() : nullptr, proj,
