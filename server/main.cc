@@ -36,6 +36,17 @@ ABSL_FLAG(int, metrics_port, kDefaults.metrics_port,
 ABSL_FLAG(std::string, backend, kDefaults.executor.backend,
           "auto (cuda when a GPU is present, else cpu), cpu or cuda "
           "(cuda without a usable GPU is a startup error).");
+ABSL_FLAG(int, device, kDefaults.executor.backend_options.device,
+          "CUDA device ordinal the cuda backend runs on.");
+ABSL_FLAG(int, streams, kDefaults.executor.backend_options.streams,
+          "CUDA streams: batches with the device at once (one uploads while "
+          "another computes).");
+ABSL_FLAG(int64_t, workspace_limit_bytes,
+          kDefaults.executor.backend_options.workspace_limit_bytes,
+          "Device scratch per stream beyond which a batch fails with "
+          "RESOURCE_EXHAUSTED (0: the device's free memory).");
+ABSL_FLAG(int, threads, kDefaults.executor.backend_options.threads,
+          "CPU backend worker threads per call (0: hardware concurrency).");
 ABSL_FLAG(int, max_batch_requests,
           kDefaults.executor.batcher.max_batch_requests,
           "A batch closes when it holds this many requests.");
@@ -92,6 +103,10 @@ constexpr const char* kFlagNames[] = {
     "port",
     "metrics_port",
     "backend",
+    "device",
+    "streams",
+    "workspace_limit_bytes",
+    "threads",
     "max_batch_requests",
     "max_batch_tokens",
     "max_queue_delay_us",
@@ -182,6 +197,11 @@ int main(int argc, char** argv) {
   o.port = absl::GetFlag(FLAGS_port);
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   o.executor.backend = absl::GetFlag(FLAGS_backend);
+  o.executor.backend_options.device = absl::GetFlag(FLAGS_device);
+  o.executor.backend_options.streams = absl::GetFlag(FLAGS_streams);
+  o.executor.backend_options.workspace_limit_bytes =
+      absl::GetFlag(FLAGS_workspace_limit_bytes);
+  o.executor.backend_options.threads = absl::GetFlag(FLAGS_threads);
   o.executor.batcher.max_batch_requests =
       absl::GetFlag(FLAGS_max_batch_requests);
   o.executor.batcher.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);

@@ -69,6 +69,21 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
       o.executor.backend != "cuda")
     return Bad("backend", absl::StrCat("must be auto, cpu or cuda, got '",
                                        o.executor.backend, "'"));
+  const BackendOptions& bo = o.executor.backend_options;
+  if (bo.device < 0) {
+    return Bad("device", absl::StrCat("must be >= 0, got ", bo.device));
+  }
+  if (bo.streams < 1 || bo.streams > 64) {
+    return Bad("streams", absl::StrCat("must be in [1, 64], got ", bo.streams));
+  }
+  if (bo.workspace_limit_bytes < 0) {
+    return Bad("workspace_limit_bytes",
+               absl::StrCat("must be >= 0, got ", bo.workspace_limit_bytes));
+  }
+  if (bo.threads < 0 || bo.threads > 1024) {
+    return Bad("threads",
+               absl::StrCat("must be in [0, 1024], got ", bo.threads));
+  }
   if (o.executor.batcher.max_batch_requests < 1)
     return Bad("max_batch_requests",
                absl::StrCat("must be >= 1, got ",

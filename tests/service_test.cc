@@ -1049,6 +1049,18 @@ TEST_F(ServiceTest, StartFailsCleanlyOnBadOptionsAndBusyPort) {
   o.executor.backend = "tpu";
   EXPECT_EQ(Server::Start(o).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // The backend's options are checked before a backend is made.
+  for (auto edit : {+[](ServerOptions* x) { x->executor.backend_options.streams = 0; },
+                    +[](ServerOptions* x) { x->executor.backend_options.device = -1; },
+                    +[](ServerOptions* x) { x->executor.backend_options.threads = -2; },
+                    +[](ServerOptions* x) {
+                      x->executor.backend_options.workspace_limit_bytes = -1;
+                    }}) {
+    o = TestOptions();
+    edit(&o);
+    EXPECT_EQ(Server::Start(o).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
   StartServer(TestOptions());
   o = TestOptions();
   o.port = server_->port();
