@@ -101,6 +101,20 @@ bool ParseEstimator(const std::string& s, Estimator* out) {
                      EstimatorName, out);
 }
 
+const char* PrecisionName(Precision p) {
+  switch (p) {
+    case Precision::kFp32: return "fp32";
+    case Precision::kTf32: return "tf32";
+    case Precision::kBf16: return "bf16";
+  }
+  return "unknown";
+}
+
+bool ParsePrecision(const std::string& s, Precision* out) {
+  return ParseByName(s, {Precision::kFp32, Precision::kTf32, Precision::kBf16},
+                     PrecisionName, out);
+}
+
 const char* LshTransformName(LshTransform t) {
   return t == LshTransform::kNone ? "none" : "smyrf";
 }

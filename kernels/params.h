@@ -38,6 +38,10 @@ enum class LshTransform { kNone, kSmyrf };
 //    dependent (a learned quantiser in the role of the hash): it finds real
 //    clusters that random projections in high dimension split apart.
 enum class LshHash { kCrossPolytope, kKMeans };
+// Arithmetic. kFp32 (default): float32 everywhere. kTf32 / kBf16: the CUDA
+// backend may use tensor cores (inputs rounded, float32 accumulation); the
+// CPU backend computes float32 whatever is asked.
+enum class Precision { kFp32, kTf32, kBf16 };
 
 // Tensor layout: element (b, h, i, c) of q is
 //   q[b * q_strides.batch + h * q_strides.head + i * q_strides.row + c];
@@ -98,6 +102,7 @@ struct AttentionParams {
   // 0: no calibration, a fixed combination (ratio estimate, lambda = 1/4).
   int calibration_rows = 16;
   uint64_t seed = 0;
+  Precision precision = Precision::kFp32;
 };
 
 // What a call reports besides its output.
@@ -157,6 +162,8 @@ bool ParseSparse(const std::string& s, SparseSupport* out);
 const char* EstimatorName(Estimator e);
 bool ParseEstimator(const std::string& s, Estimator* out);
 const char* LshTransformName(LshTransform t);
+const char* PrecisionName(Precision p);
+bool ParsePrecision(const std::string& s, Precision* out);
 const char* LshHashName(LshHash h);
 bool ParseLshHash(const std::string& s, LshHash* out);
 bool ParseLshTransform(const std::string& s, LshTransform* out);

@@ -88,7 +88,8 @@ absl::StatusOr<RequestSpec> MakeRequestSpec(std::string request_id,
       "|km=", p.kmeans_iterations, "|sp=", static_cast<int>(p.sparse),
       "|e=", static_cast<int>(p.estimator),
       "|lh=", static_cast<int>(p.lsh_hash),
-      "|lt=", static_cast<int>(p.lsh_transform));
+      "|lt=", static_cast<int>(p.lsh_transform),
+      "|pr=", static_cast<int>(p.precision));
   return s;
 }
 

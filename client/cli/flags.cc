@@ -44,6 +44,9 @@ constexpr EnumFlag kEnumFlags[] = {
      ParseInto<LshTransform, ParseLshTransform,
                &AttentionParams::lsh_transform>,
      "none|smyrf"},
+    {"precision",
+     ParseInto<Precision, ParsePrecision, &AttentionParams::precision>,
+     "fp32|tf32|bf16"},
 };
 
 absl::Status BadNumber(absl::string_view name, absl::string_view value,

@@ -52,6 +52,8 @@ options (attend and bench):
   --causal              causal mask (query i sees keys j <= i + seq_k - seq_q)
   --scale=S             softmax scale; 0 = 1/sqrt(dim) [0]
   --seed=N              seed of the random draws [0]
+  --precision=fp32|tf32|bf16   arithmetic: tf32/bf16 let the cuda backend
+                        use tensor cores (the cpu computes fp32) [fp32]
   --key_lengths=L1,L2,...   valid keys per batch entry (one per batch)
   --threads=T           CPU worker threads; 0 = all cores [0] (local only)
   --backend=NAME        backend to run on (see `info`) [cpu] (local only)

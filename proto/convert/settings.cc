@@ -37,6 +37,10 @@ constexpr EnumPair<v1::Estimator, Estimator> kEstimators[] = {
 constexpr EnumPair<v1::LshHash, LshHash> kLshHashes[] = {
     {v1::LSH_HASH_KMEANS, LshHash::kKMeans},
     {v1::LSH_HASH_CROSSPOLYTOPE, LshHash::kCrossPolytope}};
+constexpr EnumPair<v1::Precision, Precision> kPrecisions[] = {
+    {v1::PRECISION_FP32, Precision::kFp32},
+    {v1::PRECISION_TF32, Precision::kTf32},
+    {v1::PRECISION_BF16, Precision::kBf16}};
 constexpr EnumPair<v1::LshTransform, LshTransform> kLshTransforms[] = {
     {v1::LSH_TRANSFORM_NONE, LshTransform::kNone},
     {v1::LSH_TRANSFORM_SMYRF, LshTransform::kSmyrf}};
@@ -146,6 +150,8 @@ absl::Status SettingsToParams(const v1::MethodSettings& s,
                         &p->lsh_hash),
            OptionalEnum(kLshTransforms, s.lsh_transform(), path,
                         "lsh_transform", &p->lsh_transform),
+           OptionalEnum(kPrecisions, s.precision(), path, "precision",
+                        &p->precision),
        }) {
     if (!st.ok()) return st;
   }
@@ -184,6 +190,7 @@ absl::StatusOr<v1::MethodSettings> SettingsFromParams(
   s.set_estimator(ToProto(kEstimators, p.estimator));
   s.set_lsh_hash(ToProto(kLshHashes, p.lsh_hash));
   s.set_lsh_transform(ToProto(kLshTransforms, p.lsh_transform));
+  s.set_precision(ToProto(kPrecisions, p.precision));
   s.set_causal(p.causal);
   s.set_scale(p.scale);
   s.set_seed(p.seed);
