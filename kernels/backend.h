@@ -84,6 +84,10 @@ class Backend {
   void ForwardBatchAsync(absl::Span<AttentionCall> calls,
                          std::function<void()> done);
   virtual int max_batches_in_flight() const { return 1; }
+  // True: hand tensors over in their wire dtype (float16/bfloat16 stay so);
+  // the backend converts on its device, and half the bytes cross the bus.
+  // False (the CPU): the caller converts to float32 as the bytes arrive.
+  virtual bool ConvertsOnDevice() const { return false; }
 
   // Host memory for tensors this backend will read or write (pinned on
   // CUDA); RESOURCE_EXHAUSTED when it cannot be had.

@@ -196,11 +196,18 @@ void AttentionServiceImpl::AttendReactor::HandleHeader(
       SpecFromHeader(header, svc_->options_.limits, /*require_id=*/true);
   if (!spec.ok()) return reject(spec.status());
   // The bytes land in the backend's host buffers (pinned on CUDA).
+  // A backend that converts on its device gets the wire bytes as they are.
   const HostAllocator alloc = svc_->executor_->host_allocator();
+  const bool wire = svc_->executor_->inputs_in_wire_dtype();
   auto upload = std::make_unique<Upload>();
-  absl::Status st = upload->q.Init("q", spec->dtype, spec->q_elements, alloc);
-  if (st.ok()) st = upload->k.Init("k", spec->dtype, spec->k_elements, alloc);
-  if (st.ok()) st = upload->v.Init("v", spec->dtype, spec->v_elements, alloc);
+  absl::Status st =
+      upload->q.Init("q", spec->dtype, spec->q_elements, alloc, wire);
+  if (st.ok()) {
+    st = upload->k.Init("k", spec->dtype, spec->k_elements, alloc, wire);
+  }
+  if (st.ok()) {
+    st = upload->v.Init("v", spec->dtype, spec->v_elements, alloc, wire);
+  }
   if (!st.ok()) return reject(st);
   if (!svc_->TryAccept()) return reject(DrainingError());
   upload->job = std::make_shared<Job>();

@@ -231,10 +231,10 @@ void Executor::RunBatch(Batch<JobPtr>& batch) {
     c.params = job.spec.params;
     c.params.key_lengths =
         job.spec.key_lengths.empty() ? nullptr : job.spec.key_lengths.data();
-    c.q = TensorRef{job.q.data(), DType::kFloat32, job.q.space()};
-    c.k = TensorRef{job.k.data(), DType::kFloat32, job.k.space()};
-    c.v = TensorRef{job.v.data(), DType::kFloat32, job.v.space()};
-    FloatBuffer& out = run->results[i].out;
+    c.q = TensorRef{job.q.raw(), job.q.dtype, job.q.space()};
+    c.k = TensorRef{job.k.raw(), job.k.dtype, job.k.space()};
+    c.v = TensorRef{job.v.raw(), job.v.dtype, job.v.space()};
+    TensorBuffer& out = run->results[i].out;
     c.out = MutableTensorRef{out.data(), DType::kFloat32, out.space()};
   }
   // At most max_batches_in_flight() batches with the backend: the next one
@@ -312,13 +312,28 @@ void Executor::FillStats(const Job& job, const AttentionCall& call,
       job.spec.params.method == Method::kExact) {
     return;
   }
-  AttentionParams p = call.params;
-  p.q = job.q.data();
-  p.k = job.k.data();
-  p.v = job.v.data();
-  p.out = result->out.data();
-  SetContiguousStrides(p);
   try {
+    // The sample reads float32 on the host: inputs kept in their wire dtype
+    // are decoded for it.
+    std::vector<float> decoded[3];
+    const TensorBuffer* in[] = {&job.q, &job.k, &job.v};
+    const float* f32[3];
+    for (int t = 0; t < 3; ++t) {
+      if (in[t]->dtype == DType::kFloat32) {
+        f32[t] = in[t]->data();
+        continue;
+      }
+      decoded[t].resize(static_cast<size_t>(in[t]->size));
+      DecodeToFloat(in[t]->dtype, static_cast<const char*>(in[t]->raw()),
+                    in[t]->size, decoded[t].data());
+      f32[t] = decoded[t].data();
+    }
+    AttentionParams p = call.params;
+    p.q = f32[0];
+    p.k = f32[1];
+    p.v = f32[2];
+    p.out = result->out.data();
+    SetContiguousStrides(p);
     absl::StatusOr<double> err = EstimateRelativeError(
         p, std::min<int64_t>(options_.error_sample_rows, p.seq_q),
         p.seed ^ kErrorSampleSalt);

@@ -52,7 +52,7 @@ struct ExecutorOptions {
 struct JobResult {
   absl::Status status;
   RequestStats stats;
-  FloatBuffer out;  // [batch, heads, seq_q, dim_v] float32 when status is OK
+  TensorBuffer out;  // [batch, heads, seq_q, dim_v] float32 when status is OK
 };
 
 struct Job;
@@ -61,7 +61,8 @@ using JobPtr = std::shared_ptr<Job>;
 // One request, assembled. Inputs are released as soon as it has run.
 struct Job {
   RequestSpec spec;
-  FloatBuffer q, k, v;
+  // float32, or the wire dtype when the executor's inputs_in_wire_dtype().
+  TensorBuffer q, k, v;
   // Set by whoever drops the request; checked before it runs, so nothing is
   // computed for it after that.
   std::atomic<bool> cancelled{false};
@@ -111,6 +112,9 @@ class Executor {
   // Host buffers from the backend (pinned on CUDA), for the tensors of the
   // jobs submitted here.
   HostAllocator host_allocator() const;
+  // Whether jobs' inputs stay in their wire dtype (the backend converts
+  // them on its device) rather than float32.
+  bool inputs_in_wire_dtype() const { return backend_->ConvertsOnDevice(); }
   // The backend's memory now.
   MemoryStats memory_stats() const { return backend_->GetMemoryStats(); }
   int queued() const { return batcher_.queued(); }

@@ -80,8 +80,8 @@ absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(
   }
   ::freeaddrinfo(res);
   if (fd < 0) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot serve metrics on ", bind_address, ": ", last_error));
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ",
+                                               bind_address, ": ", last_error));
   }
   sockaddr_storage bound{};
   socklen_t len = sizeof(bound);
@@ -145,8 +145,8 @@ void HttpExposer::Serve(int client) {
   if (!get && !head) {
     response = Response("405 Method Not Allowed", "text/plain", "GET only\n");
   } else if (path == "/metrics" || absl::StartsWith(path, "/metrics?")) {
-    response = Response("200 OK", "text/plain; version=0.0.4; charset=utf-8",
-                        body_());
+    response =
+        Response("200 OK", "text/plain; version=0.0.4; charset=utf-8", body_());
     if (head) response.resize(response.find("\r\n\r\n") + 4);
   } else {
     response = Response("404 Not Found", "text/plain", "see /metrics\n");

@@ -4,7 +4,6 @@
 // reader lock, so the hot paths neither build a prometheus::Labels map nor
 // take prometheus-cpp's family mutex after the first call for a value.
 #include "server/metrics.h"
-#include "server/http_exposer.h"
 
 #include <cmath>
 #include <exception>
@@ -24,6 +23,7 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
+#include "server/http_exposer.h"
 
 namespace scatterbrain {
 namespace server {

@@ -1,8 +1,8 @@
 // scatterbrain/server/metrics.h — the service's Prometheus metrics
 // (prometheus-cpp registry and text format). A Metrics object owns its
 // registry and is injected into the service (no globals); Expose() serves it
-// on /metrics through HttpExposer (http_exposer.h says why not civetweb). All methods are
-// thread-safe and cheap (no I/O).
+// on /metrics through HttpExposer (http_exposer.h says why not civetweb). All
+// methods are thread-safe and cheap (no I/O).
 #ifndef SCATTERBRAIN_SERVER_METRICS_H_
 #define SCATTERBRAIN_SERVER_METRICS_H_
 

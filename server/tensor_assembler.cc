@@ -10,41 +10,46 @@
 namespace scatterbrain {
 namespace server {
 
-absl::Status FloatBuffer::Allocate(int64_t n, absl::string_view what,
-                                   const HostAllocator& allocator) {
+absl::Status TensorBuffer::Allocate(int64_t n, absl::string_view what,
+                                    const HostAllocator& allocator,
+                                    DType element_dtype) {
   Release();
   if (n < 0) return absl::InternalError(absl::StrCat(what, ": negative size"));
   // Sized from client input: a failed allocation is the client's problem
   // (RESOURCE_EXHAUSTED), never an abort.
-  const int64_t bytes = std::max<int64_t>(n, 1) * 4;
+  const int64_t bytes = std::max<int64_t>(n, 1) * DTypeBytes(element_dtype);
   if (allocator) {
     absl::StatusOr<HostBuffer> b = allocator(bytes);
     if (b.ok()) buffer = *std::move(b);
   } else {
-    float* p = new (std::nothrow) float[static_cast<size_t>(bytes / 4)];
+    char* p = new (std::nothrow) char[static_cast<size_t>(bytes)];
     if (p != nullptr) {
       buffer = HostBuffer(p, bytes, MemorySpace::kHost,
-                          [](void* d) { delete[] static_cast<float*>(d); });
+                          [](void* d) { delete[] static_cast<char*>(d); });
     }
   }
   if (!buffer) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        what, ": cannot allocate ", n * 4, " bytes on the server right now"));
+        what, ": cannot allocate ", bytes, " bytes on the server right now"));
   }
   size = n;
+  dtype = element_dtype;
   return absl::OkStatus();
 }
 
 absl::Status TensorAssembler::Init(absl::string_view name, DType dtype,
                                    int64_t elements,
-                                   const HostAllocator& allocator) {
+                                   const HostAllocator& allocator,
+                                   bool keep_wire_dtype) {
   name_ = std::string(name);
   dtype_ = dtype;
   elem_bytes_ = DTypeBytes(dtype);
   total_bytes_ = elements * elem_bytes_;
   received_ = 0;
   carry_len_ = 0;
-  return buffer_.Allocate(elements, name_, allocator);
+  keep_wire_dtype_ = keep_wire_dtype && dtype != DType::kFloat32;
+  return buffer_.Allocate(elements, name_, allocator,
+                          keep_wire_dtype_ ? dtype : DType::kFloat32);
 }
 
 absl::Status TensorAssembler::Append(uint64_t offset, absl::string_view data) {
@@ -60,6 +65,12 @@ absl::Status TensorAssembler::Append(uint64_t offset, absl::string_view data) {
         absl::StrCat("chunk.data: ", data.size(), " bytes at offset ", offset,
                      " run past the end of tensor ", name_, " (", total_bytes_,
                      " bytes for the header's shape and dtype)"));
+  }
+  if (keep_wire_dtype_) {  // the bytes as they came, by byte offset
+    std::memcpy(static_cast<char*>(buffer_.raw()) + received_, data.data(),
+                data.size());
+    received_ += static_cast<int64_t>(data.size());
+    return absl::OkStatus();
   }
   const char* p = data.data();
   int64_t left = static_cast<int64_t>(data.size());

@@ -24,16 +24,22 @@ namespace server {
 // plain host memory.
 using HostAllocator = std::function<absl::StatusOr<HostBuffer>(int64_t bytes)>;
 
-// A float32 buffer that is not zero-filled on allocation (it is about to be
-// overwritten in full); the allocation fails softly.
-struct FloatBuffer {
+// A tensor's elements in host memory: float32, or the wire dtype for a
+// backend that converts on its device. Not zero-filled on allocation (it is
+// about to be overwritten in full); the allocation fails softly.
+struct TensorBuffer {
   HostBuffer buffer;
-  int64_t size = 0;
+  int64_t size = 0;  // elements
+  DType dtype = DType::kFloat32;
+  // The elements as float32 (dtype must be kFloat32).
   float* data() const { return buffer.as<float>(); }
+  void* raw() const { return buffer.data(); }
   MemorySpace space() const { return buffer.space(); }
-  // RESOURCE_EXHAUSTED when the memory is not available.
+  // `n` elements of `dtype`; RESOURCE_EXHAUSTED when the memory is not
+  // available.
   absl::Status Allocate(int64_t n, absl::string_view what,
-                        const HostAllocator& allocator = nullptr);
+                        const HostAllocator& allocator = nullptr,
+                        DType dtype = DType::kFloat32);
   void Release() {
     buffer.Reset();
     size = 0;
@@ -41,14 +47,17 @@ struct FloatBuffer {
 };
 
 // Collects one tensor from in-order chunks, converting to float32 as the
-// bytes arrive. Chunks may split an element: up to 3 bytes are carried to
-// the next chunk.
+// bytes arrive (or, for a backend that converts on its device, keeping the
+// wire bytes as they are). Chunks may split an element: up to 3 bytes are
+// carried to the next chunk.
 class TensorAssembler {
  public:
-  // `name`: "q", "k" or "v", used in messages. The float32 buffer comes
-  // from `allocator` (plain host memory when empty).
+  // `name`: "q", "k" or "v", used in messages. The buffer comes from
+  // `allocator` (plain host memory when empty); it holds float32, or the
+  // wire `dtype` itself when `keep_wire_dtype`.
   absl::Status Init(absl::string_view name, DType dtype, int64_t elements,
-                    const HostAllocator& allocator = nullptr);
+                    const HostAllocator& allocator = nullptr,
+                    bool keep_wire_dtype = false);
   // INVALID_ARGUMENT when `offset` is not the bytes received so far
   // ("chunk.offset: ...") or the data runs past the tensor's end
   // ("chunk.data: ...").
@@ -57,15 +66,16 @@ class TensorAssembler {
   int64_t received_bytes() const { return received_; }
   int64_t total_bytes() const { return total_bytes_; }
   const std::string& name() const { return name_; }
-  FloatBuffer Take() { return std::move(buffer_); }
+  TensorBuffer Take() { return std::move(buffer_); }
 
  private:
   std::string name_;
   DType dtype_ = DType::kFloat32;
   int elem_bytes_ = 4;
+  bool keep_wire_dtype_ = false;
   int64_t total_bytes_ = 0;
   int64_t received_ = 0;
-  FloatBuffer buffer_;
+  TensorBuffer buffer_;
   char carry_[4] = {0, 0, 0, 0};
   int carry_len_ = 0;
 };

@@ -36,12 +36,13 @@ void AttentionServiceImpl::UnaryReactor::Start() {
     }
   }
   auto job = std::make_shared<Job>();
-  FloatBuffer* dst[] = {&job->q, &job->k, &job->v};
+  TensorBuffer* dst[] = {&job->q, &job->k, &job->v};
   const HostAllocator alloc = svc_->executor_->host_allocator();
+  const bool wire = svc_->executor_->inputs_in_wire_dtype();
   for (int i = 0; i < 3; ++i) {
     TensorAssembler a;
     absl::Status st =
-        a.Init(tensors[i].name, spec->dtype, tensors[i].elements, alloc);
+        a.Init(tensors[i].name, spec->dtype, tensors[i].elements, alloc, wire);
     if (st.ok()) st = a.Append(0, tensors[i].bytes);
     if (!st.ok()) return Reject(st);
     *dst[i] = a.Take();

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/dtype.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
@@ -28,6 +29,7 @@
 #include "server/executor.h"
 #include "server/metrics.h"
 #include "server/request.h"
+#include "server/tensor_assembler.h"
 
 namespace scatterbrain {
 namespace server {
@@ -39,6 +41,7 @@ using ::testing::HasSubstr;
 struct SeenBatch {
   std::vector<int64_t> seq_q;  // per call
   std::vector<MemorySpace> spaces;
+  std::vector<DType> dtypes;
 };
 
 // A "device" that computes with the CPU backend on its own thread, one
@@ -56,6 +59,7 @@ class FakeDeviceBackend : public Backend {
     return absl::OkStatus();
   }
   int max_batches_in_flight() const override { return 2; }
+  bool ConvertsOnDevice() const override { return true; }
   int64_t WorkspaceBytes(const AttentionParams&) const override { return 0; }
   MemoryStats GetMemoryStats() const override {
     absl::MutexLock lock(&mu_);
@@ -121,6 +125,8 @@ class FakeDeviceBackend : public Backend {
       seen.seq_q.push_back(c->params.seq_q);
       for (MemorySpace s : {c->q.space, c->k.space, c->v.space, c->out.space})
         seen.spaces.push_back(s);
+      for (DType d : {c->q.dtype, c->k.dtype, c->v.dtype})
+        seen.dtypes.push_back(d);
     }
     bool fail;
     {
@@ -222,7 +228,7 @@ class ExecutorBatchTest : public ::testing::Test {
     std::mt19937 rng(static_cast<uint32_t>(seq));
     std::normal_distribution<float> g;
     const AttentionShape s = ShapeOf(p);
-    const std::pair<FloatBuffer*, int64_t> tensors[] = {
+    const std::pair<TensorBuffer*, int64_t> tensors[] = {
         {&job->q, s.q_elements()},
         {&job->k, s.k_elements()},
         {&job->v, s.v_elements()}};
@@ -322,6 +328,82 @@ TEST_F(ExecutorBatchTest, OutOfMemoryFailsThatBatchAlone) {
   }
   ASSERT_TRUE(done_.WaitFor(6));
   EXPECT_TRUE(done_.at("ok0").status.ok());
+}
+
+// A backend that converts on its device gets the wire dtype as it came; the
+// executor still computes the error estimate (decoding for it on the host).
+TEST_F(ExecutorBatchTest, WireDTypeInputsReachTheBackendUnconverted) {
+  fake_->OpenGate();
+  ExecutorOptions o;
+  o.batcher.max_batch_requests = 1;
+  o.error_sample_rows = 4;
+  Metrics metrics;
+  auto fake = std::make_unique<FakeDeviceBackend>();
+  FakeDeviceBackend* backend = fake.get();
+  backend->OpenGate();
+  std::unique_ptr<Executor> executor =
+      Executor::CreateWithBackend(o, std::move(fake), &metrics, &clock_);
+  ASSERT_TRUE(executor->inputs_in_wire_dtype());
+
+  AttentionParams p;
+  p.method = Method::kPerformer;
+  p.num_features = 16;
+  p.batch = 1;
+  p.heads = 2;
+  p.seq_q = 7;
+  p.seq_k = 9;
+  p.dim = 8;
+  p.dim_v = 4;
+  absl::StatusOr<RequestSpec> spec = MakeRequestSpec(
+      "h", p, {}, DType::kFloat16, DType::kFloat32, RequestLimits());
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto job = std::make_shared<::scatterbrain::server::Job>();
+  job->spec = *spec;
+  // Wire bytes through the assembler, kept as float16.
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g;
+  std::vector<float> f32[3];
+  const AttentionShape s = ShapeOf(p);
+  const int64_t n[] = {s.q_elements(), s.k_elements(), s.v_elements()};
+  TensorBuffer* dst[] = {&job->q, &job->k, &job->v};
+  for (int t = 0; t < 3; ++t) {
+    std::vector<float> x(static_cast<size_t>(n[t]));
+    for (float& v : x) v = g(rng);
+    std::string wire(static_cast<size_t>(n[t] * 2), '\0');
+    EncodeFromFloat(DType::kFloat16, x.data(), n[t], wire.data());
+    f32[t].resize(x.size());
+    DecodeToFloat(DType::kFloat16, wire.data(), n[t], f32[t].data());
+    TensorAssembler a;
+    ASSERT_TRUE(a.Init("t", DType::kFloat16, n[t], executor->host_allocator(),
+                       /*keep_wire_dtype=*/true)
+                    .ok());
+    ASSERT_TRUE(a.Append(0, absl::string_view(wire).substr(0, 3)).ok());
+    ASSERT_TRUE(a.Append(3, absl::string_view(wire).substr(3)).ok());
+    ASSERT_TRUE(a.complete());
+    *dst[t] = a.Take();
+    EXPECT_EQ(dst[t]->dtype, DType::kFloat16);
+    EXPECT_EQ(std::memcmp(dst[t]->raw(), wire.data(), wire.size()), 0);
+  }
+  job->done = [this](const JobPtr& j, JobResult r) {
+    done_.Add(j, std::move(r));
+  };
+  ASSERT_TRUE(executor->Submit(job).ok());
+  ASSERT_TRUE(done_.WaitFor(1));
+  const std::vector<SeenBatch> seen = backend->seen();
+  ASSERT_EQ(seen.size(), 1u);
+  for (DType d : seen[0].dtypes) EXPECT_EQ(d, DType::kFloat16);
+  JobResult& r = done_.at("h");
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_TRUE(r.stats.estimated_relative_error.has_value());
+  // The output is the CPU's on the decoded inputs.
+  std::vector<float> want(static_cast<size_t>(s.out_elements()));
+  p.q = f32[0].data();
+  p.k = f32[1].data();
+  p.v = f32[2].data();
+  p.out = want.data();
+  SetContiguousStrides(p);
+  ASSERT_TRUE((*CreateBackend("cpu"))->Forward(p).ok());
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_EQ(r.out.data()[i], want[i]);
 }
 
 TEST_F(ExecutorBatchTest, StopWaitsForBatchesWithTheBackend) {

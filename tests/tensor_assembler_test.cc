@@ -48,7 +48,7 @@ TEST(TensorAssemblerTest, AssemblerHandlesChunksThatSplitElements) {
       }
     }
     EXPECT_TRUE(a.complete());
-    FloatBuffer got = a.Take();
+    TensorBuffer got = a.Take();
     ASSERT_EQ(got.size, n);
     for (int64_t i = 0; i < n; ++i)
       EXPECT_EQ(FloatBits(got.data()[i]), FloatBits(want[i]));
