@@ -14,6 +14,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/math.h"
+#include "kernels/devices.h"
 #include "kernels/random_draws.h"
 #include "tests/testutil/reference.h"
 
@@ -508,6 +509,24 @@ TEST(DeviceMathTest, GuardedRatioFollowsWritePerformer) {
   // A NaN numerator.
   EXPECT_FALSE(
       dm::GuardedRatio(std::numeric_limits<float>::quiet_NaN(), 1.0f, &out));
+}
+
+// ---------------------------------------------------------------------------
+// The backend itself needs a device: without one it must refuse cleanly.
+// ---------------------------------------------------------------------------
+
+TEST(CudaBackendTest, WithoutADeviceCreationFailsCleanly) {
+  if (CudaCompiled() && !CudaDevices().empty()) {
+    GTEST_SKIP() << "a device is present: the gpu-labelled tests cover it";
+  }
+  BackendOptions o;
+  o.streams = 2;
+  auto b = CreateBackend("cuda", o);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), CudaCompiled()
+                                   ? absl::StatusCode::kFailedPrecondition
+                                   : absl::StatusCode::kUnimplemented)
+      << b.status();
 }
 
 }  // namespace
