@@ -49,6 +49,18 @@ class DeviceArena {
   int64_t high_water_ = 0;
 };
 
+// Leaves *p alone when the caller already set it, else points it at `n`
+// elements from the arena (the launchers' "buffers left null are taken from
+// ctx.arena" contract, launch.h).
+template <typename T>
+absl::Status AllocateIfNull(DeviceArena* arena, int64_t n, T** p) {
+  if (*p != nullptr) return absl::OkStatus();
+  absl::StatusOr<T*> got = arena->AllocateArray<T>(n);
+  if (!got.ok()) return got.status();
+  *p = *got;
+  return absl::OkStatus();
+}
+
 }  // namespace cuda
 }  // namespace scatterbrain
 

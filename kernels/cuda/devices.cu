@@ -22,7 +22,7 @@ std::vector<std::string> CudaDevices() {
   for (int i = 0; i < n; ++i) {
     cudaDeviceProp prop;
     if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
-    char buf[256];
+    char buf[sizeof(prop.name) + 64];
     std::snprintf(buf, sizeof(buf), "%s, sm_%d%d, %.0f GiB", prop.name,
                   prop.major, prop.minor,
                   static_cast<double>(prop.totalGlobalMem) / (1ull << 30));

@@ -51,9 +51,13 @@ struct DeviceDraws {
   // head h at features + h * r * dim; null when the method has none.
   const float* features = nullptr;
   // Hash projections for head h, round t: hash + (h * num_hashes + t) *
-  // hash_rows * dim, each [hash_rows][dim]; null when no LSH.
+  // hash_rows * hash_cols, each [hash_rows][hash_cols] as kernels/cpu/
+  // sparse.cc draws them: cross-polytope 2 * hash_projections rows of dim
+  // (dim + 2 with the SMYRF transform), k-means 1 row of dim (the round's
+  // ordering direction); null when no LSH.
   const float* hash = nullptr;
   int hash_rows = 0;
+  int hash_cols = 0;
   int heads = 0;  // heads covered (the batch's largest heads)
 };
 
@@ -105,7 +109,10 @@ absl::Status RunScatterbrain(const DeviceBatch& batch,
 //
 // Positive random features (symmetric FAVOR+, m = num_features), stored as
 // the CPU's phi_bar: relative to a per-query-row log-scale and one key
-// log-scale per slice (kernels/cpu/lowrank.cc), indexed by global row.
+// log-scale per slice (kernels/cpu/lowrank.cc), indexed by global row. The
+// rows of padding keys (j >= key_lengths[b]) hold zeros, so sums over a
+// slice's whole seq_k rows ignore them. Pointers left null in *out are
+// taken from ctx.arena (ScratchBytes counts them); non-null ones are used.
 struct DeviceFeatures {
   int m = 0;
   float* q = nullptr;       // [total_q_rows][m]
@@ -116,7 +123,8 @@ struct DeviceFeatures {
 absl::Status ComputeFeatures(const DeviceBatch& batch, const LaunchContext& ctx,
                              DeviceFeatures* out);
 // Low-rank sums phi(q_i) . sum_j phi(k_j) [v_j, 1] over the keys each row
-// sees (prefix sums when causal), in units of exp(qscale_i + kscale).
+// sees (prefix sums when causal), in units of exp(qscale_i + kscale). As
+// for the features, null pointers in *out are taken from ctx.arena.
 struct DeviceLowRank {
   float* num = nullptr;  // [total_q_rows][dim_v]
   float* den = nullptr;  // [total_q_rows]
