@@ -180,9 +180,12 @@ def service(raw):
     m = re.search(r"batch sizes: .*\(mean ([\d.]+)\)", text)
     if m:
         out["mean_batch"] = float(m.group(1))
-    mem = read(os.path.join(raw, "service_metrics.txt")).strip()
+    mem = read(os.path.join(raw, "service_metrics.txt")).split()
     if mem:
-        out["device_memory_used_bytes"] = mem
+        try:
+            out["device_memory_used_bytes"] = int(float(mem[0]))
+        except ValueError:
+            pass
     return out
 
 
@@ -195,7 +198,10 @@ def build(raw):
     sdpa_rows, sdpa_error, torch_version = sdpa(raw)
     svc = service(raw)
     timed_out = sorted(n for n, s in step_info.items() if s["rc"] in (124, 137))
-    gpu_checked = dev != NO_DEVICE and backend == "available"
+    stand_in = read(os.path.join(raw, "stand_in.txt")).strip()
+    if stand_in:  # a dry run on the CPU backend: judged as a GPU run would
+        dev = "%s stand-in (dry run; no GPU checked)" % stand_in
+    gpu_checked = stand_in or (dev != NO_DEVICE and backend == "available")
     problems = []
     if t["failed"]:
         problems.append("%d test(s) failed" % t["failed"])
@@ -213,6 +219,8 @@ def build(raw):
             problems.append("no GPU test ran")
     if problems:
         code, verdict = 1, "FAIL: " + "; ".join(problems)
+    elif stand_in:
+        code, verdict = 3, "DRY RUN OK: the pipeline on the %s backend" % stand_in
     elif not gpu_checked:
         code = 3
         verdict = ("NOT CHECKED: no device" if dev == NO_DEVICE else
@@ -240,7 +248,7 @@ def build(raw):
 
 
 def fmt_ms(x):
-    return "-" if x is None else "%.3g" % x
+    return "-" if x is None else ("%.3g" % x if x < 1000 else "%.0f" % x)
 
 
 def table(r):
@@ -248,7 +256,7 @@ def table(r):
     t = r["tests"]
     san = r["sanitizer"]
     runs = ", ".join("%s %s" % (n, "-" if v["errors"] is None else v["errors"])
-                     for n, v in san["runs"].items()) or "not run"
+                     for n, v in san["runs"].items())
     svc = r["service"]
     lines = [
         "",
@@ -264,9 +272,10 @@ def table(r):
         "| max rel err vs cpu | %s |" % (
             "-" if r["max_rel_err_vs_cpu"] is None
             else "%.3g" % r["max_rel_err_vs_cpu"]),
-        "| sanitizer | %s errors (%s; %s) |" % (
-            "-" if r["sanitizer_errors"] is None else r["sanitizer_errors"],
-            runs, san["tool"]),
+        "| sanitizer | %s |" % (
+            "%s errors (%s; %s)" % (
+                "-" if r["sanitizer_errors"] is None else r["sanitizer_errors"],
+                runs, san["tool"]) if runs else "not run (%s)" % san["tool"]),
         "| service | %s req/s, p50 %s ms, p99 %s ms (%s) |" % (
             fmt_ms(svc["requests_per_s"]), fmt_ms(svc["p50_ms"]),
             fmt_ms(svc["p99_ms"]), svc["status"]),
