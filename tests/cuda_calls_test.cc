@@ -239,7 +239,7 @@ TEST_F(CudaCallsTest, PinnedAndDeviceRefsGiveTheHostAnswer) {
             RunOne(cuda(), r, dt, dt, in_space, out_space, what);
         if (got.empty() || host.empty()) continue;
         if (Deterministic(m)) {
-          EXPECT_LE(RelDiff(got, host), 1e-6) << what;
+          EXPECT_LE(RelDiff(got, host), 1e-6 + UlpRel(dt)) << what;
         } else {
           const std::vector<double> ref = Reference(r, dt);
           EXPECT_LE(ErrorOf(got, r, ref),
