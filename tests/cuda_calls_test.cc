@@ -100,6 +100,25 @@ AttentionCall MakeCall(const Request& r, const Buffers& b) {
   return c;
 }
 
+// The buffers and calls of several requests in the same dtypes and spaces
+// (the calls point into the buffers and the requests' key lengths).
+struct Batch {
+  std::vector<Buffers> bufs;
+  std::vector<AttentionCall> calls;
+};
+
+Batch MakeBatch(const std::vector<Request>& reqs, DType in, DType out,
+                MemorySpace in_space, MemorySpace out_space, Backend* be) {
+  Batch b;
+  for (const Request& r : reqs) {
+    b.bufs.push_back(MakeBuffers(r, in, out, in_space, out_space, be));
+  }
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    b.calls.push_back(MakeCall(reqs[i], b.bufs[i]));
+  }
+  return b;
+}
+
 // The call's output after checks: OK, every guard intact, every element
 // written and finite. Empty when the call failed.
 std::vector<float> Output(const AttentionCall& c, const Buffers& b,
@@ -259,14 +278,9 @@ TEST_F(CudaCallsTest, ABadCallInABatchFailsAlone) {
   }
   // A non-finite value in device memory: the backend's own scan names it.
   reqs[1].q[((1 * 1 + 0) * 41 + 5) * 32 + 3] = NAN;  // [1, 0, 5, 3]
-  std::vector<Buffers> bufs;
-  std::vector<AttentionCall> calls;
-  for (const Request& r : reqs) {
-    bufs.push_back(MakeBuffers(r, DType::kFloat32, DType::kFloat32,
-                               DeviceSpace(), DeviceSpace(), &cuda()));
-  }
-  for (size_t i = 0; i < reqs.size(); ++i)
-    calls.push_back(MakeCall(reqs[i], bufs[i]));
+  Batch batch = MakeBatch(reqs, DType::kFloat32, DType::kFloat32, DeviceSpace(),
+                          DeviceSpace(), &cuda());
+  std::vector<AttentionCall>& calls = batch.calls;
   // And one the host rejects before the backend sees it.
   Request bad = MakeRequest(Method::kExact, 1, 1, 8, 8, 32, 16, 1);
   Buffers bad_bufs =
@@ -280,7 +294,7 @@ TEST_F(CudaCallsTest, ABadCallInABatchFailsAlone) {
               ::testing::HasSubstr("q: non-finite value at [1, 0, 5, 3]"));
   EXPECT_EQ(calls[3].status.code(), absl::StatusCode::kInvalidArgument);
   for (size_t i : {0, 2}) {
-    const std::vector<float> got = Output(calls[i], bufs[i], "good call");
+    const std::vector<float> got = Output(calls[i], batch.bufs[i], "good call");
     const std::vector<float> cpu_out =
         RunOne(cpu(), reqs[i], DType::kFloat32, DType::kFloat32,
                MemorySpace::kHost, MemorySpace::kHost, "cpu");
@@ -301,26 +315,20 @@ TEST_F(CudaCallsTest, ABatchEqualsEachRequestAlone) {
   for (Method m : kMethods) {
     for (bool causal : {false, true}) {
       std::vector<Request> reqs;
-      std::vector<Buffers> bufs;
-      std::vector<AttentionCall> calls;
       for (size_t i = 0; i < std::size(sizes); ++i) {
         const Size& s = sizes[i];
         reqs.push_back(
             MakeRequest(m, s.b, s.h, s.nq, s.nk, 64, 48, 20 + i, s.lengths));
         reqs.back().params.causal = causal;
       }
-      for (const Request& r : reqs) {
-        bufs.push_back(MakeBuffers(r, DType::kFloat32, DType::kFloat32,
-                                   MemorySpace::kHost, MemorySpace::kHost,
-                                   &cuda()));
-      }
-      for (size_t i = 0; i < reqs.size(); ++i)
-        calls.push_back(MakeCall(reqs[i], bufs[i]));
-      cuda().ForwardBatch(absl::MakeSpan(calls));
+      Batch batch = MakeBatch(reqs, DType::kFloat32, DType::kFloat32,
+                              MemorySpace::kHost, MemorySpace::kHost, &cuda());
+      cuda().ForwardBatch(absl::MakeSpan(batch.calls));
       for (size_t i = 0; i < reqs.size(); ++i) {
         const std::string what =
             absl::StrCat(MethodName(m), " causal ", causal, " request ", i);
-        const std::vector<float> batched = Output(calls[i], bufs[i], what);
+        const std::vector<float> batched =
+            Output(batch.calls[i], batch.bufs[i], what);
         const std::vector<float> alone =
             RunOne(cuda(), reqs[i], DType::kFloat32, DType::kFloat32,
                    MemorySpace::kHost, MemorySpace::kHost, what + " alone");
@@ -507,14 +515,9 @@ TEST_F(CudaSmokeCallsTest, BatchAndAsyncOnDeviceRefsSmall) {
     std::vector<Request> reqs = {
         MakeRequest(m, 1, 2, 33, 65, 48, 40, 1),
         MakeRequest(m, 2, 1, 97, 40, 48, 40, 2, {40, 17})};
-    std::vector<Buffers> bufs;
-    std::vector<AttentionCall> calls;
-    for (const Request& r : reqs) {
-      bufs.push_back(MakeBuffers(r, DType::kBFloat16, DType::kFloat32,
-                                 DeviceSpace(), DeviceSpace(), &cuda()));
-    }
-    for (size_t i = 0; i < reqs.size(); ++i)
-      calls.push_back(MakeCall(reqs[i], bufs[i]));
+    Batch batch = MakeBatch(reqs, DType::kBFloat16, DType::kFloat32,
+                            DeviceSpace(), DeviceSpace(), &cuda());
+    std::vector<AttentionCall>& calls = batch.calls;
     std::atomic<int> done{0};
     absl::Notification finished;
     cuda().ForwardBatchAsync(absl::MakeSpan(calls), [&] {
@@ -524,7 +527,7 @@ TEST_F(CudaSmokeCallsTest, BatchAndAsyncOnDeviceRefsSmall) {
     EXPECT_EQ(done.load(), 1);
     for (size_t i = 0; i < reqs.size(); ++i) {
       const std::string what = absl::StrCat("smoke ", MethodName(m), " ", i);
-      const std::vector<float> g = Output(calls[i], bufs[i], what);
+      const std::vector<float> g = Output(calls[i], batch.bufs[i], what);
       const std::vector<float> c =
           RunOne(cpu(), reqs[i], DType::kBFloat16, DType::kFloat32,
                  MemorySpace::kHost, MemorySpace::kHost, "cpu " + what);
