@@ -51,9 +51,13 @@ struct DeviceDraws {
   // head h at features + h * r * dim; null when the method has none.
   const float* features = nullptr;
   // Hash projections for head h, round t: hash + (h * num_hashes + t) *
-  // hash_rows * dim, each [hash_rows][dim]; null when no LSH.
+  // hash_rows * hash_cols, each [hash_rows][hash_cols] as kernels/cpu/
+  // sparse.cc draws them: cross-polytope 2 * hash_projections rows of dim
+  // (dim + 2 with the SMYRF transform), k-means 1 row of dim (the round's
+  // ordering direction); null when no LSH.
   const float* hash = nullptr;
   int hash_rows = 0;
+  int hash_cols = 0;
   int heads = 0;  // heads covered (the batch's largest heads)
 };
 
@@ -128,6 +132,13 @@ absl::Status ComputeLowRank(const DeviceBatch& batch, const LaunchContext& ctx,
 // arena's reservation; also Backend::WorkspaceBytes).
 int64_t ScratchBytes(const AttentionParams& settings, int64_t total_slices,
                      int64_t total_q_rows, int64_t total_k_rows);
+// The part of it RunLsh / RunScatterbrain take themselves for the sparse
+// support, hashing, sorting and the combination (not the features and
+// low-rank sums, which ComputeFeatures / ComputeLowRank take); an upper
+// bound, 0 for the other methods.
+int64_t SparseScratchBytes(const AttentionParams& settings,
+                           int64_t total_slices, int64_t total_q_rows,
+                           int64_t total_k_rows);
 
 }  // namespace cuda
 }  // namespace scatterbrain
