@@ -3,9 +3,11 @@
 // on the CPU against the CPU backend it must reproduce: the draws'
 // generator and row sampling, hash codes and their sort order, chunk
 // arithmetic, argmax tie-breaks, the support as the kernels assemble it
-// (pair counts equal to cpu::AccumulateSupport's), and the combination
-// (outputs, guards and fallbacks equal to cpu::WriteScatterbrain's).
+// (pair counts equal to cpu::AccumulateSupport's), and the combination's
+// rules (which kernels/cpu/combine.cc shares).
 // Needs no GPU (not a cuda_* test).
+#include "kernels/cuda/sparse_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -16,7 +18,6 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/ops.h"
-#include "kernels/cuda/sparse_math.h"
 #include "kernels/random_draws.h"
 #include "tests/testutil/reference.h"
 
@@ -32,7 +33,8 @@ using testing::TestTensors;
 
 TEST(DrawRngTest, SameStreamAsTheHostGenerator) {
   for (uint64_t seed : {0ull, 1ull, 0x9E3779B97F4A7C15ull}) {
-    for (DrawPurpose purpose : {DrawPurpose::kHash, DrawPurpose::kCalibration}) {
+    for (DrawPurpose purpose :
+         {DrawPurpose::kHash, DrawPurpose::kCalibration}) {
       for (uint64_t a : {0ull, 3ull, 1001ull}) {
         Rng host(seed, purpose, a, 7);
         sm::DrawRng dev(seed, static_cast<uint64_t>(purpose), a, 7);
@@ -65,12 +67,14 @@ std::vector<int64_t> SampleViaBits(uint64_t seed, DrawPurpose purpose,
 
 TEST(DrawRngTest, FloydSampleIsSampleRows) {
   for (int64_t n : {1, 2, 5, 31, 32, 33, 97, 1025, 4096}) {
-    for (int64_t count : {int64_t{0}, int64_t{1}, n / 3, n / 2, n - 1, n, n + 4}) {
+    for (int64_t count :
+         {int64_t{0}, int64_t{1}, n / 3, n / 2, n - 1, n, n + 4}) {
       for (int64_t head : {0, 5}) {
         const auto want =
             SampleRows(11, DrawPurpose::kCalibration, 2, head, n, count);
-        EXPECT_EQ(SampleViaBits(11, DrawPurpose::kCalibration, 2, head, n, count),
-                  want)
+        EXPECT_EQ(
+            SampleViaBits(11, DrawPurpose::kCalibration, 2, head, n, count),
+            want)
             << "n " << n << " count " << count;
         // The k-means training sample's stream (round + 1000, head).
         EXPECT_EQ(SampleViaBits(3, DrawPurpose::kHash, 1001, head, n, count),
@@ -103,8 +107,14 @@ TEST(HashCodeTest, CrossPolytopeBucketsAndTies) {
 }
 
 TEST(HashCodeTest, SortKeyOrderIsBucketThenValue) {
-  const float specials[] = {0.0f, -0.0f, 1e-45f, -1e-45f, 1.0f, -1.0f,
-                            3.4e38f, -3.4e38f,
+  const float specials[] = {0.0f,
+                            -0.0f,
+                            1e-45f,
+                            -1e-45f,
+                            1.0f,
+                            -1.0f,
+                            3.4e38f,
+                            -3.4e38f,
                             std::numeric_limits<float>::infinity(),
                             -std::numeric_limits<float>::infinity()};
   std::vector<sm::HashCode> codes;
@@ -135,7 +145,8 @@ TEST(ChunkTest, PositionsChunksAndQueriesAsTheCpuCutsThem) {
       for (int64_t t = 0; t < nchunks; ++t) {
         ASSERT_EQ(sm::ChunkStart(t, nk, nchunks), kstart[t]);
         for (int64_t pos = kstart[t]; pos < kstart[t + 1]; ++pos)
-          ASSERT_EQ(sm::ChunkOfPosition(pos, nk, nchunks), t) << nk << " " << pos;
+          ASSERT_EQ(sm::ChunkOfPosition(pos, nk, nchunks), t)
+              << nk << " " << pos;
       }
       // Sorted keys with repeats; a query's chunk is the last one whose
       // first key is <= it (chunk 0 below them all).
@@ -210,7 +221,8 @@ TEST(KMeansTest, FirstMaxReductionInAnyOrderIsTheCpuArgmax) {
       for (int lane = 0; lane < 32; ++lane) {
         nb[lane] = best[lane];
         ni[lane] = idx[lane];
-        if (sm::BeatsFirstMax(best[lane ^ o], idx[lane ^ o], nb[lane], ni[lane])) {
+        if (sm::BeatsFirstMax(best[lane ^ o], idx[lane ^ o], nb[lane],
+                              ni[lane])) {
           nb[lane] = best[lane ^ o];
           ni[lane] = idx[lane ^ o];
         }
@@ -282,16 +294,20 @@ std::vector<EmulatedRow> EmulateSupport(const cpu::Slice& s,
     std::vector<double> qn(nq), kn(nk);
     double qmax = 0, kmax = 0;
     for (int64_t i = 0; i < nq; ++i) {
-      for (int64_t c = 0; c < d; ++c) qn[i] += double(s.qrow(i)[c]) * s.qrow(i)[c];
+      for (int64_t c = 0; c < d; ++c)
+        qn[i] += double(s.qrow(i)[c]) * s.qrow(i)[c];
       qmax = std::max(qmax, qn[i]);
     }
     for (int64_t j = 0; j < nk; ++j) {
-      for (int64_t c = 0; c < d; ++c) kn[j] += double(s.krow(j)[c]) * s.krow(j)[c];
+      for (int64_t c = 0; c < d; ++c)
+        kn[j] += double(s.krow(j)[c]) * s.krow(j)[c];
       kmax = std::max(kmax, kn[j]);
     }
     const int64_t nchunks = sm::NumChunks(nk, o.bucket_size);
-    std::vector<std::vector<int64_t>> qc(o.num_hashes, std::vector<int64_t>(nq));
-    std::vector<std::vector<int64_t>> kc(o.num_hashes, std::vector<int64_t>(nk));
+    std::vector<std::vector<int64_t>> qc(o.num_hashes,
+                                         std::vector<int64_t>(nq));
+    std::vector<std::vector<int64_t>> kc(o.num_hashes,
+                                         std::vector<int64_t>(nk));
     for (int round = 0; round < o.num_hashes; ++round) {
       const std::vector<float> proj =
           DrawHashProjections(o.seed, s.h, round, 2 * P, D);
@@ -349,7 +365,8 @@ std::vector<EmulatedRow> EmulateSupport(const cpu::Slice& s,
     std::vector<double> logit;
     for (int64_t j : pairs[i]) {
       double dot = 0;
-      for (int64_t c = 0; c < d; ++c) dot += double(s.qrow(i)[c]) * s.krow(j)[c];
+      for (int64_t c = 0; c < d; ++c)
+        dot += double(s.qrow(i)[c]) * s.krow(j)[c];
       logit.push_back(dot * s.tau);
       r.emax = std::max(r.emax, logit.back());
     }
@@ -403,7 +420,8 @@ TEST(SupportEmulationTest, PairsAndAveragesAreTheCpuSupport) {
     for (int64_t i = 0; i < s.nq; ++i) {
       ASSERT_EQ(rows[i].count, acc.count[i]) << "row " << i << " nq " << k.nq;
       if (rows[i].count == 0) continue;
-      EXPECT_NEAR(rows[i].emax, acc.emax[i], 1e-4 * (1 + std::fabs(rows[i].emax)));
+      EXPECT_NEAR(rows[i].emax, acc.emax[i],
+                  1e-4 * (1 + std::fabs(rows[i].emax)));
       for (int64_t c = 0; c < s.dv; ++c)
         EXPECT_NEAR(rows[i].avg[c], acc.ev[i * s.dv + c] / acc.e1[i],
                     1e-4 * (1 + std::fabs(rows[i].avg[c])));
@@ -412,177 +430,127 @@ TEST(SupportEmulationTest, PairsAndAveragesAreTheCpuSupport) {
 }
 
 // ---------------------------------------------------------------------------
-// The combination: the kernels' per-row math on the CPU's accumulators must
-// write what cpu::WriteSparseOnly / cpu::WriteScatterbrain write.
+// The combination.
 // ---------------------------------------------------------------------------
 
-// The CPU's per-row mean of the visible values (combine.cc's MeanValues).
-std::vector<double> MeanRows(const cpu::Slice& s) {
-  std::vector<double> out(s.nq * s.dv, 0.0);
-  std::vector<double> prefix((s.nk + 1) * s.dv, 0.0);
-  for (int64_t j = 0; j < s.nk; ++j)
-    for (int64_t c = 0; c < s.dv; ++c)
-      prefix[(j + 1) * s.dv + c] = prefix[j * s.dv + c] + s.vrow(j)[c];
-  std::vector<double> whole(s.dv);
-  cpu::MeanValue(s, 0, whole.data());
-  for (int64_t i = 0; i < s.nq; ++i) {
-    const int64_t lim = s.KeyLimit(i);
-    for (int64_t c = 0; c < s.dv; ++c)
-      out[i * s.dv + c] = !s.causal ? whole[c]
-                          : lim > 0 ? prefix[lim * s.dv + c] / lim
-                                    : 0.0;
-  }
-  return out;
-}
+// kernels/cpu/combine.cc calls these same functions, so the CPU backend's
+// tests cover them end to end; here, their rules on inputs built to hit
+// each branch.
 
-sm::RowInputs InputsOf(const cpu::Slice& s, const cpu::Features& f,
-                       const cpu::LowRank& lr, const cpu::SparseAcc& acc,
-                       int64_t i) {
+sm::RowInputs Row(int64_t lim, int64_t count, float emax, float e1, float f1,
+                  float den) {
   sm::RowInputs in;
-  in.lim = s.KeyLimit(i);
-  in.count = acc.count[i];
-  in.emax = acc.emax[i];
-  in.e1 = acc.e1[i];
-  in.f1 = acc.f1[i];
-  in.den = lr.den[i];
-  in.qscale = f.qscale[i];
-  in.kscale = f.kscale;
+  in.lim = lim;
+  in.count = count;
+  in.emax = emax;
+  in.e1 = e1;
+  in.f1 = f1;
+  in.den = den;
+  in.qscale = -1.5f;
+  in.kscale = 0.25f;
   return in;
 }
 
-// The combination as the CUDA kernels compute it (calibrate.cu,
-// scatterbrain.cu), row by row.
-void EmulateCombine(const cpu::Slice& s, const cpu::Features& f,
-                    const cpu::LowRank& lr, const cpu::SparseAcc& acc,
-                    Estimator est, int calibration_rows, uint64_t seed,
-                    std::vector<float>* out, cpu::SliceStats* st) {
-  const int64_t dv = s.dv;
-  const std::vector<double> vbar = MeanRows(s);
-  out->assign(s.nq * dv, 0.0f);
-  auto lv_off = [&](int64_t i, int64_t c) { return acc.lv[i * dv + c]; };
-  if (est == Estimator::kUnbiased) {
-    for (int64_t i = 0; i < s.nq; ++i) {
-      const sm::RowInputs in = InputsOf(s, f, lr, acc, i);
-      const sm::RowParts p = sm::MakeRowParts(in);
-      if (p.empty) continue;
-      const sm::UnbiasedRow u = sm::MakeUnbiased(p, in);
-      st->guards += (p.guard ? 1 : 0) + (u.ok ? 0 : 1);
-      for (int64_t c = 0; c < dv; ++c)
-        (*out)[i * dv + c] =
-            u.ok ? sm::UnbiasedValue(u, p.has_l, acc.ev[i * dv + c], lv_off(i, c))
-                 : static_cast<float>(vbar[i * dv + c]);
-    }
-    return;
-  }
-  sm::CalibrationChoice ch;
-  std::vector<int64_t> rows;
-  std::vector<double> exact;
-  if (calibration_rows > 0) {
-    rows = SampleRows(seed, DrawPurpose::kCalibration, s.b, s.h, s.nq,
-                      calibration_rows);
-    const size_t n = rows.size();
-    std::vector<double> co(n * sm::kNumCandidates, 0.0),
-        cc(n * sm::kNumCandidates, 0.0), oo(n, 0.0);
-    std::vector<uint8_t> used(n, 0);
-    exact.assign(n * dv, 0.0);
-    for (size_t r = 0; r < n; ++r) {
-      const int64_t i = rows[r];
-      const sm::RowParts p = sm::MakeRowParts(InputsOf(s, f, lr, acc, i));
-      double* ex = exact.data() + r * dv;
-      if (p.empty || !cpu::ExactRow(s, i, ex)) continue;
-      used[r] = 1;
-      for (int64_t c = 0; c < dv; ++c) oo[r] += ex[c] * ex[c];
-      for (int k = 0; k < sm::kNumCandidates; ++k) {
-        const sm::Candidate cand = sm::MakeCandidate(p, k);
-        double a = 0, b = 0;
-        for (int64_t c = 0; c < dv; ++c) {
-          const double v = sm::CandidateValue(cand, vbar[i * dv + c],
-                                              acc.ev[i * dv + c], lv_off(i, c));
-          a += v * ex[c];
-          b += v * v;
-        }
-        co[r * sm::kNumCandidates + k] = a;
-        cc[r * sm::kNumCandidates + k] = b;
-      }
-    }
-    ch = sm::SelectCandidate(co.data(), cc.data(), oo.data(), used.data(),
-                             static_cast<int64_t>(n));
-    if (ch.fallback) ++st->fallbacks;
-  }
-  for (int64_t i = 0; i < s.nq; ++i) {
-    const sm::RowParts p = sm::MakeRowParts(InputsOf(s, f, lr, acc, i));
-    if (p.empty) continue;
-    if (sm::CalibratedGuard(p)) ++st->guards;
-    const sm::Candidate cand = sm::MakeCandidate(p, ch.candidate);
-    for (int64_t c = 0; c < dv; ++c)
-      (*out)[i * dv + c] = static_cast<float>(
-          ch.alpha * sm::CandidateValue(cand, vbar[i * dv + c],
-                                        acc.ev[i * dv + c], lv_off(i, c)));
-  }
-  for (size_t r = 0; r < rows.size(); ++r) {
-    if (s.KeyLimit(rows[r]) <= 0) continue;
-    for (int64_t c = 0; c < dv; ++c)
-      (*out)[rows[r] * dv + c] = static_cast<float>(exact[r * dv + c]);
+TEST(CombineTest, RowPartsSplitTheMassAndGuardCancellation) {
+  // A row that sees no key.
+  EXPECT_TRUE(sm::MakeRowParts(Row(0, 0, 0, 0, 0, 0)).empty);
+  // The support covers the row: no low-rank part, no guard.
+  sm::RowParts p = sm::MakeRowParts(Row(10, 10, 2.0f, 3.0f, 4.0f, 4.5f));
+  EXPECT_FALSE(p.has_l);
+  EXPECT_FALSE(p.guard);
+  EXPECT_EQ(p.wt, 0.0);
+  EXPECT_EQ(p.wr, 0.0);
+  // What is left of the low-rank mass is rounding: clamped and guarded.
+  p = sm::MakeRowParts(Row(10, 4, 2.0f, 3.0f, 1.0f, 1.0f + 1e-7f));
+  EXPECT_TRUE(p.guard);
+  EXPECT_FALSE(p.has_l);
+  p = sm::MakeRowParts(Row(10, 4, 2.0f, 3.0f, 2.0f, 1.0f));  // negative
+  EXPECT_TRUE(p.guard);
+  // No exact part: everything is low-rank.
+  p = sm::MakeRowParts(Row(10, 0, 0.0f, 0.0f, 0.0f, 2.0f));
+  EXPECT_FALSE(p.has_e);
+  EXPECT_TRUE(p.has_l);
+  EXPECT_EQ(p.wt, 1.0);
+  EXPECT_EQ(p.wr, 1.0);
+  EXPECT_TRUE(sm::CalibratedGuard(sm::MakeRowParts(Row(10, 0, 0, 0, 0, 0))));
+  // Both parts: the textbook share compares the masses in log space, the
+  // ratio share the low-rank's own split.
+  const sm::RowInputs in = Row(10, 4, 2.0f, 3.0f, 1.0f, 5.0f);
+  p = sm::MakeRowParts(in);
+  ASSERT_TRUE(p.has_e && p.has_l && !p.guard);
+  const long double mass_l = 4.0L * std::exp(-1.25L);  // l1 e^{qs + ks}
+  const long double mass_e = 3.0L * std::exp(2.0L);    // e1 e^{emax}
+  EXPECT_NEAR(p.wt, static_cast<double>(mass_l / (mass_l + mass_e)), 1e-12);
+  EXPECT_NEAR(p.wr, 4.0 / 5.0, 1e-12);
+  // The textbook estimator weighs the numerators by the same masses.
+  const sm::UnbiasedRow u = sm::MakeUnbiased(p, in);
+  ASSERT_TRUE(u.ok);
+  const float ev = 6.0f, lv = -8.0f;  // directions 2 and -2
+  const long double want =
+      (ev * std::exp(2.0L) + lv * std::exp(-1.25L)) / (mass_e + mass_l);
+  EXPECT_NEAR(sm::UnbiasedValue(u, p.has_l, ev, lv), static_cast<double>(want),
+              1e-6);
+}
+
+TEST(CombineTest, CandidatesMixTheDirections) {
+  const sm::RowParts p = sm::MakeRowParts(Row(10, 4, 2.0f, 3.0f, 1.0f, 5.0f));
+  const double vbar = 0.5;
+  const float ev = 6.0f, lv = -8.0f;  // E_dir = 2, L_dir = -2
+  EXPECT_EQ(sm::CandidateValue(sm::MakeCandidate(p, sm::kMeanCandidate), vbar,
+                               ev, lv),
+            vbar);
+  EXPECT_NEAR(sm::CandidateValue(sm::MakeCandidate(p, sm::kSparseCandidate),
+                                 vbar, ev, lv),
+              2.0, 1e-12);
+  for (int k = 0; k < sm::kMeanCandidate; ++k) {
+    const int wi = k / sm::kNumLambda;
+    const double w = wi == 0 ? p.wt : wi == 1 ? p.wr : std::sqrt(p.wt * p.wr);
+    const double lambda = sm::Lambda(k % sm::kNumLambda);
+    const double dir = vbar + lambda * (-2.0 - vbar);
+    EXPECT_NEAR(sm::CandidateValue(sm::MakeCandidate(p, k), vbar, ev, lv),
+                (1 - w) * 2.0 + w * dir, 1e-12)
+        << k;
   }
 }
 
-TEST(CombineTest, KernelMathWritesWhatTheCpuWrites) {
-  struct Case {
-    testing::Family family;
-    bool causal;
-    int64_t nq, nk;
-    int32_t key_length;
-    int calibration_rows;
-  };
-  const Case cases[] = {
-      {testing::kGaussian, false, 97, 97, 97, 16},
-      {testing::kClustered, true, 97, 130, 100, 16},
-      {testing::kRandomV, false, 130, 97, 60, 0},
-      {testing::kHugeNorm, true, 64, 64, 64, 8},
-      {testing::kZeros, false, 33, 40, 40, 100},
-      {testing::kSmooth, true, 1, 1, 1, 16},
-  };
-  int64_t guards = 0, fallbacks = 0;
-  for (const Case& k : cases) {
-    for (Estimator est : {Estimator::kCalibrated, Estimator::kUnbiased}) {
-      TestTensors t = testing::Make(2, 1, k.nq, k.nk, 24, 20, k.family, 7);
-      t.params.causal = k.causal;
-      t.SetKeyLengths({k.key_length, static_cast<int32_t>(k.nk)});
-      const cpu::Slice s = cpu::MakeSlice(t.params, 0, 0);
-      cpu::WorkspaceMeter meter;
-      cpu::Features f;
-      cpu::ComputeFeatures(s, DrawFeatureProjections(3, 0, 8, 24), 8, &meter, &f);
-      cpu::LowRank lr;
-      cpu::ComputeLowRank(s, f, &meter, &lr);
-      cpu::SupportOptions o;
-      o.lsh = true;
-      o.local = true;
-      o.window = 6;
-      o.bucket_size = 8;
-      o.num_hashes = 2;
-      o.seed = 4;
-      o.allow_fused = false;  // the CUDA path is the general one
-      cpu::SparseAcc acc;
-      cpu::AccumulateSupport(s, o, &f, &lr, &meter, &acc);
-
-      cpu::SliceStats cpu_st, emu_st;
-      cpu::WriteScatterbrain(s, f, lr, acc, est, k.calibration_rows, 21, &meter,
-                             &cpu_st);
-      std::vector<float> emu;
-      EmulateCombine(s, f, lr, acc, est, k.calibration_rows, 21, &emu, &emu_st);
-      for (int64_t i = 0; i < s.nq; ++i)
-        for (int64_t c = 0; c < s.dv; ++c)
-          ASSERT_EQ(emu[i * s.dv + c], s.orow(i)[c])
-              << testing::FamilyName(k.family) << " " << EstimatorName(est)
-              << " row " << i << " col " << c;
-      EXPECT_EQ(emu_st.guards, cpu_st.guards) << testing::FamilyName(k.family);
-      EXPECT_EQ(emu_st.fallbacks, cpu_st.fallbacks);
-      guards += cpu_st.guards;
-      fallbacks += cpu_st.fallbacks;
-    }
+TEST(CombineTest, SelectionPicksTheCandidateThatFitsTheExactRows) {
+  const int n = 8, K = sm::kNumCandidates;
+  std::vector<double> co(n * K, 0.0), cc(n * K, 1.0), oo(n, 1.0);
+  std::vector<uint8_t> used(n, 1);
+  // Candidate 5 is the exact row on every sampled row; the others are
+  // orthogonal to it.
+  for (int r = 0; r < n; ++r) co[r * K + 5] = 1.0;
+  sm::CalibrationChoice ch =
+      sm::SelectCandidate(co.data(), cc.data(), oo.data(), used.data(), n);
+  EXPECT_EQ(ch.candidate, 5);
+  EXPECT_EQ(ch.alpha, 1.0);
+  EXPECT_FALSE(ch.fallback);
+  // Nothing fits: answering zeros (the mean candidate at alpha 0) wins, and
+  // it is a fallback.
+  for (int r = 0; r < n; ++r) co[r * K + 5] = 0.0;
+  ch = sm::SelectCandidate(co.data(), cc.data(), oo.data(), used.data(), n);
+  EXPECT_EQ(ch.candidate, sm::kMeanCandidate);
+  EXPECT_EQ(ch.alpha, 0.0);
+  EXPECT_TRUE(ch.fallback);
+  // Candidate 3 is twice the exact row, less aligned on row 0: the fitted
+  // alpha (~1/2) varies between leave-one-out fits, and is shrunk by its
+  // jackknife standard error.
+  for (int r = 0; r < n; ++r) {
+    co[r * K + 3] = r == 0 ? 1.0 : 2.0;
+    cc[r * K + 3] = 4.0;
   }
-  // The cases reach the guarded paths, not only the plain ones.
-  EXPECT_GT(guards, 0);
+  ch = sm::SelectCandidate(co.data(), cc.data(), oo.data(), used.data(), n);
+  EXPECT_EQ(ch.candidate, 3);
+  EXPECT_LT(ch.alpha, sm::FitAlpha(15.0, 32.0) - 0.01);
+  EXPECT_GT(ch.alpha, 0.3);
+  EXPECT_TRUE(ch.fallback);  // alpha < 1/2
+  // No exact mass at all (rows that see nothing): the default, unshrunk.
+  std::fill(oo.begin(), oo.end(), 0.0);
+  std::fill(used.begin(), used.end(), 0);
+  ch = sm::SelectCandidate(co.data(), cc.data(), oo.data(), used.data(), n);
+  EXPECT_EQ(ch.candidate, sm::kDefaultCandidate);
+  EXPECT_EQ(ch.alpha, 1.0);
+  EXPECT_FALSE(ch.fallback);
 }
 
 TEST(CombineTest, SparseOnlyRowIsWriteSparseOnly) {
@@ -602,7 +570,8 @@ TEST(CombineTest, SparseOnlyRowIsWriteSparseOnly) {
   int64_t guards = 0;
   for (int64_t i = 0; i < s.nq; ++i) {
     bool guard = false;
-    const bool ok = sm::SparseOnlyRow(s.KeyLimit(i), acc.count[i], acc.e1[i], &guard);
+    const bool ok =
+        sm::SparseOnlyRow(s.KeyLimit(i), acc.count[i], acc.e1[i], &guard);
     guards += guard;
     const float inv = ok ? 1.0f / acc.e1[i] : 0.0f;
     for (int64_t c = 0; c < s.dv; ++c)

@@ -91,7 +91,8 @@ SB_SPARSE_HD float SequentialDot(const float* a, const float* b, int64_t n) {
 // ---------------------------------------------------------------------------
 class DrawRng {
  public:
-  SB_SPARSE_HD DrawRng(uint64_t seed, uint64_t purpose, uint64_t a, uint64_t b) {
+  SB_SPARSE_HD DrawRng(uint64_t seed, uint64_t purpose, uint64_t a,
+                       uint64_t b) {
     uint64_t x = seed;
     x ^= SplitMix(x) + purpose * 0xD1B54A32D192ED03ull;
     x ^= SplitMix(x) + a * 0xAEF17502108EF2D9ull;
@@ -147,7 +148,7 @@ struct BitSet {
 // returns them sorted; count >= n is every index, and draws nothing).
 template <typename Set>
 SB_SPARSE_HD void FloydSample(uint64_t seed, uint64_t purpose, uint64_t a,
-                       uint64_t b, int64_t n, int64_t count, Set& set) {
+                              uint64_t b, int64_t n, int64_t count, Set& set) {
   DrawRng rng(seed, purpose, a, b);
   for (int64_t j = n - count; j < n; ++j) {
     const int64_t t = static_cast<int64_t>(rng.Below(j + 1));
@@ -185,7 +186,8 @@ SB_SPARSE_HD HashCode CrossPolytopeCode(const float* p, int P) {
         best = 2 * l + 1;
       }
     }
-    bucket = bucket * static_cast<uint32_t>(2 * P) + static_cast<uint32_t>(best);
+    bucket =
+        bucket * static_cast<uint32_t>(2 * P) + static_cast<uint32_t>(best);
     value = best_v;
   }
   return HashCode{bucket, value};
@@ -235,7 +237,7 @@ SB_SPARSE_HD int64_t ChunkOfPosition(int64_t pos, int64_t nk, int64_t nchunks) {
 // key of sorted key position pos.
 template <typename Keys>
 SB_SPARSE_HD int64_t QueryChunk(uint64_t qkey, const Keys& sorted, int64_t nk,
-                         int64_t nchunks) {
+                                int64_t nchunks) {
   int64_t lo = 1, hi = nchunks;
   while (lo < hi) {
     const int64_t mid = (lo + hi) / 2;
@@ -270,7 +272,8 @@ SB_SPARSE_HD KMeansShape MakeKMeansShape(int64_t nk, int64_t bucket) {
 // Whether candidate (v, i) beats (best_v, best_i) for "largest value, first
 // index on ties" — the CPU's argmax rule (Max, then the first equal entry),
 // and associative, so lanes can reduce in any order.
-SB_SPARSE_HD bool BeatsFirstMax(float v, int64_t i, float best_v, int64_t best_i) {
+SB_SPARSE_HD bool BeatsFirstMax(float v, int64_t i, float best_v,
+                                int64_t best_i) {
   return v > best_v || (v == best_v && i < best_i);
 }
 
@@ -278,7 +281,8 @@ SB_SPARSE_HD bool BeatsFirstMax(float v, int64_t i, float best_v, int64_t best_i
 // Masks (cpu::Slice::KeyLimit and sparse.cc's window and causal tests);
 // offset = seq_k - seq_q.
 // ---------------------------------------------------------------------------
-SB_SPARSE_HD int64_t KeyLimit(int64_t i, int64_t nk, int64_t offset, bool causal) {
+SB_SPARSE_HD int64_t KeyLimit(int64_t i, int64_t nk, int64_t offset,
+                              bool causal) {
   if (!causal) return nk;
   const int64_t lim = i + offset + 1;
   return lim < 0 ? 0 : (lim > nk ? nk : lim);
@@ -291,8 +295,9 @@ SB_SPARSE_HD bool CausalOk(int64_t i, int64_t j, int64_t offset, bool causal) {
   return !causal || j <= i + offset;
 }
 // The keys a block of query rows [i0, i1) may meet in its local window.
-SB_SPARSE_HD void LocalKeyRange(int64_t i0, int64_t i1, int64_t nk, int64_t offset,
-                         int64_t half, bool causal, int64_t* lo, int64_t* hi) {
+SB_SPARSE_HD void LocalKeyRange(int64_t i0, int64_t i1, int64_t nk,
+                                int64_t offset, int64_t half, bool causal,
+                                int64_t* lo, int64_t* hi) {
   *lo = IMax(0, i0 + offset - half);
   int64_t h = IMin(nk, i1 - 1 + offset + half + 1);
   if (causal) h = IMin(h, KeyLimit(i1 - 1, nk, offset, causal));
@@ -303,41 +308,53 @@ SB_SPARSE_HD void LocalKeyRange(int64_t i0, int64_t i1, int64_t nk, int64_t offs
 // Output of the sparse support alone (cpu::WriteSparseOnly): false when the
 // row has nothing to average (zeros; a guard when the row sees keys).
 // ---------------------------------------------------------------------------
-SB_SPARSE_HD bool SparseOnlyRow(int64_t lim, int64_t count, float e1, bool* guard) {
+SB_SPARSE_HD bool SparseOnlyRow(int64_t lim, int64_t count, float e1,
+                                bool* guard) {
   const bool ok = lim > 0 && count > 0 && e1 > 0.0f;
   *guard = !ok && lim > 0;
   return ok;
 }
 
 // ---------------------------------------------------------------------------
-// Scatterbrain's combination (kernels/cpu/combine.cc).
+// Scatterbrain's combination (kernels/cpu/combine.cc calls these too).
 // ---------------------------------------------------------------------------
 constexpr int kNumW = 3;
 constexpr int kNumLambda = 7;
 constexpr int kMeanCandidate = kNumW * kNumLambda;
 constexpr int kSparseCandidate = kMeanCandidate + 1;
-constexpr int kNumCandidates = kSparseCandidate + 1;
+constexpr int kNumCandidates = kSparseCandidate + 1;  // + the exact part alone
+// Used without calibration rows: the ratio estimator, mildly shrunk (the
+// most often selected candidate on our measured families).
 constexpr int kDefaultCandidate = 1 * kNumLambda + 2;
+// Below this share of the row's low-rank total, what is left after taking
+// out the support is float rounding, not signal.
 constexpr double kCancellation = 1e-5;
 SB_SPARSE_HD double Lambda(int i) {
   switch (i) {
-    case 0: return 0.0;
-    case 1: return 0.125;
-    case 2: return 0.25;
-    case 3: return 0.375;
-    case 4: return 0.5;
-    case 5: return 0.75;
-    default: return 1.0;
+    case 0:
+      return 0.0;
+    case 1:
+      return 0.125;
+    case 2:
+      return 0.25;
+    case 3:
+      return 0.375;
+    case 4:
+      return 0.5;
+    case 5:
+      return 0.75;
+    default:
+      return 1.0;
   }
 }
 
 // What the support pass, the features and the low-rank sums hold for row i.
 struct RowInputs {
-  int64_t lim = 0;    // keys the row sees (KeyLimit)
-  int64_t count = 0;  // |S_i|
-  float emax = 0.0f, e1 = 0.0f;  // exact part: sum exp(logit - emax), S_i
-  float f1 = 0.0f;   // low-rank mass on S_i (low-rank units)
-  float den = 0.0f;  // low-rank mass on every visible key
+  int64_t lim = 0;                     // keys the row sees (KeyLimit)
+  int64_t count = 0;                   // |S_i|
+  float emax = 0.0f, e1 = 0.0f;        // exact part: sum exp(logit - emax), S_i
+  float f1 = 0.0f;                     // low-rank mass on S_i (low-rank units)
+  float den = 0.0f;                    // low-rank mass on every visible key
   float qscale = 0.0f, kscale = 0.0f;  // the features' log-scales
 };
 
@@ -410,7 +427,7 @@ SB_SPARSE_HD Candidate MakeCandidate(const RowParts& p, int k) {
 // One column: vbar is the mean visible value, ev the exact numerator, lv
 // the low-rank numerator off S_i.
 SB_SPARSE_HD double CandidateValue(const Candidate& c, double vbar, float ev,
-                            float lv) {
+                                   float lv) {
   if (c.mean) return vbar;
   const double edir = ev * c.inv_e;
   const double ldir = c.has_l ? static_cast<double>(lv) * c.inv_l : 0.0;
@@ -435,7 +452,7 @@ SB_SPARSE_HD UnbiasedRow MakeUnbiased(const RowParts& p, const RowInputs& in) {
   return u;
 }
 SB_SPARSE_HD float UnbiasedValue(const UnbiasedRow& u, bool has_l, float ev,
-                          float lv) {
+                                 float lv) {
   const double l = has_l ? static_cast<double>(lv) : 0.0;
   return static_cast<float>((ev * u.a + l * u.b) / u.den);
 }
@@ -454,9 +471,10 @@ struct CalibrationChoice {
 SB_SPARSE_HD double FitAlpha(double a, double b) {
   return b > 0 ? DMin(DMax(a / b, 0.0), 1.0) : 0.0;
 }
-SB_SPARSE_HD CalibrationChoice SelectCandidate(const double* co, const double* cc,
-                                        const double* oo, const uint8_t* used,
-                                        int64_t n) {
+SB_SPARSE_HD CalibrationChoice SelectCandidate(const double* co,
+                                               const double* cc,
+                                               const double* oo,
+                                               const uint8_t* used, int64_t n) {
   CalibrationChoice ch;
   double oo_total = 0;
   for (int64_t r = 0; r < n; ++r) oo_total += oo[r];
