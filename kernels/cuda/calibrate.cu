@@ -15,53 +15,24 @@ namespace cuda {
 namespace sparse {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kKeyTile = kThreads;  // keys per step of an exact row
 constexpr int kColsPerThread = (kMaxDim + kThreads - 1) / kThreads;
 
 struct CalArgs {
-  const SliceInfo* slices;
-  const RowStats* stats;
-  const float* ev;
-  const float* lv;
-  const float* num;
-  const float* den;
-  const float* qscale;
-  const float* kscale;
-  const float* vbar;
-  int d, dv, rows;  // rows: calibration_rows (C)
+  CombineView v;
+  int d, rows;  // rows: calibration_rows (C)
   float tau;
-  bool causal;
   uint64_t seed, purpose;
   CalibrationWork w;
-  DeviceCounters* counters;
   SparseProbe probe;
 };
-
-// What the combination reads for row i (global row g) of slice s.
-__device__ __forceinline__ RowInputs InputsOf(const CalArgs& a,
-                                              const SliceInfo& si, int64_t s,
-                                              int64_t i) {
-  const int64_t g = si.q_row0 + i;
-  const RowStats st = a.stats[g];
-  RowInputs in;
-  in.lim = KeyLimit(i, si.nk, si.offset, a.causal);
-  in.count = st.count;
-  in.emax = st.emax;
-  in.e1 = st.e1;
-  in.f1 = st.f1;
-  in.den = a.den[g];
-  in.qscale = a.qscale[g];
-  in.kscale = a.kscale[s];
-  return in;
-}
 
 // Block per slice: its sampled rows, sorted.
 __global__ void SampleKernel(CalArgs a) {
   const int64_t s = blockIdx.x;
-  const SliceInfo si = a.slices[s];
-  if (threadIdx.x == 0) a.w.nrows[s] = static_cast<int32_t>(IMin(a.rows, si.nq));
+  const SliceInfo si = a.v.slices[s];
+  if (threadIdx.x == 0)
+    a.w.nrows[s] = static_cast<int32_t>(IMin(a.rows, si.nq));
   BlockSampleRows<kThreads>(a.seed, a.purpose, si.b, si.h, si.nq, a.rows,
                             SliceWords(a.w.bits, si.q_row0, s),
                             a.w.rows + s * a.rows);
@@ -76,12 +47,13 @@ __global__ void __launch_bounds__(kThreads, 2) ExactRowKernel(CalArgs a) {
   __shared__ double weight[kKeyTile];
   const int64_t s = blockIdx.x;
   const int64_t r = blockIdx.y;
-  const SliceInfo si = a.slices[s];
+  const SliceInfo si = a.v.slices[s];
+  const CombineView& v = a.v;
   if (r >= a.w.nrows[s]) return;
   const int64_t slot = s * a.rows + r;
   const int64_t i = a.w.rows[slot];
   const int64_t g = si.q_row0 + i;
-  const RowInputs in = InputsOf(a, si, s, i);
+  const RowInputs in = CombineRow(v, si, s, i);
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   if (in.lim <= 0) {  // sees no key: not used (zeros, as the CPU's vectors)
     for (int k = threadIdx.x; k < kNumCandidates; k += kThreads)
@@ -115,15 +87,17 @@ __global__ void __launch_bounds__(kThreads, 2) ExactRowKernel(CalArgs a) {
     run_sum *= scale;
 #pragma unroll
     for (int u = 0; u < kColsPerThread; ++u) acc[u] *= scale;
-    if (threadIdx.x < n) weight[threadIdx.x] = exp(double(logit[threadIdx.x]) - new_max);
+    if (threadIdx.x < n)
+      weight[threadIdx.x] = exp(double(logit[threadIdx.x]) - new_max);
     __syncthreads();
     for (int t = 0; t < n; ++t) run_sum += weight[t];
 #pragma unroll
     for (int u = 0; u < kColsPerThread; ++u) {
       const int c = threadIdx.x + kThreads * u;
-      if (c < a.dv) {
-        const float* v = si.v + j0 * a.dv + c;
-        for (int t = 0; t < n; ++t) acc[u] += weight[t] * v[int64_t{t} * a.dv];
+      if (c < v.dv) {
+        const float* val = si.v + j0 * v.dv + c;
+        for (int t = 0; t < n; ++t)
+          acc[u] += weight[t] * val[int64_t{t} * v.dv];
       }
     }
     run_max = new_max;
@@ -133,12 +107,12 @@ __global__ void __launch_bounds__(kThreads, 2) ExactRowKernel(CalArgs a) {
   for (int u = 0; u < kColsPerThread; ++u) acc[u] /= run_sum;  // the exact row
 
   const RowParts parts = MakeRowParts(in);
-  const float* vbar = a.vbar + (a.causal ? g : s) * a.dv;
+  const float* vbar = MeanRow(v, s, g);
   double oo = 0;
 #pragma unroll
   for (int u = 0; u < kColsPerThread; ++u) {
     const int c = threadIdx.x + kThreads * u;
-    if (c < a.dv) oo += acc[u] * acc[u];
+    if (c < v.dv) oo += acc[u] * acc[u];
   }
   oo = BlockSumD<kThreads>(oo);
   for (int k = 0; k < kNumCandidates; ++k) {
@@ -147,10 +121,9 @@ __global__ void __launch_bounds__(kThreads, 2) ExactRowKernel(CalArgs a) {
 #pragma unroll
     for (int u = 0; u < kColsPerThread; ++u) {
       const int c = threadIdx.x + kThreads * u;
-      if (c < a.dv) {
-        const int64_t x = g * a.dv + c;
-        const double cv =
-            CandidateValue(cand, vbar[c], a.ev[x], a.num[x] - a.lv[x]);
+      if (c < v.dv) {
+        const double cv = CandidateValue(cand, vbar[c], v.ev[g * v.dv + c],
+                                         LowRankOff(v, g, c));
         co += cv * acc[u];
         cc += cv * cv;
       }
@@ -169,7 +142,7 @@ __global__ void __launch_bounds__(kThreads, 2) ExactRowKernel(CalArgs a) {
 #pragma unroll
   for (int u = 0; u < kColsPerThread; ++u) {
     const int c = threadIdx.x + kThreads * u;
-    if (c < a.dv) a.w.exact[slot * a.dv + c] = static_cast<float>(acc[u]);
+    if (c < v.dv) a.w.exact[slot * v.dv + c] = static_cast<float>(acc[u]);
   }
 }
 
@@ -192,7 +165,7 @@ __global__ void SelectKernel(CalArgs a, int64_t total_slices) {
   if (ch.candidate < 0 || ch.candidate >= kNumCandidates)
     ch.candidate = kMeanCandidate;
   if (a.rows > 0 && ch.fallback)
-    atomicAdd(&a.counters[a.slices[s].request].fallbacks, 1ull);
+    atomicAdd(&a.v.counters[a.v.slices[s].request].fallbacks, 1ull);
   a.w.candidate[s] = ch.candidate;
   a.w.alpha[s] = ch.alpha;
   if (a.probe.candidate != nullptr) a.probe.candidate[s] = ch.candidate;
@@ -203,28 +176,28 @@ __global__ void SelectKernel(CalArgs a, int64_t total_slices) {
 // no key; a guard where the low-rank mass was clamped or both parts are
 // empty).
 __global__ void WriteKernel(CalArgs a) {
+  const CombineView& v = a.v;
   const int64_t s = blockIdx.x;
-  const SliceInfo si = a.slices[s];
+  const SliceInfo si = v.slices[s];
   const int lane = threadIdx.x % kWarpSize;
   const int k = a.w.candidate[s];
   const double alpha = a.w.alpha[s];
-  for (int64_t i = int64_t{blockIdx.y} * kWarps + threadIdx.x / kWarpSize;
-       i < si.nq; i += int64_t{gridDim.y} * kWarps) {
+  for (int64_t i = WarpItem0(); i < si.nq; i += WarpItemStride()) {
     const int64_t g = si.q_row0 + i;
-    const RowParts parts = MakeRowParts(InputsOf(a, si, s, i));
-    float* o = si.out + i * a.dv;
+    const RowParts parts = MakeRowParts(CombineRow(v, si, s, i));
+    float* o = si.out + i * v.dv;
     if (parts.empty) {
-      for (int c = lane; c < a.dv; c += kWarpSize) o[c] = 0.0f;
+      for (int c = lane; c < v.dv; c += kWarpSize) o[c] = 0.0f;
       continue;
     }
     if (lane == 0 && CalibratedGuard(parts))
-      atomicAdd(&a.counters[si.request].guards, 1ull);
+      atomicAdd(&v.counters[si.request].guards, 1ull);
     const Candidate cand = MakeCandidate(parts, k);
-    const float* vbar = a.vbar + (a.causal ? g : s) * a.dv;
-    for (int c = lane; c < a.dv; c += kWarpSize) {
-      const int64_t x = g * a.dv + c;
-      o[c] = static_cast<float>(
-          alpha * CandidateValue(cand, vbar[c], a.ev[x], a.num[x] - a.lv[x]));
+    const float* vbar = MeanRow(v, s, g);
+    for (int c = lane; c < v.dv; c += kWarpSize) {
+      o[c] = static_cast<float>(alpha * CandidateValue(cand, vbar[c],
+                                                       v.ev[g * v.dv + c],
+                                                       LowRankOff(v, g, c)));
     }
   }
 }
@@ -235,10 +208,10 @@ __global__ void OverwriteKernel(CalArgs a) {
   if (r >= a.w.nrows[s]) return;
   const int64_t slot = s * a.rows + r;
   if (!a.w.used[slot]) return;
-  const SliceInfo si = a.slices[s];
-  float* o = si.out + int64_t{a.w.rows[slot]} * a.dv;
-  for (int c = threadIdx.x; c < a.dv; c += blockDim.x)
-    o[c] = a.w.exact[slot * a.dv + c];
+  const int dv = a.v.dv;
+  float* o = a.v.slices[s].out + int64_t{a.w.rows[slot]} * dv;
+  for (int c = threadIdx.x; c < dv; c += blockDim.x)
+    o[c] = a.w.exact[slot * dv + c];
 }
 
 }  // namespace
@@ -259,32 +232,18 @@ absl::Status TakeCalibrationWork(ScratchPlan& plan,
   return plan.Take(n.slices, &w->alpha);
 }
 
-absl::Status LaunchWriteCalibrated(const DeviceBatch& batch,
-                                   const LaunchContext& ctx,
-                                   const Slices& slices,
-                                   const CombineInputs& in,
-                                   const CalibrationWork& work,
-                                   SparseProbe* probe) {
+absl::Status LaunchWriteCalibrated(
+    const DeviceBatch& batch, const LaunchContext& ctx, const Slices& slices,
+    const CombineInputs& in, const CalibrationWork& work, SparseProbe* probe) {
   const AttentionParams& p = batch.settings;
   CalArgs a;
-  a.slices = slices.info;
-  a.stats = in.acc->stats;
-  a.ev = in.acc->ev;
-  a.lv = in.acc->lv;
-  a.num = in.lowrank->num;
-  a.den = in.lowrank->den;
-  a.qscale = in.features->qscale;
-  a.kscale = in.features->kscale;
-  a.vbar = in.vbar;
+  a.v = MakeCombineView(batch, slices, in);
   a.d = static_cast<int>(p.dim);
-  a.dv = static_cast<int>(p.dim_v);
   a.rows = p.calibration_rows;
   a.tau = EffectiveScale(p);
-  a.causal = p.causal;
   a.seed = p.seed;
   a.purpose = static_cast<uint64_t>(DrawPurpose::kCalibration);
   a.w = work;
-  a.counters = batch.counters;
   if (probe != nullptr) a.probe = *probe;
   const unsigned S = static_cast<unsigned>(batch.total_slices);
   cudaStream_t st = ctx.stream;
@@ -297,8 +256,7 @@ absl::Status LaunchWriteCalibrated(const DeviceBatch& batch,
   SelectKernel<<<(S + kThreads - 1) / kThreads, kThreads, 0, st>>>(
       a, batch.total_slices);
   SB_SPARSE_LAUNCHED("calibration SelectKernel");
-  const dim3 rows(S, GridY((int64_t{batch.max_seq_q} + kWarps - 1) / kWarps));
-  WriteKernel<<<rows, kThreads, 0, st>>>(a);
+  WriteKernel<<<QueryRowGrid(batch), kThreads, 0, st>>>(a);
   SB_SPARSE_LAUNCHED("calibration WriteKernel");
   if (a.rows > 0) {
     OverwriteKernel<<<dim3(S, a.rows), kThreads, 0, st>>>(a);

@@ -14,8 +14,6 @@ namespace cuda {
 namespace sparse {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kRowThreads = 256;
 
 // Squared norms (double) of every query and valid key, warp per row.
@@ -23,10 +21,9 @@ __global__ void RowNormsKernel(const SliceInfo* slices, int d, double* qn2,
                                double* kn2) {
   const int64_t s = blockIdx.x;
   const SliceInfo si = slices[s];
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
   const int64_t rows = int64_t{si.nq} + si.nk;
-  for (int64_t r = int64_t{blockIdx.y} * kWarps + warp; r < rows;
-       r += int64_t{gridDim.y} * kWarps) {
+  for (int64_t r = WarpItem0(); r < rows; r += WarpItemStride()) {
     const bool is_q = r < si.nq;
     const int64_t i = is_q ? r : r - si.nq;
     const float* x = (is_q ? si.q : si.k) + i * d;
@@ -86,8 +83,7 @@ __global__ void CrossPolytopeKernel(CrossPolytopeArgs a) {
   const bool smyrf = a.smyrf.m != nullptr;
   const double M = smyrf ? a.smyrf.m[s] : 0.0;
   const int64_t rows = int64_t{si.nq} + si.nk;
-  for (int64_t r = int64_t{blockIdx.y} * kWarps + warp; r < rows;
-       r += int64_t{gridDim.y} * kWarps) {
+  for (int64_t r = WarpItem0(); r < rows; r += WarpItemStride()) {
     const bool is_q = r < si.nq;
     const int64_t i = is_q ? r : r - si.nq;
     const float* x = (is_q ? si.q : si.k) + i * a.d;
@@ -151,8 +147,9 @@ __global__ void AssignChunksKernel(ChunkArgs a) {
   for (int64_t i = first; i < si.nq; i += stride) {
     const int64_t g = si.q_row0 + i;
     const int32_t t =
-        nk > 0 ? static_cast<int32_t>(QueryChunk(a.qkey[g], sorted, nk, nchunks))
-               : -1;
+        nk > 0
+            ? static_cast<int32_t>(QueryChunk(a.qkey[g], sorted, nk, nchunks))
+            : -1;
     a.qchunk[g] = t;
     a.qsort_key[g] = t < 0 ? 0u : static_cast<uint32_t>(t);
     a.qsort_idx[g] = static_cast<int32_t>(i);
@@ -208,9 +205,9 @@ absl::Status LaunchSmyrfNorms(const DeviceBatch& batch,
 }
 
 absl::Status LaunchCrossPolytope(const DeviceBatch& batch,
-                                 const LaunchContext& ctx,
-                                 const Slices& slices, int round,
-                                 const SmyrfNorms* smyrf, RoundKeys* keys) {
+                                 const LaunchContext& ctx, const Slices& slices,
+                                 int round, const SmyrfNorms* smyrf,
+                                 RoundKeys* keys) {
   const AttentionParams& p = batch.settings;
   const DeviceDraws& dr = batch.draws;
   const int P = p.hash_projections;
@@ -245,8 +242,10 @@ absl::Status LaunchAssignChunks(const DeviceBatch& batch,
                                 const int32_t* korder, const uint64_t* qkey,
                                 int32_t* kchunk, int32_t* qchunk,
                                 uint32_t* qsort_key, int32_t* qsort_idx) {
-  ChunkArgs a{slices.info, batch.settings.bucket_size, sorted_kkey, korder,
-              qkey,        kchunk,                     qchunk,      qsort_key,
+  ChunkArgs a{slices.info, batch.settings.bucket_size,
+              sorted_kkey, korder,
+              qkey,        kchunk,
+              qchunk,      qsort_key,
               qsort_idx};
   AssignChunksKernel<<<RowGrid(batch, kRowThreads), kRowThreads, 0,
                        ctx.stream>>>(a);

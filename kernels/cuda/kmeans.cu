@@ -21,8 +21,6 @@ namespace cuda {
 namespace sparse {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * kWarpSize;
 // Columns per lane of a centroid sum pass (d > 32 * kSumCols: more passes).
 constexpr int kSumCols = 8;
 
@@ -47,8 +45,8 @@ int64_t CentroidRows(const BatchSizes& n, int64_t bucket) {
 }
 
 // First position in sorted[0, n) whose value is >= v.
-__device__ __forceinline__ int64_t LowerBound(const uint32_t* sorted,
-                                              int64_t n, uint32_t v) {
+__device__ __forceinline__ int64_t LowerBound(const uint32_t* sorted, int64_t n,
+                                              uint32_t v) {
   int64_t lo = 0, hi = n;
   while (lo < hi) {
     const int64_t mid = (lo + hi) / 2;
@@ -87,13 +85,12 @@ __global__ void SampleKernel(KMeansArgs a) {
   const int64_t nt = si.nk > 0 ? sh.samples : 0;
   if (threadIdx.x == 0) a.w.member_end[s] = si.k_row0 + nt;
   if (si.nk == 0) return;
-  BlockSampleRows<kThreads>(a.seed, a.purpose, a.round + 1000, si.h, si.nk,
-                            nt, SliceWords(a.w.bits_train, si.k_row0, s),
+  BlockSampleRows<kThreads>(a.seed, a.purpose, a.round + 1000, si.h, si.nk, nt,
+                            SliceWords(a.w.bits_train, si.k_row0, s),
                             a.w.train + si.k_row0);
-  BlockSampleRows<kThreads>(a.seed, a.purpose, a.round + 2000, si.h, nt,
-                            IMin(sh.k1, nt),
-                            SliceWords(a.w.bits_init, si.k_row0, s),
-                            a.w.init + si.k_row0);
+  BlockSampleRows<kThreads>(
+      a.seed, a.purpose, a.round + 2000, si.h, nt, IMin(sh.k1, nt),
+      SliceWords(a.w.bits_init, si.k_row0, s), a.w.init + si.k_row0);
 }
 
 // Warp per sample: its unit direction (zero rows stay zero).
@@ -102,8 +99,7 @@ __global__ void UnitKernel(KMeansArgs a) {
   const SliceInfo si = a.slices[s];
   const int64_t nt = si.nk > 0 ? MakeKMeansShape(si.nk, a.bucket).samples : 0;
   const int lane = threadIdx.x % kWarpSize;
-  for (int64_t t = int64_t{blockIdx.y} * kWarps + threadIdx.x / kWarpSize;
-       t < nt; t += int64_t{gridDim.y} * kWarps) {
+  for (int64_t t = WarpItem0(); t < nt; t += WarpItemStride()) {
     const float* x = si.k + int64_t{a.w.train[si.k_row0 + t]} * a.d;
     double n2 = 0;
     for (int c = lane; c < a.d; c += kWarpSize) n2 += double(x[c]) * x[c];
@@ -123,8 +119,7 @@ __global__ void InitTopsKernel(KMeansArgs a) {
   const int64_t ninit = IMin(sh.k1, sh.samples);
   const int64_t base = CentroidBase(s, si.k_row0, a.bucket);
   const int lane = threadIdx.x % kWarpSize;
-  for (int64_t u = int64_t{blockIdx.y} * kWarps + threadIdx.x / kWarpSize;
-       u < sh.k1; u += int64_t{gridDim.y} * kWarps) {
+  for (int64_t u = WarpItem0(); u < sh.k1; u += WarpItemStride()) {
     const int64_t t = a.w.init[si.k_row0 + u % ninit];
     const float* src = a.w.unit + (si.k_row0 + t) * a.d;
     float* dst = a.w.cent + (base + u) * a.d;
@@ -141,13 +136,13 @@ __global__ void AssignKernel(KMeansArgs a, int level, bool final_tops) {
   if (si.nk == 0) return;
   const KMeansShape sh = MakeKMeansShape(si.nk, a.bucket);
   const int64_t base = CentroidBase(s, si.k_row0, a.bucket);
-  for (int64_t t = int64_t{blockIdx.y} * kWarps + threadIdx.x / kWarpSize;
-       t < sh.samples; t += int64_t{gridDim.y} * kWarps) {
+  for (int64_t t = WarpItem0(); t < sh.samples; t += WarpItemStride()) {
     const int64_t g = si.k_row0 + t;
     const float* x = a.w.unit + g * a.d;
     const float* cand =
-        level == 0 ? a.w.cent + base * a.d
-                   : a.w.cent + (base + sh.k1 + int64_t{a.w.tops[g]} * sh.k2) * a.d;
+        level == 0
+            ? a.w.cent + base * a.d
+            : a.w.cent + (base + sh.k1 + int64_t{a.w.tops[g]} * sh.k2) * a.d;
     const int best = BestCentroid(x, cand, level == 0 ? sh.k1 : sh.k2, a.d);
     if (threadIdx.x % kWarpSize == 0) {
       if (final_tops) {
@@ -173,8 +168,7 @@ __global__ void UpdateKernel(KMeansArgs a, int level) {
   const int64_t ncent = level == 0 ? sh.k1 : sh.k1 * sh.k2;
   const int lane = threadIdx.x % kWarpSize;
   const uint32_t* sorted_tops = a.w.sorted_tops + si.k_row0;
-  for (int64_t L = int64_t{blockIdx.y} * kWarps + threadIdx.x / kWarpSize;
-       L < ncent; L += int64_t{gridDim.y} * kWarps) {
+  for (int64_t L = WarpItem0(); L < ncent; L += WarpItemStride()) {
     int64_t pos0 = 0, pos1 = sh.samples, u = L, row = base + L;
     if (level == 1) {
       const int64_t g = L / sh.k2;
@@ -224,15 +218,17 @@ __global__ void InitLeavesKernel(KMeansArgs a) {
   const int64_t base = CentroidBase(s, si.k_row0, a.bucket);
   const uint32_t* sorted_tops = a.w.sorted_tops + si.k_row0;
   const int lane = threadIdx.x % kWarpSize;
-  for (int64_t L = int64_t{blockIdx.y} * kWarps + threadIdx.x / kWarpSize;
-       L < sh.k1 * sh.k2; L += int64_t{gridDim.y} * kWarps) {
+  for (int64_t L = WarpItem0(); L < sh.k1 * sh.k2; L += WarpItemStride()) {
     const int64_t g = L / sh.k2, u = L % sh.k2;
-    const int64_t pos0 = LowerBound(sorted_tops, sh.samples, static_cast<uint32_t>(g));
+    const int64_t pos0 =
+        LowerBound(sorted_tops, sh.samples, static_cast<uint32_t>(g));
     const int64_t n =
-        LowerBound(sorted_tops, sh.samples, static_cast<uint32_t>(g + 1)) - pos0;
+        LowerBound(sorted_tops, sh.samples, static_cast<uint32_t>(g + 1)) -
+        pos0;
     const float* src =
-        n > 0 ? a.w.unit +
-                    (si.k_row0 + a.w.members[si.k_row0 + pos0 + (u * n) / sh.k2]) * a.d
+        n > 0 ? a.w.unit + (si.k_row0 +
+                            a.w.members[si.k_row0 + pos0 + (u * n) / sh.k2]) *
+                               a.d
               : a.w.cent + (base + g) * a.d;
     float* dst = a.w.cent + (base + sh.k1 + L) * a.d;
     for (int c = lane; c < a.d; c += kWarpSize) dst[c] = src[c];
@@ -252,8 +248,7 @@ __global__ void OrderKeysKernel(KMeansArgs a, const float* dir_all,
   const float* dir = dir_all + (int64_t{si.h} * num_hashes + a.round) *
                                    hash_rows * int64_t{hash_cols};
   const int64_t rows = int64_t{si.nq} + si.nk;
-  for (int64_t r = int64_t{blockIdx.y} * kWarps + threadIdx.x / kWarpSize;
-       r < rows; r += int64_t{gridDim.y} * kWarps) {
+  for (int64_t r = WarpItem0(); r < rows; r += WarpItemStride()) {
     const bool is_q = r < si.nq;
     const int64_t i = is_q ? r : r - si.nq;
     const float* x = (is_q ? si.q : si.k) + i * a.d;
@@ -261,8 +256,8 @@ __global__ void OrderKeysKernel(KMeansArgs a, const float* dir_all,
     const float* children = cent + (sh.k1 + top * sh.k2) * a.d;
     const int64_t leaf = top * sh.k2 + BestCentroid(x, children, sh.k2, a.d);
     if (threadIdx.x % kWarpSize == 0) {
-      const uint64_t key = HashSortKey(HashCode{
-          static_cast<uint32_t>(leaf), SequentialDot(dir, x, a.d)});
+      const uint64_t key = HashSortKey(
+          HashCode{static_cast<uint32_t>(leaf), SequentialDot(dir, x, a.d)});
       if (is_q) {
         keys.qkey[si.q_row0 + i] = key;
       } else {
@@ -317,8 +312,9 @@ absl::Status LaunchKMeansHash(const DeviceBatch& batch,
   a.round = round;
   const unsigned S = static_cast<unsigned>(batch.total_slices);
   const KMeansShape big = MakeKMeansShape(batch.max_seq_k, p.bucket_size);
-  const dim3 rows(S, GridY((int64_t{batch.max_seq_q} + batch.max_seq_k +
-                            kWarps - 1) / kWarps));
+  const dim3 rows(
+      S, GridY((int64_t{batch.max_seq_q} + batch.max_seq_k + kWarps - 1) /
+               kWarps));
   const dim3 samples(S, GridY((big.samples + kWarps - 1) / kWarps));
   const dim3 cents(S, GridY((3 * big.k + 3 + kWarps - 1) / kWarps));
   cudaStream_t st = ctx.stream;

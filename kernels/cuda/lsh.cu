@@ -14,9 +14,6 @@ namespace cuda {
 namespace sparse {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * kWarpSize;
-
 // Scratch of the LSH rounds.
 struct LshWork {
   int32_t* qchunk = nullptr;  // [rounds][total_q_rows]
@@ -83,8 +80,8 @@ absl::Status HashAndSortRound(const DeviceBatch& batch,
     pass->kchunk = probe->forced_kchunk;
   } else {
     if (p.lsh_hash == LshHash::kKMeans) {
-      SB_RETURN_IF_ERROR(LaunchKMeansHash(batch, ctx, slices, w.sort, w.kmeans,
-                                          round, &keys));
+      SB_RETURN_IF_ERROR(
+          LaunchKMeansHash(batch, ctx, slices, w.sort, w.kmeans, round, &keys));
     } else {
       SB_RETURN_IF_ERROR(LaunchCrossPolytope(
           batch, ctx, slices, round, UsesSmyrf(p) ? &w.smyrf : nullptr, &keys));
@@ -116,8 +113,7 @@ __global__ void WriteSparseOnlyKernel(const SliceInfo* slices,
   const int64_t s = blockIdx.x;
   const SliceInfo si = slices[s];
   const int lane = threadIdx.x % kWarpSize;
-  for (int64_t i = int64_t{blockIdx.y} * kWarps + threadIdx.x / kWarpSize;
-       i < si.nq; i += int64_t{gridDim.y} * kWarps) {
+  for (int64_t i = WarpItem0(); i < si.nq; i += WarpItemStride()) {
     const int64_t g = si.q_row0 + i;
     const RowStats st = stats[g];
     bool guard = false;
@@ -189,18 +185,16 @@ absl::Status RunLshProbed(const DeviceBatch& batch, const LaunchContext& ctx,
   const BatchSizes n = SizesOf(batch);
   ScratchPlan plan(ctx.arena);
   Slices slices;
-  SB_RETURN_IF_ERROR(TakeSlices(plan, n, &slices));
-  SB_RETURN_IF_ERROR(LaunchBuildSlices(batch, ctx, slices));
+  SB_RETURN_IF_ERROR(BuildSlices(plan, batch, ctx, &slices));
   SupportAcc acc;
-  SB_RETURN_IF_ERROR(TakeSupportAcc(plan, n, static_cast<int>(batch.settings.dim_v),
+  SB_RETURN_IF_ERROR(TakeSupportAcc(plan, n,
+                                    static_cast<int>(batch.settings.dim_v),
                                     /*features=*/false, &acc));
   SB_RETURN_IF_ERROR(LaunchInitSupportAcc(batch, ctx, acc));
   SupportSpec spec;
   spec.lsh = true;
   SB_RETURN_IF_ERROR(AccumulateSupport(batch, ctx, slices, spec, &acc, probe));
-  const dim3 grid(static_cast<unsigned>(batch.total_slices),
-                  GridY((int64_t{batch.max_seq_q} + kWarps - 1) / kWarps));
-  WriteSparseOnlyKernel<<<grid, kThreads, 0, ctx.stream>>>(
+  WriteSparseOnlyKernel<<<QueryRowGrid(batch), kThreads, 0, ctx.stream>>>(
       slices.info, acc.stats, acc.ev, static_cast<int>(batch.settings.dim_v),
       batch.settings.causal, batch.counters);
   SB_SPARSE_LAUNCHED("WriteSparseOnlyKernel");

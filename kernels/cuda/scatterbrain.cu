@@ -14,9 +14,6 @@ namespace cuda {
 namespace sparse {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * kWarpSize;
-
 bool UsesLshSupport(const AttentionParams& p) {
   return p.method == Method::kLsh || p.sparse != SparseSupport::kLocal;
 }
@@ -24,56 +21,31 @@ bool UsesLocalSupport(const AttentionParams& p) {
   return p.method == Method::kScatterbrain && p.sparse != SparseSupport::kLsh;
 }
 
-struct CombineArgs {
-  const SliceInfo* slices;
-  const RowStats* stats;
-  const float* ev;
-  const float* lv;
-  const float* num;
-  const float* den;
-  const float* qscale;
-  const float* kscale;
-  const float* vbar;
-  int dv;
-  bool causal;
-  DeviceCounters* counters;
-};
-
 // Warp per row: (ev a + lv b) / (e1 a + l1 b) with a, b the exact and
 // low-rank parts' scales relative to their larger one; the mean of the
 // visible values (and a guard) when that denominator is unusable.
-__global__ void WriteUnbiasedKernel(CombineArgs a) {
+__global__ void WriteUnbiasedKernel(CombineView v) {
   const int64_t s = blockIdx.x;
-  const SliceInfo si = a.slices[s];
+  const SliceInfo si = v.slices[s];
   const int lane = threadIdx.x % kWarpSize;
-  for (int64_t i = int64_t{blockIdx.y} * kWarps + threadIdx.x / kWarpSize;
-       i < si.nq; i += int64_t{gridDim.y} * kWarps) {
+  for (int64_t i = WarpItem0(); i < si.nq; i += WarpItemStride()) {
     const int64_t g = si.q_row0 + i;
-    const RowStats st = a.stats[g];
-    RowInputs in;
-    in.lim = KeyLimit(i, si.nk, si.offset, a.causal);
-    in.count = st.count;
-    in.emax = st.emax;
-    in.e1 = st.e1;
-    in.f1 = st.f1;
-    in.den = a.den[g];
-    in.qscale = a.qscale[g];
-    in.kscale = a.kscale[s];
+    const RowInputs in = CombineRow(v, si, s, i);
     const RowParts parts = MakeRowParts(in);
-    float* o = si.out + i * a.dv;
+    float* o = si.out + i * v.dv;
     if (parts.empty) {
-      for (int c = lane; c < a.dv; c += kWarpSize) o[c] = 0.0f;
+      for (int c = lane; c < v.dv; c += kWarpSize) o[c] = 0.0f;
       continue;
     }
     const UnbiasedRow u = MakeUnbiased(parts, in);
     if (lane == 0) {
       const unsigned long long guards = (parts.guard ? 1 : 0) + (u.ok ? 0 : 1);
-      if (guards > 0) atomicAdd(&a.counters[si.request].guards, guards);
+      if (guards > 0) atomicAdd(&v.counters[si.request].guards, guards);
     }
-    const float* vbar = a.vbar + (a.causal ? g : s) * a.dv;
-    for (int c = lane; c < a.dv; c += kWarpSize) {
-      const int64_t x = g * a.dv + c;
-      o[c] = u.ok ? UnbiasedValue(u, parts.has_l, a.ev[x], a.num[x] - a.lv[x])
+    const float* vbar = MeanRow(v, s, g);
+    for (int c = lane; c < v.dv; c += kWarpSize) {
+      o[c] = u.ok ? UnbiasedValue(u, parts.has_l, v.ev[g * v.dv + c],
+                                  LowRankOff(v, g, c))
                   : vbar[c];
     }
   }
@@ -82,25 +54,10 @@ __global__ void WriteUnbiasedKernel(CombineArgs a) {
 }  // namespace
 
 absl::Status LaunchWriteUnbiased(const DeviceBatch& batch,
-                                 const LaunchContext& ctx,
-                                 const Slices& slices,
+                                 const LaunchContext& ctx, const Slices& slices,
                                  const CombineInputs& in) {
-  CombineArgs a;
-  a.slices = slices.info;
-  a.stats = in.acc->stats;
-  a.ev = in.acc->ev;
-  a.lv = in.acc->lv;
-  a.num = in.lowrank->num;
-  a.den = in.lowrank->den;
-  a.qscale = in.features->qscale;
-  a.kscale = in.features->kscale;
-  a.vbar = in.vbar;
-  a.dv = static_cast<int>(batch.settings.dim_v);
-  a.causal = batch.settings.causal;
-  a.counters = batch.counters;
-  const dim3 grid(static_cast<unsigned>(batch.total_slices),
-                  GridY((int64_t{batch.max_seq_q} + kWarps - 1) / kWarps));
-  WriteUnbiasedKernel<<<grid, kThreads, 0, ctx.stream>>>(a);
+  WriteUnbiasedKernel<<<QueryRowGrid(batch), kThreads, 0, ctx.stream>>>(
+      MakeCombineView(batch, slices, in));
   SB_SPARSE_LAUNCHED("WriteUnbiasedKernel");
   return absl::OkStatus();
 }
@@ -114,8 +71,7 @@ absl::Status RunScatterbrainProbed(const DeviceBatch& batch,
   const BatchSizes n = SizesOf(batch);
   ScratchPlan plan(ctx.arena);
   Slices slices;
-  SB_RETURN_IF_ERROR(TakeSlices(plan, n, &slices));
-  SB_RETURN_IF_ERROR(LaunchBuildSlices(batch, ctx, slices));
+  SB_RETURN_IF_ERROR(BuildSlices(plan, batch, ctx, &slices));
 
   DeviceFeatures features;
   SB_RETURN_IF_ERROR(ComputeFeatures(batch, ctx, &features));
@@ -171,7 +127,8 @@ int64_t SparseScratchBytes(const AttentionParams& settings,
   sp::SupportSpec spec;
   spec.lsh = sp::UsesLshSupport(settings);
   if (!sp::TakeSlices(plan, n, &slices).ok() ||
-      !sp::TakeSupportAcc(plan, n, static_cast<int>(settings.dim_v), sb, &acc).ok())
+      !sp::TakeSupportAcc(plan, n, static_cast<int>(settings.dim_v), sb, &acc)
+           .ok())
     return 0;
   if (sb) {
     if (!sp::TakeMeanWork(plan, settings, n, &mean).ok()) return 0;

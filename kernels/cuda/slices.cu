@@ -130,10 +130,11 @@ __global__ void PrefixMeanKernel(const SliceInfo* slices, int dv,
 
 absl::Status CudaCheck(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return absl::OkStatus();
-  const std::string msg = absl::StrCat("cuda sparse: ", what, ": ",
-                                       cudaGetErrorName(err), ": ",
-                                       cudaGetErrorString(err));
-  if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
+  const std::string msg =
+      absl::StrCat("cuda sparse: ", what, ": ", cudaGetErrorName(err), ": ",
+                   cudaGetErrorString(err));
+  if (err == cudaErrorMemoryAllocation)
+    return absl::ResourceExhaustedError(msg);
   return absl::InternalError(msg);
 }
 
@@ -142,9 +143,12 @@ absl::Status TakeSlices(ScratchPlan& plan, const BatchSizes& n, Slices* out) {
   return plan.Take(n.slices, &out->k_valid_end);
 }
 
-absl::Status LaunchBuildSlices(const DeviceBatch& batch,
-                               const LaunchContext& ctx, const Slices& s) {
-  const int64_t blocks = (batch.total_slices + kSliceThreads - 1) / kSliceThreads;
+absl::Status BuildSlices(ScratchPlan& plan, const DeviceBatch& batch,
+                         const LaunchContext& ctx, Slices* out) {
+  SB_RETURN_IF_ERROR(TakeSlices(plan, SizesOf(batch), out));
+  const Slices& s = *out;
+  const int64_t blocks =
+      (batch.total_slices + kSliceThreads - 1) / kSliceThreads;
   BuildSlicesKernel<<<static_cast<unsigned>(blocks), kSliceThreads, 0,
                       ctx.stream>>>(
       batch.requests, batch.slice_offsets, batch.n, batch.q_row_offsets,
@@ -169,8 +173,8 @@ absl::Status LaunchMeanValues(const DeviceBatch& batch,
   const int dv = static_cast<int>(batch.settings.dim_v);
   const dim3 grid(static_cast<unsigned>(batch.total_slices),
                   GridY((batch.max_seq_k + kMeanBlock - 1) / kMeanBlock));
-  ValueBlockSumsKernel<<<grid, kMeanThreads, 0, ctx.stream>>>(
-      slices.info, dv, work.block_sums);
+  ValueBlockSumsKernel<<<grid, kMeanThreads, 0, ctx.stream>>>(slices.info, dv,
+                                                              work.block_sums);
   SB_SPARSE_LAUNCHED("ValueBlockSumsKernel");
   if (batch.settings.causal) {
     PrefixMeanKernel<<<grid, kMeanThreads, 0, ctx.stream>>>(

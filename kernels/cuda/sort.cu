@@ -33,10 +33,10 @@ size_t TempBytes(int64_t items, int64_t segments) {
 }
 
 template <typename K>
-absl::Status Sort(const LaunchContext& ctx, const SortWork& work,
-                  int64_t items, int64_t segments, const int64_t* begin,
-                  const int64_t* end, const K* keys_in, const int32_t* idx_in,
-                  K* keys_out, int32_t* idx_out, const char* what) {
+absl::Status Sort(const LaunchContext& ctx, const SortWork& work, int64_t items,
+                  int64_t segments, const int64_t* begin, const int64_t* end,
+                  const K* keys_in, const int32_t* idx_in, K* keys_out,
+                  int32_t* idx_out, const char* what) {
   if (items == 0 || segments == 0) return absl::OkStatus();
   size_t bytes = work.bytes;
   SB_SPARSE_CUDA(cub::DeviceSegmentedSort::StableSortPairs(

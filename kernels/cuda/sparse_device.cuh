@@ -18,6 +18,18 @@ namespace sparse {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarpSize = 32;
+// Every kernel here runs blocks of 4 warps.
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * kWarpSize;
+
+// Warp-per-item loops over a grid of slices (x) by item tiles (y):
+//   for (int64_t i = WarpItem0(); i < n; i += WarpItemStride()) ...
+__device__ __forceinline__ int64_t WarpItem0() {
+  return int64_t{blockIdx.y} * kWarps + threadIdx.x / kWarpSize;
+}
+__device__ __forceinline__ int64_t WarpItemStride() {
+  return int64_t{gridDim.y} * kWarps;
+}
 
 __device__ __forceinline__ float WarpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
@@ -28,11 +40,13 @@ __device__ __forceinline__ double WarpSumD(double v) {
   return v;
 }
 __device__ __forceinline__ float WarpMax(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  for (int o = 16; o > 0; o >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
   return v;
 }
 __device__ __forceinline__ double WarpMaxD(double v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(kFullMask, v, o));
+  for (int o = 16; o > 0; o >>= 1)
+    v = fmax(v, __shfl_xor_sync(kFullMask, v, o));
   return v;
 }
 // (largest value, first index on ties) over the warp; every lane gets it.
@@ -108,6 +122,74 @@ __device__ void BlockSampleRows(uint64_t seed, uint64_t purpose, uint64_t a,
     running += total;
     __syncthreads();  // `scan` is rewritten next iteration
   }
+}
+
+// A grid of warp-per-query-row kernels: slices by row tiles.
+inline dim3 QueryRowGrid(const DeviceBatch& b) {
+  return dim3(static_cast<unsigned>(b.total_slices),
+              GridY((int64_t{b.max_seq_q} + kWarps - 1) / kWarps));
+}
+
+// What the combination kernels read (scatterbrain.cu, calibrate.cu).
+struct CombineView {
+  const SliceInfo* slices;
+  const RowStats* stats;
+  const float* ev;   // exact numerators
+  const float* lv;   // low-rank numerators on S_i
+  const float* num;  // low-rank numerators, every visible key
+  const float* den;
+  const float* qscale;  // [total_q_rows]
+  const float* kscale;  // [total_slices]
+  const float* vbar;    // MeanWork::vbar
+  int dv;
+  bool causal;
+  DeviceCounters* counters;
+};
+inline CombineView MakeCombineView(const DeviceBatch& batch,
+                                   const Slices& slices,
+                                   const CombineInputs& in) {
+  CombineView v;
+  v.slices = slices.info;
+  v.stats = in.acc->stats;
+  v.ev = in.acc->ev;
+  v.lv = in.acc->lv;
+  v.num = in.lowrank->num;
+  v.den = in.lowrank->den;
+  v.qscale = in.features->qscale;
+  v.kscale = in.features->kscale;
+  v.vbar = in.vbar;
+  v.dv = static_cast<int>(batch.settings.dim_v);
+  v.causal = batch.settings.causal;
+  v.counters = batch.counters;
+  return v;
+}
+// Row i of slice s, as the combination math takes it.
+__device__ __forceinline__ RowInputs CombineRow(const CombineView& v,
+                                                const SliceInfo& si, int64_t s,
+                                                int64_t i) {
+  const int64_t g = si.q_row0 + i;
+  const RowStats st = v.stats[g];
+  RowInputs in;
+  in.lim = KeyLimit(i, si.nk, si.offset, v.causal);
+  in.count = st.count;
+  in.emax = st.emax;
+  in.e1 = st.e1;
+  in.f1 = st.f1;
+  in.den = v.den[g];
+  in.qscale = v.qscale[g];
+  in.kscale = v.kscale[s];
+  return in;
+}
+// Its mean visible value, its exact numerator and its low-rank numerator
+// off S_i at column c (global row g).
+__device__ __forceinline__ const float* MeanRow(const CombineView& v, int64_t s,
+                                                int64_t g) {
+  return v.vbar + (v.causal ? g : s) * v.dv;
+}
+__device__ __forceinline__ float LowRankOff(const CombineView& v, int64_t g,
+                                            int c) {
+  const int64_t x = g * v.dv + c;
+  return v.num[x] - v.lv[x];
 }
 
 // The bit-set scratch of slice s over `rows` rows starting at global row

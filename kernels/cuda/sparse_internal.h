@@ -76,10 +76,10 @@ inline int64_t MaxHeads(const DeviceBatch& b) {
 
 // One (request, batch entry, head) slice, resolved once per launcher.
 struct SliceInfo {
-  const float* q;  // [nq][dim]
-  const float* k;  // [seq_k][dim]
-  const float* v;  // [seq_k][dim_v]
-  float* out;      // [nq][dim_v]
+  const float* q;          // [nq][dim]
+  const float* k;          // [seq_k][dim]
+  const float* v;          // [seq_k][dim_v]
+  float* out;              // [nq][dim_v]
   int64_t q_row0, k_row0;  // global row numbers of row 0
   int32_t nq, nk;          // query rows; valid (non-padding) keys
   int32_t seq_k, offset;   // offset = seq_k - seq_q (causal alignment)
@@ -93,8 +93,9 @@ struct Slices {
   int64_t* k_valid_end = nullptr;
 };
 absl::Status TakeSlices(ScratchPlan& plan, const BatchSizes& n, Slices* out);
-absl::Status LaunchBuildSlices(const DeviceBatch& batch,
-                               const LaunchContext& ctx, const Slices& s);
+// TakeSlices, then the kernel that fills them.
+absl::Status BuildSlices(ScratchPlan& plan, const DeviceBatch& batch,
+                         const LaunchContext& ctx, Slices* out);
 
 // Per query row: the exact part's running max and sum, |S_i|, and (with
 // features) the low-rank mass on S_i. Read from one buffer and written to
@@ -212,25 +213,25 @@ absl::Status LaunchSmyrfNorms(const DeviceBatch& batch,
                               const SmyrfNorms& norms);
 // The cross-polytope hash of round `round` (smyrf null: no transform).
 absl::Status LaunchCrossPolytope(const DeviceBatch& batch,
-                                 const LaunchContext& ctx,
-                                 const Slices& slices, int round,
-                                 const SmyrfNorms* smyrf, RoundKeys* keys);
+                                 const LaunchContext& ctx, const Slices& slices,
+                                 int round, const SmyrfNorms* smyrf,
+                                 RoundKeys* keys);
 
 // The k-means hash (sparse.cc's KMeansHash): scratch reused every round.
 struct KMeansWork {
   uint32_t* bits_train = nullptr;  // sampling bit sets over keys
   uint32_t* bits_init = nullptr;
-  int32_t* train = nullptr;    // [total_k_rows]: sampled keys, sorted
-  int32_t* init = nullptr;     // [total_k_rows]: initial tops (sample pos)
-  float* unit = nullptr;       // [total_k_rows][dim]: unit sampled keys
-  int32_t* assign = nullptr;   // [total_k_rows]: Lloyd assignment
-  uint32_t* tops = nullptr;    // [total_k_rows]: top of each sample
-  int32_t* midx = nullptr;     // [total_k_rows]: sample positions
+  int32_t* train = nullptr;   // [total_k_rows]: sampled keys, sorted
+  int32_t* init = nullptr;    // [total_k_rows]: initial tops (sample pos)
+  float* unit = nullptr;      // [total_k_rows][dim]: unit sampled keys
+  int32_t* assign = nullptr;  // [total_k_rows]: Lloyd assignment
+  uint32_t* tops = nullptr;   // [total_k_rows]: top of each sample
+  int32_t* midx = nullptr;    // [total_k_rows]: sample positions
   uint32_t* sorted_tops = nullptr;
-  int32_t* members = nullptr;  // sample positions sorted by top
+  int32_t* members = nullptr;     // sample positions sorted by top
   int64_t* member_end = nullptr;  // [total_slices]
-  float* cent = nullptr;       // centroid rows (CentroidBase), [dim] each
-  float* csum = nullptr;       // their raw sums
+  float* cent = nullptr;          // centroid rows (CentroidBase), [dim] each
+  float* csum = nullptr;          // their raw sums
 };
 absl::Status TakeKMeansWork(ScratchPlan& plan, const AttentionParams& settings,
                             const BatchSizes& n, KMeansWork* out);
@@ -276,32 +277,28 @@ struct CombineInputs {
 };
 // The textbook estimator (scatterbrain.cu).
 absl::Status LaunchWriteUnbiased(const DeviceBatch& batch,
-                                 const LaunchContext& ctx,
-                                 const Slices& slices,
+                                 const LaunchContext& ctx, const Slices& slices,
                                  const CombineInputs& in);
 // The calibrated estimator (calibrate.cu): sampled rows computed exactly on
 // the device, the candidate chosen per slice, every row written.
 struct CalibrationWork {
-  uint32_t* bits = nullptr;   // sampling bit sets over query rows
-  int32_t* rows = nullptr;    // [slices][C]: sampled rows, sorted
-  int32_t* nrows = nullptr;   // [slices]
-  double* co = nullptr;       // [slices][C][kNumCandidates]
+  uint32_t* bits = nullptr;  // sampling bit sets over query rows
+  int32_t* rows = nullptr;   // [slices][C]: sampled rows, sorted
+  int32_t* nrows = nullptr;  // [slices]
+  double* co = nullptr;      // [slices][C][kNumCandidates]
   double* cc = nullptr;
-  double* oo = nullptr;       // [slices][C]
-  uint8_t* used = nullptr;    // [slices][C]
-  float* exact = nullptr;     // [slices][C][dim_v]
+  double* oo = nullptr;          // [slices][C]
+  uint8_t* used = nullptr;       // [slices][C]
+  float* exact = nullptr;        // [slices][C][dim_v]
   int32_t* candidate = nullptr;  // [slices]
   double* alpha = nullptr;       // [slices]
 };
 absl::Status TakeCalibrationWork(ScratchPlan& plan,
                                  const AttentionParams& settings,
                                  const BatchSizes& n, CalibrationWork* out);
-absl::Status LaunchWriteCalibrated(const DeviceBatch& batch,
-                                   const LaunchContext& ctx,
-                                   const Slices& slices,
-                                   const CombineInputs& in,
-                                   const CalibrationWork& work,
-                                   SparseProbe* probe);
+absl::Status LaunchWriteCalibrated(
+    const DeviceBatch& batch, const LaunchContext& ctx, const Slices& slices,
+    const CombineInputs& in, const CalibrationWork& work, SparseProbe* probe);
 
 // The launchers with probes (RunLsh / RunScatterbrain pass none).
 absl::Status RunLshProbed(const DeviceBatch& batch, const LaunchContext& ctx,

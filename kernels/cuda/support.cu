@@ -18,8 +18,6 @@ namespace cuda {
 namespace sparse {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kRowsPerWarp = 4;
 constexpr int kRows = kWarps * kRowsPerWarp;  // query rows per block
 constexpr int kKeys = kWarpSize;              // keys per tile: one per lane
@@ -49,13 +47,10 @@ struct PassArgs {
 // Adds sum_c a_row[c] * b_key[c] over `n` columns for the warp's rows and
 // this lane's key, staging 32 columns of the block's rows and keys at a time
 // in shared memory. Contains __syncthreads.
-__device__ __forceinline__ void TileDots(const float* a_base, int64_t a_ld,
-                                         const int32_t* rows,
-                                         const float* b_base, int64_t b_ld,
-                                         const int32_t* keys, int n,
-                                         float (&qs)[kRows][kChunk],
-                                         float (&ks)[kKeys][kChunk + 1],
-                                         float (&acc)[kRowsPerWarp]) {
+__device__ __forceinline__ void TileDots(
+    const float* a_base, int64_t a_ld, const int32_t* rows, const float* b_base,
+    int64_t b_ld, const int32_t* keys, int n, float (&qs)[kRows][kChunk],
+    float (&ks)[kKeys][kChunk + 1], float (&acc)[kRowsPerWarp]) {
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   for (int c0 = 0; c0 < n; c0 += kChunk) {
     __syncthreads();  // the previous step's reads are done
@@ -184,7 +179,8 @@ __global__ void __launch_bounds__(kThreads, 2) SupportPassKernel(PassArgs a) {
             if (!a.lsh) {
               ok = ok && InWindow(i, j, si.offset, a.half);
             } else {
-              if (a.exclude_window && InWindow(i, j, si.offset, a.half)) ok = false;
+              if (a.exclude_window && InWindow(i, j, si.offset, a.half))
+                ok = false;
               for (int r = 0; ok && r < a.round; ++r)
                 if (a.qchunk[r * a.total_q_rows + si.q_row0 + i] ==
                     a.kchunk[r * a.total_k_rows + si.k_row0 + j])
