@@ -136,6 +136,13 @@ absl::Status ComputeLowRank(const DeviceBatch& batch, const LaunchContext& ctx,
 // arena's reservation; also Backend::WorkspaceBytes).
 int64_t ScratchBytes(const AttentionParams& settings, int64_t total_slices,
                      int64_t total_q_rows, int64_t total_k_rows);
+// The part of it RunLsh / RunScatterbrain take themselves for the sparse
+// support, hashing, sorting and the combination (not the features and
+// low-rank sums, which ComputeFeatures / ComputeLowRank take); an upper
+// bound, 0 for the other methods.
+int64_t SparseScratchBytes(const AttentionParams& settings,
+                           int64_t total_slices, int64_t total_q_rows,
+                           int64_t total_k_rows);
 
 }  // namespace cuda
 }  // namespace scatterbrain
