@@ -46,15 +46,10 @@ int64_t ScratchBytes(const AttentionParams& s, int64_t total_slices,
       bytes += Floats(total_slices * m * (dv + 1)) + Floats(total_k_rows);
     }
   }
+  // The sparse support's own count (lsh.cu / scatterbrain.cu): the same
+  // list of allocations its launchers take.
   if (UsesSparse(s)) {
-    // The sparse support (lsh.cu / scatterbrain.cu) — an upper estimate
-    // until those launchers state their own: per-row accumulators (max,
-    // sums, exact and low-rank numerators) and, per hash round, the rows'
-    // hash keys, orders and chunk ids, and gathered copies of k and v.
-    const int64_t rows = total_q_rows + total_k_rows;
-    bytes += Floats(total_q_rows * (2 * dv + 8));
-    bytes += std::max(s.num_hashes, 1) *
-             Floats(rows * (s.dim + dv + 8) + total_slices * 64);
+    bytes += SparseScratchBytes(s, total_slices, total_q_rows, total_k_rows);
   }
   return bytes;
 }
