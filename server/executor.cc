@@ -16,6 +16,7 @@
 #include "common/status_macros.h"
 #include "kernels/devices.h"
 #include "kernels/error_estimate.h"
+#include "server/backend_select.h"
 
 namespace scatterbrain {
 namespace server {
@@ -25,31 +26,12 @@ namespace {
 // so that a request's stats are reproducible too.
 constexpr uint64_t kErrorSampleSalt = 0x9e3779b97f4a7c15ull;
 
-absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(
-    const std::string& name, const BackendOptions& options) {
-  if (name == "cpu" || name == "cuda") return CreateBackend(name, options);
-  if (name == "auto") {
-    if (!CudaDevices().empty()) {
-      absl::StatusOr<std::unique_ptr<Backend>> cuda =
-          CreateBackend("cuda", options);
-      if (cuda.ok()) return cuda;
-      std::fprintf(stderr,
-                   "scatterbrain_server: a GPU is present but the cuda backend "
-                   "is not usable (%s); using cpu\n",
-                   std::string(cuda.status().message()).c_str());
-    }
-    return CreateBackend("cpu", options);
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("backend: must be auto, cpu or cuda, got '", name, "'"));
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(
     const ExecutorOptions& options, Metrics* metrics, const Clock* clock) {
   SB_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
-                      MakeBackend(options.backend, options.backend_options));
+                      SelectBackend(options.backend, options.backend_options));
   return std::unique_ptr<Executor>(
       new Executor(options, std::move(backend), metrics, clock));
 }
