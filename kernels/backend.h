@@ -90,7 +90,8 @@ class Backend {
   virtual bool ConvertsOnDevice() const { return false; }
 
   // Host memory for tensors this backend will read or write (pinned on
-  // CUDA); RESOURCE_EXHAUSTED when it cannot be had.
+  // CUDA); RESOURCE_EXHAUSTED when it cannot be had. Every buffer must be
+  // released before the backend is destroyed.
   virtual absl::StatusOr<HostBuffer> AllocateHost(int64_t bytes);
   // Backend-owned scratch one call of `p` takes at its peak.
   virtual int64_t WorkspaceBytes(const AttentionParams& p) const = 0;

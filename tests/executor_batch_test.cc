@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -185,6 +186,12 @@ class Done {
     };
     return mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(60));
   }
+  // Releases the results (their buffers are the backend's: they must go
+  // before it does).
+  void Clear() {
+    absl::MutexLock lock(&mu_);
+    results_.clear();
+  }
   JobResult& at(const std::string& id) {
     absl::MutexLock lock(&mu_);
     return results_.at(id);
@@ -206,6 +213,11 @@ class ExecutorBatchTest : public ::testing::Test {
     o.error_sample_rows = 0;
     executor_ =
         Executor::CreateWithBackend(o, std::move(fake), &metrics_, &clock_);
+  }
+  void TearDown() override {
+    fake_->OpenGate();
+    executor_->Stop();
+    done_.Clear();
   }
 
   // A job with `seq` query and key rows, its tensors in the executor's
@@ -343,6 +355,12 @@ TEST_F(ExecutorBatchTest, WireDTypeInputsReachTheBackendUnconverted) {
   backend->OpenGate();
   std::unique_ptr<Executor> executor =
       Executor::CreateWithBackend(o, std::move(fake), &metrics, &clock_);
+  // The results' buffers are this backend's: released before it goes, even
+  // when an assertion ends the test early.
+  absl::Cleanup release = [&] {
+    executor->Stop();
+    done_.Clear();
+  };
   ASSERT_TRUE(executor->inputs_in_wire_dtype());
 
   AttentionParams p;
