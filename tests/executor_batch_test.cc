@@ -31,6 +31,7 @@
 #include "server/metrics.h"
 #include "server/request.h"
 #include "server/tensor_assembler.h"
+#include "tests/testutil/job_results.h"
 
 namespace scatterbrain {
 namespace server {
@@ -173,34 +174,7 @@ class FakeDeviceBackend : public Backend {
   std::vector<SeenBatch> seen_ ABSL_GUARDED_BY(mu_);
 };
 
-class Done {
- public:
-  void Add(const JobPtr& job, JobResult r) {
-    absl::MutexLock lock(&mu_);
-    results_[job->spec.request_id] = std::move(r);
-  }
-  bool WaitFor(size_t n) {
-    absl::MutexLock lock(&mu_);
-    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return results_.size() >= n;
-    };
-    return mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(60));
-  }
-  // Releases the results (their buffers are the backend's: they must go
-  // before it does).
-  void Clear() {
-    absl::MutexLock lock(&mu_);
-    results_.clear();
-  }
-  JobResult& at(const std::string& id) {
-    absl::MutexLock lock(&mu_);
-    return results_.at(id);
-  }
-
- private:
-  absl::Mutex mu_;
-  std::map<std::string, JobResult> results_ ABSL_GUARDED_BY(mu_);
-};
+using Results = testutil::JobResults;
 
 class ExecutorBatchTest : public ::testing::Test {
  protected:
@@ -269,7 +243,7 @@ class ExecutorBatchTest : public ::testing::Test {
 
   Metrics metrics_;
   FakeClock clock_{1'000'000};
-  Done done_;
+  Results done_;
   FakeDeviceBackend* fake_ = nullptr;
   std::unique_ptr<Executor> executor_;
 };

@@ -25,6 +25,7 @@
 #include "server/clock.h"
 #include "server/metrics.h"
 #include "server/request.h"
+#include "tests/testutil/job_results.h"
 
 namespace scatterbrain {
 namespace server {
@@ -32,36 +33,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// The results that came back, by request id; each id exactly once.
-class Results {
- public:
-  void Add(const JobPtr& job, JobResult r) {
-    absl::MutexLock lock(&mu_);
-    ++calls_[job->spec.request_id];
-    results_[job->spec.request_id] = std::move(r);
-  }
-  // Waits (bounded) until `n` results are in.
-  bool WaitFor(size_t n) {
-    absl::MutexLock lock(&mu_);
-    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return results_.size() >= n;
-    };
-    return mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(60));
-  }
-  JobResult& at(const std::string& id) {
-    absl::MutexLock lock(&mu_);
-    return results_.at(id);
-  }
-  int calls(const std::string& id) {
-    absl::MutexLock lock(&mu_);
-    return calls_[id];
-  }
-
- private:
-  absl::Mutex mu_;
-  std::map<std::string, JobResult> results_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, int> calls_ ABSL_GUARDED_BY(mu_);
-};
+using Results = testutil::JobResults;
 
 std::vector<float> Random(int64_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
