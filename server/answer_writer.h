@@ -64,8 +64,8 @@ class AnswerQueue {
 
   bool empty() const { return queue_.empty(); }
   size_t size() const { return queue_.size(); }
-  // Accepted requests whose answer is queued or being written: with the
-  // live requests, the stream's requests in flight.
+  // Accepted requests whose answer is queued or partly sent: with the live
+  // requests, the stream's requests in flight.
   size_t accepted() const { return accepted_; }
 
   void Push(std::unique_ptr<Answer> answer) {
@@ -74,16 +74,16 @@ class AnswerQueue {
   }
   Answer* front() { return queue_.front().get(); }
   // The front answer's last message is going out: it leaves the queue and
-  // is held until that write completes (FinishWritten).
+  // is held until that write completes (FinishWritten). It stops counting
+  // as in flight now, before the client can see the message: a client that
+  // sends its next request on receipt must find the room it was promised.
   void StartLast() {
     finishing_ = std::move(queue_.front());
     queue_.pop_front();
+    if (finishing_->accepted) --accepted_;
   }
   // The write of the held answer's last message completed; returns it.
-  std::unique_ptr<Answer> FinishWritten() {
-    if (finishing_ != nullptr && finishing_->accepted) --accepted_;
-    return std::move(finishing_);
-  }
+  std::unique_ptr<Answer> FinishWritten() { return std::move(finishing_); }
   // Drops every queued answer, but the front one when `keep_front` (the
   // writer may be filling it), calling f(answer) for each, last first.
   template <typename F>
