@@ -89,9 +89,23 @@ def generate_stubs(out_dir: os.PathLike | str = GEN_DIR,
     return out_dir
 
 
+def _stale() -> bool:
+    """True when the in-tree stubs are missing or older than the proto (a
+    checkout whose proto changed since they were generated)."""
+    gen = GEN_DIR / "attention_pb2.py"
+    if not gen.is_file() or not (GEN_DIR / "attention_pb2_grpc.py").is_file():
+        return True
+    try:
+        proto = find_proto_root() / PROTO_FILE
+    except FileNotFoundError:
+        return False  # an installed package: its stubs came with it
+    return proto.stat().st_mtime > gen.stat().st_mtime
+
+
 def load():
-    """Returns (attention_pb2, attention_pb2_grpc), generating them if missing."""
-    if not (GEN_DIR / "attention_pb2_grpc.py").is_file():
+    """Returns (attention_pb2, attention_pb2_grpc), generating them if missing
+    or older than the proto."""
+    if _stale():
         generate_stubs(GEN_DIR)
     from ._gen import attention_pb2, attention_pb2_grpc
     return attention_pb2, attention_pb2_grpc

@@ -218,3 +218,23 @@ def test_metrics_are_exported(server, client):
                  "scatterbrain_sent_bytes_total"):
         assert name in text, name
     assert 'code="OK"' in text
+
+
+def test_stubs_older_than_the_proto_are_regenerated(tmp_path, monkeypatch):
+    # A checkout whose proto changed after the stubs were generated must not
+    # keep serving the old messages (a new setting would be "unknown").
+    import os
+    import shutil
+    from scatterbrain_client import _stubs
+    _stubs.load()  # present and current
+    proto_dir = tmp_path / "proto"
+    src = _stubs.find_proto_root() / _stubs.PROTO_FILE
+    dst = proto_dir / _stubs.PROTO_FILE
+    dst.parent.mkdir(parents=True)
+    shutil.copy(src, dst)
+    monkeypatch.setenv("SB_PROTO_DIR", str(proto_dir))
+    gen_mtime = (_stubs.GEN_DIR / "attention_pb2.py").stat().st_mtime
+    os.utime(dst, (gen_mtime - 10, gen_mtime - 10))
+    assert not _stubs._stale()
+    os.utime(dst, (gen_mtime + 10, gen_mtime + 10))
+    assert _stubs._stale()
