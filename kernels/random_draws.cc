@@ -6,39 +6,11 @@
 #include <numeric>
 
 namespace scatterbrain {
-namespace {
 
-uint64_t SplitMix(uint64_t& x) {
-  uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+Rng::Rng(uint64_t seed, DrawPurpose purpose, uint64_t a, uint64_t b)
+    : core_(seed, static_cast<uint64_t>(purpose), a, b) {}
 
-inline uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-}  // namespace
-
-Rng::Rng(uint64_t seed, DrawPurpose purpose, uint64_t a, uint64_t b) {
-  uint64_t x = seed;
-  // Mix the stream key into the state so that nearby keys are unrelated.
-  x ^= SplitMix(x) + static_cast<uint64_t>(purpose) * 0xD1B54A32D192ED03ull;
-  x ^= SplitMix(x) + a * 0xAEF17502108EF2D9ull;
-  x ^= SplitMix(x) + b * 0x9E6C63D0676A9A99ull;
-  for (auto& s : s_) s = SplitMix(x);
-}
-
-uint64_t Rng::NextU64() {
-  const uint64_t result = Rotl(s_[1] * 5, 7) * 9;
-  const uint64_t t = s_[1] << 17;
-  s_[2] ^= s_[0];
-  s_[3] ^= s_[1];
-  s_[1] ^= s_[2];
-  s_[0] ^= s_[3];
-  s_[2] ^= t;
-  s_[3] = Rotl(s_[3], 45);
-  return result;
-}
+uint64_t Rng::NextU64() { return core_.Next(); }
 
 double Rng::Uniform() { return (NextU64() >> 11) * 0x1.0p-53; }
 
@@ -58,15 +30,7 @@ double Rng::Normal() {
   return r * std::cos(2.0 * M_PI * u2);
 }
 
-uint64_t Rng::Below(uint64_t n) {
-  // Lemire's nearly-divisionless method would be faster; n is small here.
-  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-  uint64_t x;
-  do {
-    x = NextU64();
-  } while (x >= limit);
-  return x % n;
-}
+uint64_t Rng::Below(uint64_t n) { return core_.Below(n); }
 
 std::vector<float> DrawFeatureProjections(uint64_t seed, int64_t head, int r,
                                           int64_t d) {

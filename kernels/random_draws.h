@@ -15,6 +15,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "kernels/draw_rng.h"
 
 namespace scatterbrain {
 
@@ -25,8 +26,9 @@ enum class DrawPurpose : uint64_t {
   kErrorSample = 4,
 };
 
-// SplitMix64-seeded xoshiro256** with Box–Muller normals: identical on every
-// compiler and platform (unlike std::normal_distribution).
+// draw_rng.h's generator (SplitMix64-seeded xoshiro256**, shared with the
+// device) with Box–Muller normals: identical on every compiler and platform
+// (unlike std::normal_distribution).
 class Rng {
  public:
   Rng(uint64_t seed, DrawPurpose purpose, uint64_t a = 0, uint64_t b = 0);
@@ -37,7 +39,7 @@ class Rng {
   uint64_t Below(uint64_t n);
 
  private:
-  uint64_t s_[4];
+  DrawRng core_;
   bool has_spare_ = false;
   double spare_ = 0.0;
 };

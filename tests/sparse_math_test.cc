@@ -207,7 +207,7 @@ TEST(KMeansTest, FirstMaxReductionInAnyOrderIsTheCpuArgmax) {
     float best[32];
     int idx[32];
     for (int lane = 0; lane < 32; ++lane) {
-      best[lane] = sm::NegInf();
+      best[lane] = sm::NegInfinity();
       idx[lane] = std::numeric_limits<int>::max();
       for (int u = lane; u < n; u += 32)
         if (sm::BeatsFirstMax(v[u], u, best[lane], idx[lane])) {

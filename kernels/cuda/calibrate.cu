@@ -32,7 +32,7 @@ __global__ void SampleKernel(CalArgs a) {
   const int64_t s = blockIdx.x;
   const SliceInfo si = a.v.slices[s];
   if (threadIdx.x == 0)
-    a.w.nrows[s] = static_cast<int32_t>(IMin(a.rows, si.nq));
+    a.w.nrows[s] = static_cast<int32_t>(MinI(a.rows, si.nq));
   BlockSampleRows<kThreads>(a.seed, a.purpose, si.b, si.h, si.nq, a.rows,
                             SliceWords(a.w.bits, si.q_row0, s),
                             a.w.rows + s * a.rows);
@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kThreads, 2) ExactRowKernel(CalArgs a) {
   for (int u = 0; u < kColsPerThread; ++u) acc[u] = 0;
   __syncthreads();
   for (int64_t j0 = 0; j0 < in.lim; j0 += kKeyTile) {
-    const int n = static_cast<int>(IMin(kKeyTile, in.lim - j0));
+    const int n = static_cast<int>(MinI(kKeyTile, in.lim - j0));
     for (int t = warp; t < n; t += kWarps) {
       const float* k = si.k + (j0 + t) * a.d;
       float dot = 0.0f;

@@ -63,7 +63,7 @@ __device__ __forceinline__ int64_t LowerBound(const uint32_t* sorted, int64_t n,
 // with x, first on ties; lanes take candidates, every lane gets the answer.
 __device__ __forceinline__ int BestCentroid(const float* x, const float* cand,
                                             int64_t kc, int d) {
-  float best = NegInf();
+  float best = NegInfinity();
   int best_i = INT_MAX;
   for (int64_t u = threadIdx.x % kWarpSize; u < kc; u += kWarpSize) {
     const float v = SequentialDot(x, cand + u * d, d);
@@ -89,7 +89,7 @@ __global__ void SampleKernel(KMeansArgs a) {
                             SliceWords(a.w.bits_train, si.k_row0, s),
                             a.w.train + si.k_row0);
   BlockSampleRows<kThreads>(
-      a.seed, a.purpose, a.round + 2000, si.h, nt, IMin(sh.k1, nt),
+      a.seed, a.purpose, a.round + 2000, si.h, nt, MinI(sh.k1, nt),
       SliceWords(a.w.bits_init, si.k_row0, s), a.w.init + si.k_row0);
 }
 
@@ -116,7 +116,7 @@ __global__ void InitTopsKernel(KMeansArgs a) {
   const SliceInfo si = a.slices[s];
   if (si.nk == 0) return;
   const KMeansShape sh = MakeKMeansShape(si.nk, a.bucket);
-  const int64_t ninit = IMin(sh.k1, sh.samples);
+  const int64_t ninit = MinI(sh.k1, sh.samples);
   const int64_t base = CentroidBase(s, si.k_row0, a.bucket);
   const int lane = threadIdx.x % kWarpSize;
   for (int64_t u = WarpItem0(); u < sh.k1; u += WarpItemStride()) {

@@ -72,7 +72,7 @@ __global__ void ValueBlockSumsKernel(const SliceInfo* slices, int dv,
   const SliceInfo si = slices[s];
   for (int64_t kb = blockIdx.y; kb * kMeanBlock < si.nk; kb += gridDim.y) {
     const int64_t j0 = kb * kMeanBlock;
-    const int64_t j1 = IMin(si.nk, j0 + kMeanBlock);
+    const int64_t j1 = MinI(si.nk, j0 + kMeanBlock);
     double* out = block_sums + (MeanSlot(si.k_row0, s) + kb) * dv;
     for (int c = threadIdx.x; c < dv; c += blockDim.x) {
       double acc = 0;
@@ -107,7 +107,7 @@ __global__ void PrefixMeanKernel(const SliceInfo* slices, int dv,
   const double* sums = block_sums + MeanSlot(si.k_row0, s) * dv;
   for (int64_t kb = blockIdx.y; kb * kMeanBlock < si.nk; kb += gridDim.y) {
     const int64_t j0 = kb * kMeanBlock;
-    const int64_t j1 = IMin(si.nk, j0 + kMeanBlock);
+    const int64_t j1 = MinI(si.nk, j0 + kMeanBlock);
     for (int c = threadIdx.x; c < dv; c += blockDim.x) {
       double acc = 0;
       for (int64_t b = 0; b < kb; ++b) acc += sums[b * dv + c];
@@ -118,7 +118,7 @@ __global__ void PrefixMeanKernel(const SliceInfo* slices, int dv,
         if (j + 1 < si.nk) {
           if (i >= 0 && i < si.nq) vbar[(si.q_row0 + i) * dv + c] = mean;
         } else {
-          for (int64_t r = IMax(i, 0); r < si.nq; ++r)
+          for (int64_t r = MaxI(i, 0); r < si.nq; ++r)
             vbar[(si.q_row0 + r) * dv + c] = mean;
         }
       }

@@ -15,6 +15,9 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/cuda/math.h"
+#include "kernels/draw_rng.h"
+
 #if defined(__CUDACC__)
 #define SB_SPARSE_HD __host__ __device__ __forceinline__
 #else
@@ -26,38 +29,16 @@ namespace cuda {
 namespace sparse {
 
 // ---------------------------------------------------------------------------
-// Scalars that behave the same on host and device.
+// Scalars that behave the same on host and device: kernels/cuda/math.h's,
+// plus the two double helpers only this file needs.
 // ---------------------------------------------------------------------------
-SB_SPARSE_HD uint32_t FloatBits(float v) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(v);
-#else
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  return u;
-#endif
-}
-SB_SPARSE_HD float FloatFromBits(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float v;
-  std::memcpy(&v, &u, sizeof(v));
-  return v;
-#endif
-}
-SB_SPARSE_HD float NegInf() { return FloatFromBits(0xff800000u); }
-SB_SPARSE_HD bool IsFinite(double x) {
-#if defined(__CUDA_ARCH__)
-  return isfinite(x);
-#else
-  return std::isfinite(x);
-#endif
-}
+using devmath::FloatToBits;
+using devmath::IsFiniteDouble;
+using devmath::MaxI;
+using devmath::MinI;
+using devmath::NegInfinity;
 SB_SPARSE_HD double DMax(double a, double b) { return a > b ? a : b; }
 SB_SPARSE_HD double DMin(double a, double b) { return a < b ? a : b; }
-SB_SPARSE_HD int64_t IMin(int64_t a, int64_t b) { return a < b ? a : b; }
-SB_SPARSE_HD int64_t IMax(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // a * b and s + t rounded separately (never fused into an FMA), so that a
 // sequential dot product gives the bits the CPU's `v += a * b` loop gives.
@@ -84,55 +65,12 @@ SB_SPARSE_HD float SequentialDot(const float* a, const float* b, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------
-// The draws' generator (random_draws.cc's Rng, SplitMix64-seeded
-// xoshiro256**) and SampleRows' Floyd sampling, so that the device draws
+// The draws' generator (kernels/draw_rng.h, which random_draws.cc's Rng
+// wraps) and SampleRows' Floyd sampling, so that the device draws
 // the rows the host would (calibration rows, k-means samples) without a
 // host round trip for sizes only the device knows (key lengths).
 // ---------------------------------------------------------------------------
-class DrawRng {
- public:
-  SB_SPARSE_HD DrawRng(uint64_t seed, uint64_t purpose, uint64_t a,
-                       uint64_t b) {
-    uint64_t x = seed;
-    x ^= SplitMix(x) + purpose * 0xD1B54A32D192ED03ull;
-    x ^= SplitMix(x) + a * 0xAEF17502108EF2D9ull;
-    x ^= SplitMix(x) + b * 0x9E6C63D0676A9A99ull;
-    for (int i = 0; i < 4; ++i) s_[i] = SplitMix(x);
-  }
-  SB_SPARSE_HD uint64_t Next() {
-    const uint64_t result = Rotl(s_[1] * 5, 7) * 9;
-    const uint64_t t = s_[1] << 17;
-    s_[2] ^= s_[0];
-    s_[3] ^= s_[1];
-    s_[1] ^= s_[2];
-    s_[0] ^= s_[3];
-    s_[2] ^= t;
-    s_[3] = Rotl(s_[3], 45);
-    return result;
-  }
-  // Uniform in [0, n), n > 0 (Rng::Below).
-  SB_SPARSE_HD uint64_t Below(uint64_t n) {
-    const uint64_t limit = ~0ull - ~0ull % n;
-    uint64_t x;
-    do {
-      x = Next();
-    } while (x >= limit);
-    return x % n;
-  }
-
- private:
-  // Advances x and returns the mixed value (random_draws.cc's SplitMix).
-  SB_SPARSE_HD static uint64_t SplitMix(uint64_t& x) {
-    uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  SB_SPARSE_HD static uint64_t Rotl(uint64_t x, int k) {
-    return (x << k) | (x >> (64 - k));
-  }
-  uint64_t s_[4];
-};
+using ::scatterbrain::DrawRng;
 
 // A set of indices in [0, n) as n bits (zeroed by the caller).
 struct BitSet {
@@ -174,7 +112,7 @@ SB_SPARSE_HD HashCode CrossPolytopeCode(const float* p, int P) {
   float value = 0.0f;
   for (int level = 0; level < 2; ++level) {
     int best = 0;
-    float best_v = NegInf();
+    float best_v = NegInfinity();
     for (int l = 0; l < P; ++l) {
       const float v = p[level * P + l];
       if (v > best_v) {
@@ -207,7 +145,7 @@ SB_SPARSE_HD float AddSmyrf(float p, float w0, float w1, float e0, float e1) {
 // Monotone map of a float to uint32 (-0 and +0 equal, as float compare).
 SB_SPARSE_HD uint32_t OrderedBits(float v) {
   if (v == 0.0f) v = 0.0f;
-  const uint32_t u = FloatBits(v);
+  const uint32_t u = FloatToBits(v);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 // A 64-bit key whose unsigned order is HashKey's order (NaN excepted).
@@ -221,7 +159,7 @@ SB_SPARSE_HD uint64_t HashSortKey(HashCode c) {
 // ---------------------------------------------------------------------------
 SB_SPARSE_HD int64_t NumChunks(int64_t nk, int64_t bucket) {
   if (nk <= 0) return 0;
-  const int64_t c = IMin(bucket, nk);
+  const int64_t c = MinI(bucket, nk);
   return (nk + c - 1) / c;
 }
 SB_SPARSE_HD int64_t ChunkStart(int64_t t, int64_t nk, int64_t nchunks) {
@@ -261,12 +199,12 @@ struct KMeansShape {
 };
 SB_SPARSE_HD KMeansShape MakeKMeansShape(int64_t nk, int64_t bucket) {
   KMeansShape s;
-  s.k = IMax(1, IMin(NumChunks(nk, bucket), nk));
+  s.k = MaxI(1, MinI(NumChunks(nk, bucket), nk));
   s.k1 = s.k <= kMaxFlatCentroids
              ? s.k
              : static_cast<int64_t>(ceil(sqrt(static_cast<double>(s.k))));
   s.k2 = (s.k + s.k1 - 1) / s.k1;
-  s.samples = IMin(nk, s.k * kKMeansSamplesPerCentroid);
+  s.samples = MinI(nk, s.k * kKMeansSamplesPerCentroid);
   return s;
 }
 // Whether candidate (v, i) beats (best_v, best_i) for "largest value, first
@@ -298,9 +236,9 @@ SB_SPARSE_HD bool CausalOk(int64_t i, int64_t j, int64_t offset, bool causal) {
 SB_SPARSE_HD void LocalKeyRange(int64_t i0, int64_t i1, int64_t nk,
                                 int64_t offset, int64_t half, bool causal,
                                 int64_t* lo, int64_t* hi) {
-  *lo = IMax(0, i0 + offset - half);
-  int64_t h = IMin(nk, i1 - 1 + offset + half + 1);
-  if (causal) h = IMin(h, KeyLimit(i1 - 1, nk, offset, causal));
+  *lo = MaxI(0, i0 + offset - half);
+  int64_t h = MinI(nk, i1 - 1 + offset + half + 1);
+  if (causal) h = MinI(h, KeyLimit(i1 - 1, nk, offset, causal));
   *hi = h;
 }
 
@@ -375,7 +313,7 @@ SB_SPARSE_HD RowParts MakeRowParts(const RowInputs& in) {
   double l1 = static_cast<double>(in.den) - f1;
   if (in.count >= in.lim) {
     l1 = 0.0;
-  } else if (!(l1 > kCancellation * in.den) || !IsFinite(l1)) {
+  } else if (!(l1 > kCancellation * in.den) || !IsFiniteDouble(l1)) {
     p.guard = true;
     l1 = 0.0;
   }
@@ -448,7 +386,7 @@ SB_SPARSE_HD UnbiasedRow MakeUnbiased(const RowParts& p, const RowInputs& in) {
   u.a = p.has_e ? exp(emax - ref) : 0.0;
   u.b = p.has_l ? exp(ls - ref) : 0.0;
   u.den = p.e1 * u.a + p.l1 * u.b;
-  u.ok = u.den > 0.0 && IsFinite(u.den);
+  u.ok = u.den > 0.0 && IsFiniteDouble(u.den);
   return u;
 }
 SB_SPARSE_HD float UnbiasedValue(const UnbiasedRow& u, bool has_l, float ev,

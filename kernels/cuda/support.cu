@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kThreads, 2) SupportPassKernel(PassArgs a) {
 
   for (int64_t tile = blockIdx.y; tile * kRows < si.nq; tile += gridDim.y) {
     const int64_t p0 = tile * kRows;
-    const int nrows = static_cast<int>(IMin(kRows, si.nq - p0));
+    const int nrows = static_cast<int>(MinI(kRows, si.nq - p0));
     __syncthreads();  // the previous tile is done with the row tables
     if (threadIdx.x < kRows) {
       const int r = threadIdx.x;
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads, 2) SupportPassKernel(PassArgs a) {
     float ev[kRowsPerWarp][kVecs], lv[kRowsPerWarp][kVecs];
     for (int k = 0; k < kRowsPerWarp; ++k) {
       my_i[k] = row_i[warp * kRowsPerWarp + k];
-      st[k] = RowStats{NegInf(), 0.0f, 0.0f, 0};
+      st[k] = RowStats{NegInfinity(), 0.0f, 0.0f, 0};
       for (int u = 0; u < kVecs; ++u) ev[k][u] = lv[k][u] = 0.0f;
       if (my_i[k] < 0) continue;
       const int64_t g = si.q_row0 + my_i[k];
@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kThreads, 2) SupportPassKernel(PassArgs a) {
         active[k] = my_i[k] >= 0 &&
                     (!a.lsh || row_chunk[warp * kRowsPerWarp + k] == chunk);
       for (int64_t kt = b0; kt < b1; kt += kKeys) {
-        const int nkeys = static_cast<int>(IMin(kKeys, b1 - kt));
+        const int nkeys = static_cast<int>(MinI(kKeys, b1 - kt));
         __syncthreads();  // the previous tile's key table is done
         if (threadIdx.x < kKeys) {
           int32_t j = -1;
@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(kThreads, 2) SupportPassKernel(PassArgs a) {
             }
           }
           const float logit = a.tau * sc[k];
-          const float mx = WarpMax(ok ? logit : NegInf());
+          const float mx = WarpMax(ok ? logit : NegInfinity());
           const int n_ok = __popc(__ballot_sync(kFullMask, ok));
           p[k] = fo[k] = 0.0f;
           if (n_ok == 0) continue;  // warp-uniform
@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(kThreads, 2) SupportPassKernel(PassArgs a) {
           RowStats& t = st[k];
           t.count += n_ok;
           if (mx > t.emax) {
-            if (t.emax > NegInf()) {
+            if (t.emax > NegInfinity()) {
               const float scale = expf(t.emax - mx);
               t.e1 *= scale;
               for (int u = 0; u < kVecs; ++u) ev[k][u] *= scale;
@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(kThreads, 2) SupportPassKernel(PassArgs a) {
 
 __global__ void InitAccKernel(RowStats* stats, int64_t rows) {
   const int64_t g = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (g < rows) stats[g] = RowStats{NegInf(), 0.0f, 0.0f, 0};
+  if (g < rows) stats[g] = RowStats{NegInfinity(), 0.0f, 0.0f, 0};
 }
 
 }  // namespace
