@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/devices.h"
 #include "kernels/validate.h"
@@ -56,6 +57,17 @@ const float* HostFloats(const TensorRef& t, int64_t n,
   return storage->data();
 }
 
+// Validates every call (each gets its status) and returns the valid ones.
+std::vector<AttentionCall*> ValidCalls(absl::Span<AttentionCall> calls) {
+  std::vector<AttentionCall*> valid;
+  for (AttentionCall& c : calls) {
+    c.status = ValidateCall(c, /*check_values=*/true);
+    c.stats = AttentionStats();
+    if (c.status.ok()) valid.push_back(&c);
+  }
+  return valid;
+}
+
 }  // namespace
 
 const char* MemorySpaceName(MemorySpace space) {
@@ -71,27 +83,21 @@ const char* MemorySpaceName(MemorySpace space) {
 }
 
 absl::Status ValidateCall(const AttentionCall& call, bool check_values) {
-  AttentionParams p = call.params;
-  static const float kStandIn = 0.0f;
-  p.q = p.k = p.v = &kStandIn;
-  p.out = const_cast<float*>(&kStandIn);
-  SetContiguousStrides(p);
-  absl::Status st = ValidateParams(p, /*check_values=*/false);
-  if (!st.ok()) return st;
+  const AttentionParams& p = call.params;
+  SB_RETURN_IF_ERROR(ValidateShapeAndSettings(p));
   const AttentionShape shape = ShapeOf(p);
   const struct {
     const char* name;
-    const void* data;
     TensorRef ref;
     int64_t n;
-  } tensors[] = {{"q", call.q.data, call.q, shape.q_elements()},
-                 {"k", call.k.data, call.k, shape.k_elements()},
-                 {"v", call.v.data, call.v, shape.v_elements()},
-                 {"out", call.out.data,
-                  TensorRef{call.out.data, call.out.dtype, call.out.space},
-                  shape.out_elements()}};
+  } tensors[] = {
+      {"q", call.q, shape.q_elements()},
+      {"k", call.k, shape.k_elements()},
+      {"v", call.v, shape.v_elements()},
+      {"out", TensorRef{call.out.data, call.out.dtype, call.out.space},
+       shape.out_elements()}};
   for (const auto& t : tensors) {
-    if (t.data == nullptr) {
+    if (t.ref.data == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat(t.name, ": is null"));
     }
   }
@@ -121,23 +127,13 @@ absl::StatusOr<AttentionStats> Backend::Forward(const AttentionParams& p) {
 }
 
 void Backend::ForwardBatch(absl::Span<AttentionCall> calls) {
-  std::vector<AttentionCall*> valid;
-  for (AttentionCall& c : calls) {
-    c.status = ValidateCall(c, /*check_values=*/true);
-    c.stats = AttentionStats();
-    if (c.status.ok()) valid.push_back(&c);
-  }
+  std::vector<AttentionCall*> valid = ValidCalls(calls);
   if (!valid.empty()) ForwardBatchImpl(absl::MakeSpan(valid));
 }
 
 void Backend::ForwardBatchAsync(absl::Span<AttentionCall> calls,
                                 std::function<void()> done) {
-  std::vector<AttentionCall*> valid;
-  for (AttentionCall& c : calls) {
-    c.status = ValidateCall(c, /*check_values=*/true);
-    c.stats = AttentionStats();
-    if (c.status.ok()) valid.push_back(&c);
-  }
+  std::vector<AttentionCall*> valid = ValidCalls(calls);
   if (valid.empty()) {
     done();
     return;

@@ -20,8 +20,7 @@ namespace scatterbrain {
 class DrawRng {
  public:
   // Mixes the stream key into the state so that nearby keys are unrelated.
-  SB_DRAW_HD DrawRng(uint64_t seed, uint64_t purpose, uint64_t a,
-                     uint64_t b) {
+  SB_DRAW_HD DrawRng(uint64_t seed, uint64_t purpose, uint64_t a, uint64_t b) {
     uint64_t x = seed;
     x ^= SplitMix(x) + purpose * 0xD1B54A32D192ED03ull;
     x ^= SplitMix(x) + a * 0xAEF17502108EF2D9ull;

@@ -20,6 +20,12 @@ inline constexpr int kMaxCalibrationRows = 1024;
 // hold only finite numbers.
 absl::Status ValidateParams(const AttentionParams& p, bool check_values = true);
 
+// The shape, settings and key lengths of a call that has no tensors yet (a
+// request being received, a batch call whose tensors are refs): as
+// ValidateParams on contiguous stand-ins; `p`'s pointers and strides are
+// ignored.
+absl::Status ValidateShapeAndSettings(const AttentionParams& p);
+
 }  // namespace scatterbrain
 
 #endif  // SCATTERBRAIN_KERNELS_VALIDATE_H_

@@ -105,10 +105,7 @@ void FillResponseHeader(const RequestSpec& spec, const RequestStats& stats,
 }
 
 std::string TensorLabel(v1::TensorName tensor) {
-  const google::protobuf::EnumValueDescriptor* v =
-      v1::TensorName_descriptor()->FindValueByNumber(tensor);
-  return v != nullptr ? std::string(v->name())
-                      : absl::StrCat(static_cast<int>(tensor));
+  return wire::EnumValueName(v1::TensorName_descriptor(), tensor);
 }
 
 }  // namespace server

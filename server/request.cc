@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/float16.h"
+#include "common/status_macros.h"
 #include "kernels/validate.h"
 
 namespace scatterbrain {
@@ -32,17 +33,12 @@ absl::StatusOr<RequestSpec> MakeRequestSpec(std::string request_id,
         "key_lengths: has ", s.key_lengths.size(),
         " entries, expected one per batch entry (", p.batch, ") or none"));
   }
-  // Shape and settings: the core's own checks, on stand-in tensor pointers
-  // (values are checked when the data is there, by the backend).
+  // Shape and settings: the core's own checks (values are checked when the
+  // data is there, by the backend).
   {
     AttentionParams check = p;
-    static const float kStandIn = 0.0f;
-    check.q = check.k = check.v = &kStandIn;
-    check.out = const_cast<float*>(&kStandIn);
-    SetContiguousStrides(check);
     check.key_lengths = s.key_lengths.empty() ? nullptr : s.key_lengths.data();
-    const absl::Status st = ValidateParams(check, /*check_values=*/false);
-    if (!st.ok()) return st;
+    SB_RETURN_IF_ERROR(ValidateShapeAndSettings(check));
   }
   SetContiguousStrides(p);
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
+#include "proto/convert/wire.h"
 
 namespace scatterbrain {
 namespace wire {
@@ -86,11 +87,6 @@ const pb::FieldDescriptor* Field(const char* name) {
 // of range instead of wrapping.
 int ClampToInt(uint32_t v) {
   return static_cast<int>(std::min<uint32_t>(v, INT_MAX));
-}
-
-std::string EnumValueName(const pb::EnumDescriptor* d, int value) {
-  const pb::EnumValueDescriptor* v = d->FindValueByNumber(value);
-  return v != nullptr ? std::string(v->name()) : absl::StrCat(value);
 }
 
 absl::Status Invalid(absl::string_view path, absl::string_view field,

@@ -44,11 +44,14 @@ v1::DType DTypeToProto(DType dtype) {
   return v1::DTYPE_FLOAT32;
 }
 
+std::string EnumValueName(const google::protobuf::EnumDescriptor* d,
+                          int value) {
+  const google::protobuf::EnumValueDescriptor* v = d->FindValueByNumber(value);
+  return v != nullptr ? std::string(v->name()) : absl::StrCat(value);
+}
+
 std::string DTypeProtoName(v1::DType dtype) {
-  const google::protobuf::EnumValueDescriptor* v =
-      v1::DType_descriptor()->FindValueByNumber(dtype);
-  return v != nullptr ? std::string(v->name())
-                      : absl::StrCat(static_cast<int>(dtype));
+  return EnumValueName(v1::DType_descriptor(), dtype);
 }
 
 AttentionShape ShapeFromProto(const v1::Shape& s) {

@@ -20,6 +20,10 @@
 namespace scatterbrain {
 namespace wire {
 
+// The name a proto enum gives `value` ("DTYPE_FLOAT16"), or the number for
+// values it does not define (what a client that sent garbage sees back).
+std::string EnumValueName(const google::protobuf::EnumDescriptor* d, int value);
+
 // False for DTYPE_UNSPECIFIED and unknown values.
 bool DTypeFromProto(v1::DType dtype, DType* out);
 v1::DType DTypeToProto(DType dtype);
