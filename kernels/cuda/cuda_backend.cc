@@ -20,6 +20,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -38,6 +39,20 @@
 
 namespace scatterbrain {
 namespace {
+
+// Runs `f` (returning a Status), turning an exception into a Status:
+// RESOURCE_EXHAUSTED for bad_alloc, INTERNAL otherwise.
+template <typename F>
+absl::Status Guarded(F f) {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        "cuda backend: out of host memory for this batch");
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("cuda backend: ", e.what()));
+  }
+}
 
 // Calls that may share one fused launch (launch.h: everything but batch,
 // heads, sequence lengths and key lengths).
@@ -281,7 +296,11 @@ void CudaBackend::Submit(std::vector<AttentionCall*> calls,
   cuda::PendingBatch pending;
   absl::Status st = cuda::CudaStatus(cudaSetDevice(device_), "cudaSetDevice",
                                      __FILE__, __LINE__);
-  if (st.ok()) st = cuda::EnqueueBatch(calls, sc, &draws_, &pending);
+  // Host-side allocations while enqueueing can throw; nothing may abort the
+  // server, and the slot must come back either way.
+  if (st.ok())
+    st = Guarded(
+        [&] { return cuda::EnqueueBatch(calls, sc, &draws_, &pending); });
   if (st.ok()) {
     st = cuda::CudaStatus(cudaEventRecord(slot->event, slot->stream),
                           "cudaEventRecord", __FILE__, __LINE__);
@@ -321,7 +340,14 @@ void CudaBackend::Complete(Slot* slot) {
     }
     const cudaError_t err = cudaEventSynchronize(slot->event);
     if (err == cudaSuccess) {
-      cuda::CompleteBatch(pending);
+      // On this thread an escaping exception would end the process.
+      const absl::Status st = Guarded([&] {
+        cuda::CompleteBatch(pending);
+        return absl::OkStatus();
+      });
+      if (!st.ok()) {
+        for (AttentionCall* c : pending.calls) c->status = st;
+      }
     } else {
       const absl::Status st =
           cuda::CudaStatus(err, "cudaEventSynchronize", __FILE__, __LINE__);
