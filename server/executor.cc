@@ -1,10 +1,7 @@
 // scatterbrain/server/executor.cc — see executor.h.
 #include "server/executor.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <cstdio>
 #include <exception>
 #include <new>
 #include <optional>
@@ -14,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/status_macros.h"
-#include "kernels/devices.h"
 #include "kernels/error_estimate.h"
 #include "server/backend_select.h"
 

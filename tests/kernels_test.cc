@@ -720,3 +720,43 @@ TEST(DrawCacheTest, ConcurrentCallersGetEqualDraws) {
 
 }  // namespace
 }  // namespace scatterbrain
+
+namespace scatterbrain {
+namespace {
+
+// WorkspaceBytes is the CPU backend's estimate before the call: never below
+// what the call then reports holding at its peak.
+TEST(CpuWorkspaceTest, TheQueryBoundsWhatACallHolds) {
+  auto be = CreateBackend("cpu");
+  ASSERT_TRUE(be.ok());
+  struct Shape {
+    int64_t nq, nk, d, dv;
+    int bucket, window, hashes;
+  };
+  for (const Shape& sh : {Shape{300, 257, 32, 24, 128, 128, 2},
+                          Shape{97, 1025, 48, 40, 16, 8, 1},
+                          Shape{1025, 130, 64, 64, 64, 300, 3}}) {
+    for (Method m : kAllMethods) {
+      for (bool causal : {false, true}) {
+        for (SparseSupport sp :
+             {SparseSupport::kLsh, SparseSupport::kLocal, SparseSupport::kBoth}) {
+          TestTensors t = testing::Make(2, 3, sh.nq, sh.nk, sh.d, sh.dv,
+                                        testing::kClustered, 1);
+          t.params.method = m;
+          t.params.causal = causal;
+          t.params.sparse = sp;
+          t.params.bucket_size = sh.bucket;
+          t.params.window = sh.window;
+          t.params.num_hashes = sh.hashes;
+          const AttentionStats st = RunChecked(**be, t);
+          EXPECT_LE(st.workspace_bytes, (*be)->WorkspaceBytes(t.params))
+              << MethodName(m) << (causal ? " causal " : " ") << SparseName(sp)
+              << " " << sh.nq << "x" << sh.nk;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace scatterbrain

@@ -70,25 +70,43 @@ class CpuBackend : public Backend {
 };
 
 int64_t CpuBackend::WorkspaceBytes(const AttentionParams& p) const {
-  // An upper estimate of the scratch the slices running at once hold: per
-  // slice the features of q and k, the low-rank sums and the sparse
-  // accumulators (rows x (m + 2 dv + 8) floats), a sorted copy of q, k and v
-  // per hash round, and, for exact, one block of scores per thread.
+  // An upper estimate of the scratch the slices running at once hold, term
+  // by term after what ops.h's operations allocate (kernels_test checks it
+  // bounds the reported peak). Exact: one block of scores per thread.
   const int64_t slices = std::max<int64_t>(p.batch * p.heads, 1);
   const int64_t at_once = std::min<int64_t>(slices, threads_);
-  const int64_t rows = p.seq_q + p.seq_k;
   if (p.method == Method::kExact) {
     return at_once * kExactRowsPerTask * p.seq_k * 4;
   }
-  const int64_t m =
-      (p.method == Method::kPerformer || p.method == Method::kScatterbrain)
-          ? p.num_features
-          : 0;
-  int64_t per_slice = rows * (m + 2 * p.dim_v + 8) * 4;
-  if (p.method != Method::kPerformer) {
-    per_slice += rows * (p.dim + p.dim_v + 2) * 4;
+  const int64_t nq = p.seq_q, nk = p.seq_k, d = p.dim, dv = p.dim_v;
+  const int64_t rows = nq + nk;
+  const bool features =
+      p.method == Method::kPerformer || p.method == Method::kScatterbrain;
+  const int64_t m = features ? p.num_features : 0;
+  const int64_t bucket = std::max<int64_t>(p.bucket_size, 1);
+  const int64_t chunks = nk / bucket + 2;
+  int64_t floats = 0;
+  if (features) {
+    floats += rows * (m + 1);                        // phi(q), phi(k), scales
+    floats += nq * (dv + 1);                         // low-rank sums
+    floats += chunks * m * (dv + 1) + m * (dv + 1);  // prefix / chunk sums
   }
-  return at_once * per_slice;
+  if (p.method != Method::kPerformer) {
+    floats += nq * (3 * dv + 6);  // support accumulators (exact, low-rank)
+    // One LSH round's keys, orders, chunk ids and hash projections, the
+    // k-means sample and centroids, a tile's gathered rows, scores and
+    // features; local windows use a tile of the same size.
+    const int64_t tile = std::max<int64_t>(bucket, p.window + 1);
+    floats += std::max(p.num_hashes, 1) * rows * 2 + rows * 8;
+    floats += 2 * rows * d + (chunks + 1) * bucket * d;
+    floats += 2 * tile * (d + dv + m) + 2 * tile * tile + tile * dv;
+  }
+  if (p.method == Method::kScatterbrain) {
+    // Calibration: a double prefix of v, the exact rows, the candidates.
+    floats +=
+        2 * (nk + 1) * dv + std::max(p.calibration_rows, 0) * (nk + 4 * dv);
+  }
+  return at_once * floats * 4;
 }
 
 absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
