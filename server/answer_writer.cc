@@ -13,7 +13,7 @@ std::unique_ptr<Answer> ErrorAnswer(const std::string& request_id,
                                     const std::string& method, bool accepted,
                                     int64_t start_us) {
   auto a = std::make_unique<Answer>();
-  a->request_id = request_id.substr(0, 128);
+  a->request_id = request_id;
   a->method = method;
   a->accepted = accepted;
   a->start_us = start_us;

@@ -36,7 +36,9 @@ struct Answer {
   int64_t sent_bytes = -1;  // output bytes sent; -1: header not yet sent
 };
 
-// An error answer. Over-long ids are echoed cut to the contract's 128 bytes.
+// An error answer. The id is echoed whole, even one over the contract's 128
+// bytes (refused, never truncated: the client must be able to match the
+// error to its request); the message it came in bounds it.
 std::unique_ptr<Answer> ErrorAnswer(const std::string& request_id,
                                     const absl::Status& error,
                                     const std::string& method, bool accepted,

@@ -13,16 +13,22 @@ namespace server {
 
 AttentionServiceImpl::AttendReactor::AttendReactor(
     AttentionServiceImpl* svc, grpc::CallbackServerContext* ctx)
-    : svc_(svc), ctx_(ctx), answers_(svc->options_.max_queued_answers) {}
+    : svc_(svc), ctx_(ctx), answers_(svc->options_.max_queued_answers) {
+  last_activity_us_ = svc->clock_->NowMicros();
+}
 
 void AttentionServiceImpl::AttendReactor::Begin() {
   const bool draining = svc_->Register(this);
   {
     absl::MutexLock lock(&mu_);
     draining_ = draining;
+    if (draining) {
+      ending_ = true;
+      end_status_ = DrainingError();
+    }
     ++read_callbacks_;  // until the first read is issued
   }
-  StartRead(&read_msg_);
+  StartRead(&read_buf_);
   {
     absl::MutexLock lock(&mu_);
     --read_callbacks_;
@@ -34,7 +40,62 @@ void AttentionServiceImpl::AttendReactor::OnServerDrain() {
   {
     absl::MutexLock lock(&mu_);
     draining_ = true;
+    if (!ending_) {
+      ending_ = true;
+      end_status_ = DrainingError();
+    }
   }
+  MaybeFinish();
+}
+
+void AttentionServiceImpl::AttendReactor::CheckTimeouts(int64_t now_us) {
+  const ServiceOptions& o = svc_->options_;
+  const auto past = [now_us](int64_t since_us, double timeout_s) {
+    return timeout_s > 0 &&
+           static_cast<double>(now_us - since_us) >= timeout_s * 1e6;
+  };
+  bool cancel_stream = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    for (const std::string& id : live_.IdsWhere([&](const LiveRequest& r) {
+           return r.uploading && past(r.start_us, o.upload_timeout_s);
+         })) {
+      // The read path frees its buffers at its next message, or when the
+      // stream ends (uploads whose job is cancelled are dropped).
+      JobPtr job = FailLiveLocked(
+          id, nullptr,
+          absl::DeadlineExceededError(absl::StrCat(
+              "request '", id, "': its tensors were not complete ",
+              o.upload_timeout_s,
+              " s after its header (the server's upload_timeout_s); it is "
+              "dropped")));
+      if (job != nullptr) job->cancelled.store(true);
+      svc_->metrics_->ProtocolErrorSeen(ProtocolError::kUploadTimeout);
+    }
+    if (write_in_flight_ && !send_timed_out_ &&
+        past(write_started_us_, o.send_timeout_s)) {
+      send_timed_out_ = true;  // once: the cancel takes effect shortly
+      cancel_stream = true;
+    } else if (!ending_ && live_.empty() && answers_.empty() &&
+               pending_jobs_ == 0 && !write_in_flight_ &&
+               past(last_activity_us_, o.stream_idle_timeout_s)) {
+      ending_ = true;
+      end_status_ = absl::UnavailableError(
+          absl::StrCat("stream idle for ", o.stream_idle_timeout_s,
+                       " s with no request in flight (the server's "
+                       "stream_idle_timeout_s); open a new stream"));
+      svc_->metrics_->ProtocolErrorSeen(ProtocolError::kIdleTimeout);
+    }
+  }
+  if (cancel_stream) {
+    // The client stopped reading: what its answers hold goes now (OnCancel
+    // drops them).
+    svc_->metrics_->ProtocolErrorSeen(ProtocolError::kSendTimeout);
+    ctx_->TryCancel();
+    return;
+  }
+  PumpWrites();
   MaybeFinish();
 }
 
@@ -43,11 +104,25 @@ void AttentionServiceImpl::AttendReactor::OnReadDone(bool ok) {
     absl::MutexLock lock(&mu_);
     ++read_callbacks_;
   }
+  bool parsed = false;
   if (!ok) {
-    EndOfReads();
+    EndOfReads("the stream's requests ended");
   } else {
-    svc_->metrics_->BytesReceived(
-        static_cast<int64_t>(read_msg_.ByteSizeLong()));
+    ++messages_read_;
+    const size_t bytes = read_buf_.Length();
+    svc_->metrics_->BytesReceived(static_cast<int64_t>(bytes));
+    {
+      absl::MutexLock lock(&mu_);
+      last_activity_us_ = svc_->clock_->NowMicros();
+    }
+    uploads_.DropCancelled();  // timed out meanwhile: free their buffers
+    read_msg_.Clear();
+    parsed = grpc::SerializationTraits<v1::AttendRequest>::Deserialize(
+                 &read_buf_, &read_msg_)
+                 .ok();
+    if (!parsed) BrokenMessage(messages_read_, bytes);
+  }
+  if (parsed) {
     switch (read_msg_.kind_case()) {
       case v1::AttendRequest::kHeader:
         HandleHeader(read_msg_.header());
@@ -59,11 +134,12 @@ void AttentionServiceImpl::AttendReactor::OnReadDone(bool ok) {
         HandleCancel(read_msg_.cancel().request_id());
         break;
       default:
+        svc_->metrics_->ProtocolErrorSeen(ProtocolError::kEmptyMessage);
         QueueError("",
                    absl::InvalidArgumentError(
                        "AttendRequest.kind: empty message (set header, "
                        "chunk or cancel)"),
-                   "unknown");
+                   /*method=*/"");
         break;
     }
     bool restart;
@@ -78,7 +154,7 @@ void AttentionServiceImpl::AttendReactor::OnReadDone(bool ok) {
     read_msg_.Clear();
     // read_callbacks_ > 0 keeps a drain from finishing the stream between
     // the check above and this call.
-    if (restart) StartRead(&read_msg_);
+    if (restart) StartRead(&read_buf_);
   }
   {
     absl::MutexLock lock(&mu_);
@@ -93,6 +169,7 @@ void AttentionServiceImpl::AttendReactor::OnWriteDone(bool ok) {
   {
     absl::MutexLock lock(&mu_);
     write_in_flight_ = false;
+    last_activity_us_ = svc_->clock_->NowMicros();
     if (ok) svc_->metrics_->BytesSent(write_bytes_);
     // A request counts as answered once its last message is out; if that
     // write failed, the client never saw the answer.
@@ -111,7 +188,7 @@ void AttentionServiceImpl::AttendReactor::OnWriteDone(bool ok) {
     }
   }
   if (resume_reads) {
-    StartRead(&read_msg_);
+    StartRead(&read_buf_);
     absl::MutexLock lock(&mu_);
     --read_callbacks_;
   }
@@ -195,6 +272,11 @@ void AttentionServiceImpl::AttendReactor::HandleHeader(
   absl::StatusOr<RequestSpec> spec =
       SpecFromHeader(header, svc_->options_.limits, /*require_id=*/true);
   if (!spec.ok()) return reject(spec.status());
+  // Admission: the request's buffers must fit the server's budget before
+  // anything is allocated.
+  absl::StatusOr<MemoryReservation> memory =
+      svc_->ReserveMemory(*spec, /*unary_bytes=*/0);
+  if (!memory.ok()) return reject(memory.status());
   // The bytes land in the backend's host buffers (pinned on CUDA).
   // A backend that converts on its device gets the wire bytes as they are.
   const HostAllocator alloc = svc_->executor_->host_allocator();
@@ -212,6 +294,7 @@ void AttentionServiceImpl::AttendReactor::HandleHeader(
   if (!svc_->TryAccept()) return reject(DrainingError());
   upload->job = std::make_shared<Job>();
   upload->job->spec = *std::move(spec);
+  upload->job->memory = *std::move(memory);
   const int64_t now = svc_->clock_->NowMicros();
   {
     absl::MutexLock lock(&mu_);
@@ -240,13 +323,20 @@ void AttentionServiceImpl::AttendReactor::HandleChunk(
                         TensorLabel(chunk.tensor()), " of request '", id,
                         "', whose tensors were already complete")));
     } else {
+      // Not a request: counted as a protocol error, not in requests_total.
+      svc_->metrics_->ProtocolErrorSeen(ProtocolError::kUnknownRequestId);
       QueueError(id,
                  absl::InvalidArgumentError(absl::StrCat(
                      "chunk.request_id: no request '", id,
                      "' in flight on this stream (its header must come "
                      "first)")),
-                 "unknown");
+                 /*method=*/"");
     }
+    return;
+  }
+  if (upload->job->cancelled.load()) {  // timed out: answered already
+    uploads_.Take(id);
+    uploads_.MarkDead(id);
     return;
   }
   TensorAssembler* t = nullptr;
@@ -289,7 +379,26 @@ void AttentionServiceImpl::AttendReactor::HandleCancel(const std::string& id) {
   }
 }
 
-void AttentionServiceImpl::AttendReactor::EndOfReads() {
+void AttentionServiceImpl::AttendReactor::BrokenMessage(int64_t n,
+                                                        size_t bytes) {
+  svc_->metrics_->ProtocolErrorSeen(ProtocolError::kUnparseableMessage);
+  const std::string what =
+      absl::StrCat("message ", n, " on this stream (", bytes,
+                   " bytes) is not a valid scatterbrain.v1.AttendRequest");
+  {
+    absl::MutexLock lock(&mu_);
+    if (!ending_) {
+      ending_ = true;
+      end_status_ = absl::InvalidArgumentError(absl::StrCat(
+          what,
+          "; the stream is ended (requests submitted before it were "
+          "answered, uploads still incomplete failed)"));
+    }
+  }
+  EndOfReads(absl::StrCat("the stream broke: ", what, ","));
+}
+
+void AttentionServiceImpl::AttendReactor::EndOfReads(const std::string& why) {
   // Reads also end when the call is cancelled, possibly before OnCancel
   // runs: then nobody is listening for an answer.
   const bool cancelled = ctx_->IsCancelled();
@@ -307,11 +416,10 @@ void AttentionServiceImpl::AttendReactor::EndOfReads() {
     const TensorAssembler& missing = upload.FirstIncomplete();
     QueueLocked(ErrorAnswer(
         id,
-        absl::InvalidArgumentError(
-            absl::StrCat("chunk: the stream's requests ended before request '",
-                         id, "' was complete (tensor ", missing.name(), ": ",
-                         missing.received_bytes(), " of ",
-                         missing.total_bytes(), " bytes)")),
+        absl::InvalidArgumentError(absl::StrCat(
+            "chunk: ", why, " before request '", id, "' was complete (tensor ",
+            missing.name(), ": ", missing.received_bytes(), " of ",
+            missing.total_bytes(), " bytes)")),
         upload.job->spec.method_label, /*accepted=*/true, live->start_us));
   });
   absl::MutexLock lock(&mu_);
@@ -329,7 +437,9 @@ void AttentionServiceImpl::AttendReactor::Submit(const std::string& id) {
   };
   {
     absl::MutexLock lock(&mu_);
-    if (live_.Find(id) != job) return;
+    LiveRequest* live = live_.Get(id);
+    if (live == nullptr || live->job != job) return;
+    live->uploading = false;
     ++pending_jobs_;  // before Submit: `done` may run before it returns
   }
   const absl::Status st = svc_->executor_->Submit(job);
@@ -441,9 +551,13 @@ absl::StatusCode AttentionServiceImpl::AttendReactor::DroppedCodeLocked()
 void AttentionServiceImpl::AttendReactor::FinalizeLocked(
     const std::string& method, bool accepted, int64_t start_us,
     absl::StatusCode code) {
-  svc_->metrics_->RequestDone(
-      method, CodeName(code),
-      std::max<int64_t>(svc_->clock_->NowMicros() - start_us, 0) * 1e-6);
+  // An empty method marks an answer to a message that was not a request
+  // (counted as a protocol error when queued).
+  if (!method.empty()) {
+    svc_->metrics_->RequestDone(
+        method, CodeName(code),
+        std::max<int64_t>(svc_->clock_->NowMicros() - start_us, 0) * 1e-6);
+  }
   if (accepted) svc_->Finished();
 }
 
@@ -458,16 +572,31 @@ void AttentionServiceImpl::AttendReactor::PumpWrites() {
     }
     if (answers_.empty()) return;
     write_in_flight_ = true;
+    write_started_us_ = svc_->clock_->NowMicros();
     front = answers_.front();
   }
   const bool last =
       NextMessage(*front, svc_->options_.chunk_bytes, &write_msg_);
   write_bytes_ = static_cast<int64_t>(write_msg_.ByteSizeLong());
+  bool own_buffer = false;
+  write_buf_.Clear();
+  // Serialising our own message cannot fail short of memory exhaustion;
+  // then the stream is cancelled rather than sending something wrong.
+  const bool serialized =
+      grpc::SerializationTraits<v1::AttendResponse>::Serialize(
+          write_msg_, &write_buf_, &own_buffer)
+          .ok();
+  write_msg_.Clear();  // the bytes live in write_buf_ now
   if (last) {
     absl::MutexLock lock(&mu_);
     answers_.StartLast();
   }
-  StartWrite(&write_msg_);
+  if (!serialized) {
+    ctx_->TryCancel();
+    OnWriteDone(false);  // as a failed write: the answers are dropped
+    return;
+  }
+  StartWrite(&write_buf_);
 }
 
 void AttentionServiceImpl::AttendReactor::MaybeFinish() {
@@ -481,12 +610,14 @@ void AttentionServiceImpl::AttendReactor::MaybeFinish() {
       status = grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled");
     } else if (reads_done_) {
       if (!answers_.empty() || !live_.empty()) return;
-      status = grpc::Status::OK;
-    } else if (draining_) {
-      // Idle stream of a draining server: end it (a read is outstanding; it
-      // completes with ok=false).
+      // OK after a half-close; a stream-level error (an unparseable message)
+      // says so.
+      status = ToGrpcStatus(end_status_);
+    } else if (ending_) {
+      // Draining, idle too long: end the stream once nothing is in flight
+      // (a read is outstanding; it completes with ok=false).
       if (read_callbacks_ > 0 || !answers_.empty() || !live_.empty()) return;
-      status = ToGrpcStatus(DrainingError());
+      status = ToGrpcStatus(end_status_);
     } else {
       return;
     }

@@ -33,7 +33,7 @@ namespace scatterbrain {
 namespace server {
 
 class AttentionServiceImpl::AttendReactor final
-    : public grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse> {
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   AttendReactor(AttentionServiceImpl* svc, grpc::CallbackServerContext* ctx);
 
@@ -45,6 +45,10 @@ class AttentionServiceImpl::AttendReactor final
   }
   // The service started draining: an idle stream ends now (UNAVAILABLE).
   void OnServerDrain();
+  // The timer (service.h): fails uploads past upload_timeout_s, ends the
+  // stream when idle past stream_idle_timeout_s, cancels it when a write has
+  // waited past send_timeout_s. `now_us` from the service's clock.
+  void CheckTimeouts(int64_t now_us);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -59,7 +63,12 @@ class AttentionServiceImpl::AttendReactor final
   void HandleChunk(const v1::TensorChunk& chunk);
   void HandleCancel(const std::string& id);
   // The client half-closed (or the stream broke): uploads can never finish.
-  void EndOfReads();
+  // `why` ends each incomplete upload's error message.
+  void EndOfReads(const std::string& why);
+  // Message `n` did not parse: reading stops, uploads fail, and once the
+  // requests already submitted are answered the stream ends with
+  // INVALID_ARGUMENT.
+  void BrokenMessage(int64_t n, size_t bytes);
   // The upload `id` is complete: its job goes to the executor.
   void Submit(const std::string& id);
   // An upload failed: the request is answered with `st`, late chunks of it
@@ -106,11 +115,14 @@ class AttentionServiceImpl::AttendReactor final
   std::atomic<int> refs_{1};  // gRPC's, released in OnDone
 
   // Read path only.
+  grpc::ByteBuffer read_buf_;
   v1::AttendRequest read_msg_;
+  int64_t messages_read_ = 0;
   Uploads uploads_;
 
   // The writer's (whoever set write_in_flight_).
   v1::AttendResponse write_msg_;
+  grpc::ByteBuffer write_buf_;
   int64_t write_bytes_ = 0;
 
   absl::Mutex mu_;
@@ -122,6 +134,13 @@ class AttentionServiceImpl::AttendReactor final
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool deadline_exceeded_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  // Set when the stream is to end once idle with this status (a stream-level
+  // error, the idle timeout); OK when not set.
+  absl::Status end_status_ ABSL_GUARDED_BY(mu_);
+  bool ending_ ABSL_GUARDED_BY(mu_) = false;  // end when idle (drain or idle)
+  int64_t last_activity_us_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t write_started_us_ ABSL_GUARDED_BY(mu_) = 0;
+  bool send_timed_out_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   int read_callbacks_ ABSL_GUARDED_BY(mu_) = 0;    // OnReadDone running
   bool read_paused_ ABSL_GUARDED_BY(mu_) = false;  // no read outstanding

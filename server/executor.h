@@ -29,6 +29,7 @@
 #include "kernels/backend.h"
 #include "server/batcher.h"
 #include "server/clock.h"
+#include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/request.h"
 #include "server/tensor_assembler.h"
@@ -72,6 +73,9 @@ struct Job {
   // thread that called Cancel / RemoveCancelled / Stop: it must not block
   // and the caller of those must not hold locks `done` takes.
   std::function<void(const JobPtr& job, JobResult result)> done;
+  // Its share of the server's memory budget (memory_budget.h), held until
+  // the last owner (upload, executor, answer) lets the job go.
+  MemoryReservation memory;
 };
 
 class Executor {

@@ -81,6 +81,52 @@ ABSL_FLAG(int, max_inflight_per_stream,
           "RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_seq, kDefaults.service.limits.max_seq,
           "Largest seq_q / seq_k; beyond: RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, max_memory_bytes, kDefaults.service.max_memory_bytes,
+          "Bytes all requests in flight may hold in buffers (inputs, output); "
+          "a request that does not fit gets RESOURCE_EXHAUSTED (0: half the "
+          "machine's or container's memory).");
+ABSL_FLAG(double, upload_timeout_s, kDefaults.service.upload_timeout_s,
+          "Seconds from a request's header to its last tensor byte; beyond: "
+          "DEADLINE_EXCEEDED (0: no limit).");
+ABSL_FLAG(double, stream_idle_timeout_s,
+          kDefaults.service.stream_idle_timeout_s,
+          "A stream with nothing in flight and no message for this long is "
+          "ended with UNAVAILABLE (0: never).");
+ABSL_FLAG(double, send_timeout_s, kDefaults.service.send_timeout_s,
+          "A response write the client does not take for this long cancels its "
+          "stream (0: never).");
+ABSL_FLAG(int, max_streams_per_connection,
+          kDefaults.connections.max_streams_per_connection,
+          "Concurrent calls per connection (HTTP/2 MAX_CONCURRENT_STREAMS).");
+ABSL_FLAG(double, handshake_timeout_s,
+          kDefaults.connections.handshake_timeout_s,
+          "A new connection must complete its TLS/HTTP/2 handshake within this "
+          "(0: gRPC's 120 s).");
+ABSL_FLAG(double, keepalive_time_s, kDefaults.connections.keepalive_time_s,
+          "Ping a connection silent this long (0: never)...");
+ABSL_FLAG(double, keepalive_timeout_s,
+          kDefaults.connections.keepalive_timeout_s,
+          "...and close it if the ping is not answered within this.");
+ABSL_FLAG(double, min_client_ping_interval_s,
+          kDefaults.connections.min_client_ping_interval_s,
+          "Clients pinging more often than this are sent GOAWAY after "
+          "--max_ping_strikes pings.");
+ABSL_FLAG(int, max_ping_strikes, kDefaults.connections.max_ping_strikes,
+          "Too-frequent pings tolerated before GOAWAY.");
+ABSL_FLAG(double, max_connection_idle_s,
+          kDefaults.connections.max_connection_idle_s,
+          "Close a connection with no call open for this long (0: never).");
+ABSL_FLAG(double, max_connection_age_s,
+          kDefaults.connections.max_connection_age_s,
+          "Send GOAWAY to connections older than this, so clients rebalance "
+          "over replicas (0: never)...");
+ABSL_FLAG(double, max_connection_age_grace_s,
+          kDefaults.connections.max_connection_age_grace_s,
+          "...giving calls in flight this long to finish.");
+ABSL_FLAG(int64_t, transport_memory_bytes,
+          kDefaults.connections.transport_memory_bytes,
+          "gRPC ResourceQuota for transport buffers of all connections (0: "
+          "min(1 GiB, memory/8)).");
 
 namespace {
 
@@ -118,6 +164,20 @@ constexpr const char* kFlagNames[] = {
     "drain_timeout_s",
     "max_inflight_per_stream",
     "max_seq",
+    "max_memory_bytes",
+    "upload_timeout_s",
+    "stream_idle_timeout_s",
+    "send_timeout_s",
+    "max_streams_per_connection",
+    "handshake_timeout_s",
+    "keepalive_time_s",
+    "keepalive_timeout_s",
+    "min_client_ping_interval_s",
+    "max_ping_strikes",
+    "max_connection_idle_s",
+    "max_connection_age_s",
+    "max_connection_age_grace_s",
+    "transport_memory_bytes",
 };
 
 void PrintUsage(FILE* out) {
@@ -217,6 +277,26 @@ int main(int argc, char** argv) {
   o.service.max_inflight_per_stream =
       absl::GetFlag(FLAGS_max_inflight_per_stream);
   o.service.limits.max_seq = absl::GetFlag(FLAGS_max_seq);
+  o.service.max_memory_bytes = absl::GetFlag(FLAGS_max_memory_bytes);
+  o.service.upload_timeout_s = absl::GetFlag(FLAGS_upload_timeout_s);
+  o.service.stream_idle_timeout_s = absl::GetFlag(FLAGS_stream_idle_timeout_s);
+  o.service.send_timeout_s = absl::GetFlag(FLAGS_send_timeout_s);
+  o.connections.max_streams_per_connection =
+      absl::GetFlag(FLAGS_max_streams_per_connection);
+  o.connections.handshake_timeout_s = absl::GetFlag(FLAGS_handshake_timeout_s);
+  o.connections.keepalive_time_s = absl::GetFlag(FLAGS_keepalive_time_s);
+  o.connections.keepalive_timeout_s = absl::GetFlag(FLAGS_keepalive_timeout_s);
+  o.connections.min_client_ping_interval_s =
+      absl::GetFlag(FLAGS_min_client_ping_interval_s);
+  o.connections.max_ping_strikes = absl::GetFlag(FLAGS_max_ping_strikes);
+  o.connections.max_connection_idle_s =
+      absl::GetFlag(FLAGS_max_connection_idle_s);
+  o.connections.max_connection_age_s =
+      absl::GetFlag(FLAGS_max_connection_age_s);
+  o.connections.max_connection_age_grace_s =
+      absl::GetFlag(FLAGS_max_connection_age_grace_s);
+  o.connections.transport_memory_bytes =
+      absl::GetFlag(FLAGS_transport_memory_bytes);
   if (const absl::Status st = sv::ValidateServerOptions(o); !st.ok()) {
     return UsageError(absl::StrCat("--", st.message()));
   }

@@ -150,6 +150,25 @@ struct Metrics::Impl {
           .Help("Memory in use on each compute device.")
           .Register(*registry);
 
+  Family<Counter>& protocol_errors =
+      prometheus::BuildCounter()
+          .Name("scatterbrain_protocol_errors_total")
+          .Help(
+              "Stream-level errors that are not requests: unparseable or "
+              "empty messages, unknown request ids, timeouts, unknown "
+              "methods.")
+          .Register(*registry);
+  Family<Gauge>& memory_budget_family =
+      prometheus::BuildGauge()
+          .Name("scatterbrain_memory_budget_bytes")
+          .Help("The memory budget for request buffers (max_memory_bytes).")
+          .Register(*registry);
+  Family<Gauge>& memory_reserved_family =
+      prometheus::BuildGauge()
+          .Name("scatterbrain_memory_reserved_bytes")
+          .Help("Request-buffer bytes reserved against the budget now.")
+          .Register(*registry);
+
   // Unlabelled series exist from the start, so a scrape shows them as 0.
   Histogram& batch_size = batch_size_family.Add({}, BatchBuckets());
   Counter& memory_saved = memory_saved_family.Add({});
@@ -158,6 +177,17 @@ struct Metrics::Impl {
   Gauge& queue_depth = queue_depth_family.Add({});
   Counter& received = received_family.Add({});
   Counter& sent = sent_family.Add({});
+  Gauge& memory_budget = memory_budget_family.Add({});
+  Gauge& memory_reserved = memory_reserved_family.Add({});
+  // Every kind from the start (a fixed set: the label cannot grow).
+  std::vector<Counter*> protocol_error_counters = [this] {
+    std::vector<Counter*> v;
+    for (int k = 0; k <= static_cast<int>(ProtocolError::kUnknownMethod); ++k) {
+      v.push_back(&protocol_errors.Add(
+          {{"kind", ProtocolErrorName(static_cast<ProtocolError>(k))}}));
+    }
+    return v;
+  }();
 
   // Label-value caches. Pointers stay valid: prometheus-cpp owns children
   // by unique_ptr and we never Remove them.
@@ -225,6 +255,26 @@ Metrics::Metrics() : impl_(std::make_unique<Impl>()) {}
 // are destroyed in reverse order, and it is declared last in Impl.
 Metrics::~Metrics() = default;
 
+const char* ProtocolErrorName(ProtocolError kind) {
+  switch (kind) {
+    case ProtocolError::kUnparseableMessage:
+      return "unparseable_message";
+    case ProtocolError::kEmptyMessage:
+      return "empty_message";
+    case ProtocolError::kUnknownRequestId:
+      return "unknown_request_id";
+    case ProtocolError::kUploadTimeout:
+      return "upload_timeout";
+    case ProtocolError::kIdleTimeout:
+      return "idle_timeout";
+    case ProtocolError::kSendTimeout:
+      return "send_timeout";
+    case ProtocolError::kUnknownMethod:
+      return "unknown_method";
+  }
+  return "other";
+}
+
 void Metrics::RequestDone(const std::string& method, const std::string& code,
                           double request_seconds) {
   impl_->ForMethodCode(method, code).Increment();
@@ -285,6 +335,21 @@ void Metrics::BytesSent(int64_t bytes) {
 
 void Metrics::SetDeviceMemory(const std::string& device, int64_t bytes) {
   impl_->ForDevice(device).Set(static_cast<double>(bytes));
+}
+
+void Metrics::ProtocolErrorSeen(ProtocolError kind) {
+  const size_t k = static_cast<size_t>(kind);
+  if (k < impl_->protocol_error_counters.size()) {
+    impl_->protocol_error_counters[k]->Increment();
+  }
+}
+
+void Metrics::SetMemoryBudget(int64_t limit_bytes) {
+  impl_->memory_budget.Set(static_cast<double>(limit_bytes));
+}
+
+void Metrics::SetMemoryReserved(int64_t bytes) {
+  impl_->memory_reserved.Set(static_cast<double>(bytes));
 }
 
 std::string Metrics::Serialize() const {

@@ -33,6 +33,29 @@ namespace server {
 //   scatterbrain_received_bytes_total
 //   scatterbrain_sent_bytes_total
 //   scatterbrain_device_memory_used_bytes{device}   gauge
+//   scatterbrain_protocol_errors_total{kind}        messages that are not a
+//                                                   request (see ProtocolError)
+//   scatterbrain_memory_budget_bytes                gauge (max_memory_bytes)
+//   scatterbrain_memory_reserved_bytes              gauge
+//
+// Label values come from fixed sets: a client cannot mint series (an
+// unknown method is "unknown", codes are gRPC's names).
+
+// What a stream-level error was, for scatterbrain_protocol_errors_total.
+// These are not requests, so they stay out of requests_total: a client
+// sending 5,000 chunks with unknown ids must not look like 5,000 failed
+// requests.
+enum class ProtocolError {
+  kUnparseableMessage,  // bytes that are not the RPC's message
+  kEmptyMessage,        // an AttendRequest with no kind set
+  kUnknownRequestId,    // a chunk or cancel for no request of the stream
+  kUploadTimeout,       // header received, tensors not complete in time
+  kIdleTimeout,         // a stream with nothing in flight, ended
+  kSendTimeout,         // a client that stopped reading, cancelled
+  kUnknownMethod,       // a call to a method this server does not serve
+};
+const char* ProtocolErrorName(ProtocolError kind);
+
 class Metrics {
  public:
   Metrics();
@@ -54,6 +77,9 @@ class Metrics {
   void BytesReceived(int64_t bytes);
   void BytesSent(int64_t bytes);
   void SetDeviceMemory(const std::string& device, int64_t bytes);
+  void ProtocolErrorSeen(ProtocolError kind);
+  void SetMemoryBudget(int64_t limit_bytes);
+  void SetMemoryReserved(int64_t bytes);
 
   // The text exposition format of everything registered (for tests).
   std::string Serialize() const;

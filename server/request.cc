@@ -89,6 +89,17 @@ absl::StatusOr<RequestSpec> MakeRequestSpec(std::string request_id,
   return s;
 }
 
+int64_t RequestMemoryBytes(const RequestSpec& spec, bool inputs_in_wire_dtype,
+                           int64_t unary_message_bytes) {
+  const int64_t in_elements =
+      spec.q_elements + spec.k_elements + spec.v_elements;
+  const int64_t in_bytes =
+      in_elements * (inputs_in_wire_dtype ? DTypeBytes(spec.dtype) : 4);
+  int64_t bytes = in_bytes + spec.out_elements * 4;
+  if (unary_message_bytes > 0) bytes += unary_message_bytes + spec.out_bytes;
+  return bytes;
+}
+
 std::string CodeName(absl::StatusCode code) {
   return absl::StatusCodeToString(code);
 }

@@ -61,6 +61,14 @@ absl::StatusOr<RequestSpec> MakeRequestSpec(std::string request_id,
                                             DType dtype, DType output_dtype,
                                             const RequestLimits& limits);
 
+// The server memory one request holds from its header to its answer, what
+// memory admission reserves: q, k and v as they are stored (float32, or the
+// wire dtype when `inputs_in_wire_dtype`), the float32 output and, for a
+// unary call (`unary_message_bytes` > 0: the request message gRPC holds),
+// that message plus the response message, which carries the whole output.
+int64_t RequestMemoryBytes(const RequestSpec& spec, bool inputs_in_wire_dtype,
+                           int64_t unary_message_bytes = 0);
+
 // "OK", "INVALID_ARGUMENT", ... (the metrics' code label).
 std::string CodeName(absl::StatusCode code);
 

@@ -13,6 +13,7 @@
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
 #include "kernels/backend.h"
 #include "kernels/devices.h"
 
@@ -124,8 +125,104 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   if (o.service.limits.max_seq < 1)
     return Bad("max_seq",
                absl::StrCat("must be >= 1, got ", o.service.limits.max_seq));
+  if (o.service.max_memory_bytes < 0)
+    return Bad("max_memory_bytes",
+               absl::StrCat("must be >= 0, got ", o.service.max_memory_bytes));
+  const struct {
+    const char* name;
+    double value;
+  } seconds[] = {
+      {"upload_timeout_s", o.service.upload_timeout_s},
+      {"stream_idle_timeout_s", o.service.stream_idle_timeout_s},
+      {"send_timeout_s", o.service.send_timeout_s},
+      {"handshake_timeout_s", o.connections.handshake_timeout_s},
+      {"keepalive_time_s", o.connections.keepalive_time_s},
+      {"keepalive_timeout_s", o.connections.keepalive_timeout_s},
+      {"min_client_ping_interval_s", o.connections.min_client_ping_interval_s},
+      {"max_connection_idle_s", o.connections.max_connection_idle_s},
+      {"max_connection_age_s", o.connections.max_connection_age_s},
+      {"max_connection_age_grace_s", o.connections.max_connection_age_grace_s},
+  };
+  for (const auto& s : seconds) {
+    // Bounded so that milliseconds fit gRPC's int channel arguments.
+    if (!std::isfinite(s.value) || s.value < 0 || s.value > 1e6)
+      return Bad(s.name,
+                 absl::StrCat("must be in [0, 1e6] seconds, got ", s.value));
+  }
+  if (o.connections.max_streams_per_connection < 1)
+    return Bad("max_streams_per_connection",
+               absl::StrCat("must be >= 1, got ",
+                            o.connections.max_streams_per_connection));
+  if (o.connections.max_ping_strikes < 0)
+    return Bad(
+        "max_ping_strikes",
+        absl::StrCat("must be >= 0, got ", o.connections.max_ping_strikes));
+  if (o.connections.transport_memory_bytes < 0)
+    return Bad("transport_memory_bytes",
+               absl::StrCat("must be >= 0, got ",
+                            o.connections.transport_memory_bytes));
   return absl::OkStatus();
 }
+
+int64_t DefaultTransportMemoryBytes(int64_t max_message_bytes) {
+  // Room for 32 messages at the size limit being received at once (far more
+  // than clients' 1 MiB chunks need), at least 128 MiB, at most an eighth of
+  // the memory. Measured: 4 unary messages of 256 MiB (over a 4 MiB limit)
+  // took the server 400 MB above its baseline without a quota, 130 MB with
+  // 64 MiB; the quota bounds what a client can make gRPC buffer.
+  int64_t bytes = std::max<int64_t>(int64_t{128} << 20, 32 * max_message_bytes);
+  const int64_t limit = MemoryLimitBytes();
+  if (limit > 0)
+    bytes = std::min(bytes, std::max<int64_t>(limit / 8, 16 << 20));
+  return bytes;
+}
+
+namespace {
+
+int Millis(double seconds) {
+  return static_cast<int>(std::lround(seconds * 1e3));
+}
+
+// Connection limits as gRPC channel arguments (ConnectionOptions says what
+// each protects against).
+void ApplyConnectionOptions(const ConnectionOptions& c,
+                            int64_t max_message_bytes,
+                            grpc::ServerBuilder* builder) {
+  builder->AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                              c.max_streams_per_connection);
+  if (c.handshake_timeout_s > 0) {
+    builder->AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                                Millis(c.handshake_timeout_s));
+  }
+  if (c.keepalive_time_s > 0) {
+    builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                                Millis(c.keepalive_time_s));
+    builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                                Millis(c.keepalive_timeout_s));
+  }
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder->AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+      Millis(c.min_client_ping_interval_s));
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES,
+                              c.max_ping_strikes);
+  if (c.max_connection_idle_s > 0) {
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                                Millis(c.max_connection_idle_s));
+  }
+  if (c.max_connection_age_s > 0) {
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                                Millis(c.max_connection_age_s));
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                                Millis(c.max_connection_age_grace_s));
+  }
+  int64_t quota = c.transport_memory_bytes;
+  if (quota == 0) quota = DefaultTransportMemoryBytes(max_message_bytes);
+  builder->SetResourceQuota(grpc::ResourceQuota("scatterbrain-transport")
+                                .Resize(static_cast<size_t>(quota)));
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const ServerOptions& options, const Clock* clock) {
@@ -150,10 +247,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   // Without this, a second server on a busy port would share it silently.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  ApplyConnectionOptions(options.connections, options.max_message_bytes,
+                         &builder);
   const std::string address = absl::StrCat(options.host, ":", options.port);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
                            &s->port_);
   builder.RegisterService(s->service_.get());
+  s->unknown_methods_ = std::make_unique<UnknownMethodService>(
+      std::vector<std::string>{v1::AttentionService::service_full_name(),
+                               "grpc.health.v1.Health",
+                               "grpc.reflection.v1alpha.ServerReflection"},
+      s->metrics_.get());
+  builder.RegisterCallbackGenericService(s->unknown_methods_.get());
   s->grpc_server_ = builder.BuildAndStart();
   if (s->grpc_server_ == nullptr || s->port_ == 0) {
     s->grpc_server_.reset();

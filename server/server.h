@@ -19,9 +19,51 @@
 #include "server/executor.h"
 #include "server/metrics.h"
 #include "server/service.h"
+#include "server/unknown_method.h"
 
 namespace scatterbrain {
 namespace server {
+
+// Limits on connections, applied through gRPC's channel arguments and its
+// ResourceQuota. A value of 0 turns a limit off unless said otherwise.
+struct ConnectionOptions {
+  // Concurrent streams (calls) one connection may open; more wait at the
+  // client (HTTP/2 MAX_CONCURRENT_STREAMS). gRPC's default is unlimited.
+  int max_streams_per_connection = 128;
+  // A connection must finish its TLS and HTTP/2 handshake (send the
+  // preface and SETTINGS) within this, else it is closed: idle TCP
+  // connections cannot pile up. gRPC's default is 120 s.
+  double handshake_timeout_s = 10;
+  // The server pings a connection silent this long, and closes it if the
+  // ping is not answered within keepalive_timeout_s: dead peers (a host
+  // gone, a NAT entry dropped) free their streams.
+  double keepalive_time_s = 60;
+  double keepalive_timeout_s = 20;
+  // Clients may ping at most this often; a client pinging faster is sent
+  // GOAWAY after max_ping_strikes pings (keepalive enforcement). Pings are
+  // allowed with no call open.
+  double min_client_ping_interval_s = 10;
+  int max_ping_strikes = 2;
+  // A connection with no call open for this long is closed (GOAWAY; clients
+  // reconnect when they next call).
+  double max_connection_idle_s = 1800;
+  // A connection older than this is sent GOAWAY (calls in flight get
+  // max_connection_age_grace_s more): clients re-resolve and spread over
+  // new replicas. Off by default (streams are long-lived); 1800 suits a
+  // Deployment that scales.
+  double max_connection_age_s = 0;
+  double max_connection_age_grace_s = 300;
+  // gRPC's ResourceQuota: the memory all connections' transport buffers may
+  // use; under pressure gRPC shrinks flow-control windows and then cancels
+  // streams (RESOURCE_EXHAUSTED). It is what bounds the memory a message over
+  // max_message_bytes takes before gRPC refuses it (gRPC 1.51 receives a
+  // message whole before checking its size). 0:
+  // DefaultTransportMemoryBytes().
+  int64_t transport_memory_bytes = 0;
+};
+
+// max(128 MiB, 32 * max_message_bytes), at most an eighth of the memory.
+int64_t DefaultTransportMemoryBytes(int64_t max_message_bytes);
 
 struct ServerOptions {
   // Address the gRPC endpoint and the metrics bind to.
@@ -37,9 +79,10 @@ struct ServerOptions {
   double drain_timeout_s = 30;
   // The backend, the batcher and error sampling (defaults: ExecutorOptions).
   ExecutorOptions executor;
-  // Per-request and per-stream limits, output chunking (defaults:
-  // ServiceOptions; max_queued_answers is not a flag).
+  // Per-request and per-stream limits, memory budget, timeouts, output
+  // chunking (defaults: ServiceOptions; max_queued_answers is not a flag).
   ServiceOptions service;
+  ConnectionOptions connections;
 };
 
 // INVALID_ARGUMENT naming the option for out-of-range values.
@@ -70,6 +113,7 @@ class Server {
   std::string metrics_address() const;
   const std::string& backend_name() const { return executor_->backend_name(); }
   const v1::ServerInfo& info() const { return info_; }
+  const AttentionServiceImpl& service() const { return *service_; }
   Metrics& metrics() { return *metrics_; }
   // Accepted requests not answered yet; requests waiting in the batcher.
   int64_t inflight_requests() const { return service_->inflight(); }
@@ -86,6 +130,7 @@ class Server {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<AttentionServiceImpl> service_;
+  std::unique_ptr<UnknownMethodService> unknown_methods_;
   std::unique_ptr<grpc::Server> grpc_server_;
 
   absl::Mutex shutdown_mu_;

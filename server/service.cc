@@ -1,9 +1,10 @@
 // scatterbrain/server/service.cc — see service.h. The shell: it creates
 // one reactor per call (attend_reactor.cc, unary_reactor.cc) and owns what
 // they share: admission (the in-flight count), the drain, the streams'
-// registry for drain notices.
+// registry for drain notices and timeouts, the memory budget.
 #include "server/service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
 #include <vector>
@@ -36,11 +37,69 @@ AttentionServiceImpl::AttentionServiceImpl(const ServiceOptions& options,
       info_(std::move(info)),
       executor_(executor),
       metrics_(metrics),
-      clock_(clock) {}
+      clock_(clock),
+      budget_(options.max_memory_bytes > 0 ? options.max_memory_bytes
+                                           : DefaultMaxMemoryBytes(),
+              [metrics](int64_t reserved) {
+                metrics->SetMemoryReserved(reserved);
+              }) {
+  metrics_->SetMemoryBudget(budget_.limit_bytes());
+  timer_ = std::thread([this] { TimerLoop(); });
+}
 
-AttentionServiceImpl::~AttentionServiceImpl() = default;
+AttentionServiceImpl::~AttentionServiceImpl() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_timer_ = true;
+  }
+  timer_.join();
+}
 
-grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse>*
+void AttentionServiceImpl::TimerLoop() {
+  const absl::Duration interval = absl::Milliseconds(
+      std::max<int64_t>(options_.timeout_check_interval_ms, 1));
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      const auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stop_timer_;
+      };
+      if (mu_.AwaitWithTimeout(absl::Condition(&stop), interval)) return;
+    }
+    CheckTimeouts();
+  }
+}
+
+template <typename F>
+void AttentionServiceImpl::ForEachStream(F f) {
+  std::vector<AttendReactor*> reactors;
+  {
+    absl::MutexLock lock(&mu_);
+    reactors.reserve(reactors_.size());
+    for (AttendReactor* r : reactors_) {
+      r->Ref();  // alive until we are done with it, even past its OnDone
+      reactors.push_back(r);
+    }
+  }
+  for (AttendReactor* r : reactors) {
+    f(r);
+    r->Unref();
+  }
+}
+
+void AttentionServiceImpl::CheckTimeouts() {
+  const int64_t now = clock_->NowMicros();
+  ForEachStream([now](AttendReactor* r) { r->CheckTimeouts(now); });
+}
+
+absl::StatusOr<MemoryReservation> AttentionServiceImpl::ReserveMemory(
+    const RequestSpec& spec, int64_t unary_bytes) {
+  return budget_.Reserve(
+      RequestMemoryBytes(spec, executor_->inputs_in_wire_dtype(), unary_bytes),
+      "header");
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 AttentionServiceImpl::Attend(grpc::CallbackServerContext* context) {
   auto* reactor = new AttendReactor(this, context);
   reactor->Begin();
@@ -48,8 +107,8 @@ AttentionServiceImpl::Attend(grpc::CallbackServerContext* context) {
 }
 
 grpc::ServerUnaryReactor* AttentionServiceImpl::AttendUnary(
-    grpc::CallbackServerContext* context, const v1::AttendUnaryRequest* request,
-    v1::AttendUnaryResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   auto* reactor = new UnaryReactor(this, context, request, response);
   reactor->Start();
   return reactor;
@@ -65,19 +124,11 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::GetServerInfo(
 }
 
 void AttentionServiceImpl::StartDrain() {
-  std::vector<AttendReactor*> reactors;
   {
     absl::MutexLock lock(&mu_);
     draining_ = true;
-    for (AttendReactor* r : reactors_) {
-      r->Ref();  // alive until we are done with it, even past its OnDone
-      reactors.push_back(r);
-    }
   }
-  for (AttendReactor* r : reactors) {
-    r->OnServerDrain();
-    r->Unref();
-  }
+  ForEachStream([](AttendReactor* r) { r->OnServerDrain(); });
 }
 
 bool AttentionServiceImpl::draining() const {

@@ -13,10 +13,21 @@
 // AttendUnary (unary_reactor.h): the same validation, batching and stats for
 // one request in one message. GetServerInfo: version, backends, devices,
 // limits.
+//
+// Attend and AttendUnary are registered raw (grpc::ByteBuffer): the service
+// parses the messages itself, so a message that is not the RPC's type ends
+// the call with INVALID_ARGUMENT saying so (gRPC's generated handler ended a
+// stream with OK, dropping the requests after it, and answered a unary
+// call UNIMPLEMENTED with no message).
+//
+// Admission: every accepted request reserves its buffers' bytes against the
+// service's MemoryBudget (memory_budget.h) at its header. A timer thread
+// enforces the upload, stream-idle and send timeouts (ServiceOptions).
 #ifndef SCATTERBRAIN_SERVER_SERVICE_H_
 #define SCATTERBRAIN_SERVER_SERVICE_H_
 
 #include <cstdint>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -28,6 +39,7 @@
 #include "scatterbrain/v1/attention.grpc.pb.h"
 #include "server/clock.h"
 #include "server/executor.h"
+#include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/request.h"
 
@@ -45,10 +57,32 @@ struct ServiceOptions {
   // which the stream's reads pause until half have gone: a client that
   // sends without reading cannot grow the server's memory without bound.
   size_t max_queued_answers = 1024;
+  // Bytes all requests in flight may hold in buffers (inputs, output, the
+  // unary messages: RequestMemoryBytes); a request that does not fit is
+  // refused with RESOURCE_EXHAUSTED. 0: DefaultMaxMemoryBytes() (half the
+  // machine's or the container's memory).
+  int64_t max_memory_bytes = 0;
+  // A request's tensors must be complete this long after its header, else
+  // it is answered DEADLINE_EXCEEDED and its buffers freed. 0: no limit.
+  double upload_timeout_s = 120;
+  // A stream with nothing in flight and no message for this long is ended
+  // (UNAVAILABLE; clients reopen). 0: no limit.
+  double stream_idle_timeout_s = 600;
+  // A write the client does not take for this long (it stopped reading)
+  // cancels the stream, freeing what its answers hold. 0: no limit.
+  double send_timeout_s = 120;
+  // How often the timeouts are checked (real time; the deadlines themselves
+  // use the injected clock).
+  int64_t timeout_check_interval_ms = 100;
 };
 
-class AttentionServiceImpl final
-    : public v1::AttentionService::CallbackService {
+// Attend and AttendUnary raw (see the file comment), GetServerInfo typed.
+using AttentionServiceBase = v1::AttentionService::WithRawCallbackMethod_Attend<
+    v1::AttentionService::WithRawCallbackMethod_AttendUnary<
+        v1::AttentionService::WithCallbackMethod_GetServerInfo<
+            v1::AttentionService::Service>>>;
+
+class AttentionServiceImpl final : public AttentionServiceBase {
  public:
   // `info` is what GetServerInfo answers. The executor, metrics and clock
   // must outlive the service, and the service the grpc::Server it is
@@ -58,12 +92,11 @@ class AttentionServiceImpl final
                        const Clock* clock);
   ~AttentionServiceImpl() override;
 
-  grpc::ServerBidiReactor<v1::AttendRequest, v1::AttendResponse>* Attend(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Attend(
       grpc::CallbackServerContext* context) override;
-  grpc::ServerUnaryReactor* AttendUnary(
-      grpc::CallbackServerContext* context,
-      const v1::AttendUnaryRequest* request,
-      v1::AttendUnaryResponse* response) override;
+  grpc::ServerUnaryReactor* AttendUnary(grpc::CallbackServerContext* context,
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetServerInfo(
       grpc::CallbackServerContext* context,
       const v1::GetServerInfoRequest* request,
@@ -80,6 +113,10 @@ class AttentionServiceImpl final
   bool WaitIdle(absl::Time deadline);
   // Accepted requests whose last response has not been sent yet.
   int64_t inflight() const;
+  const MemoryBudget& memory_budget() const { return budget_; }
+  // Checks every stream's timeouts now (the timer thread calls it; tests
+  // with a fake clock may too).
+  void CheckTimeouts();
 
  private:
   class AttendReactor;
@@ -94,10 +131,18 @@ class AttentionServiceImpl final
   // (nothing counted) when draining.
   bool TryAccept();
   void Finished();
-  // Streams register for drain notices; returns the draining flag at
-  // registration (atomic with it).
+  // Streams register for drain notices and timeouts; returns the draining
+  // flag at registration (atomic with it).
   bool Register(AttendReactor* reactor);
   void Unregister(AttendReactor* reactor);
+  // Calls f(reactor) for every registered stream, each held by a reference
+  // (alive even past its OnDone) and with no lock held.
+  template <typename F>
+  void ForEachStream(F f);
+  // Reserves a request's buffer bytes; RESOURCE_EXHAUSTED naming the budget.
+  absl::StatusOr<MemoryReservation> ReserveMemory(const RequestSpec& spec,
+                                                  int64_t unary_bytes);
+  void TimerLoop();
 
   const ServiceOptions options_;
   const v1::ServerInfo info_;
@@ -109,6 +154,10 @@ class AttentionServiceImpl final
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   int64_t inflight_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_set<AttendReactor*> reactors_ ABSL_GUARDED_BY(mu_);
+  bool stop_timer_ ABSL_GUARDED_BY(mu_) = false;
+
+  MemoryBudget budget_;
+  std::thread timer_;  // last: started when everything else exists
 };
 
 }  // namespace server

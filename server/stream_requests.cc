@@ -2,6 +2,7 @@
 #include "server/stream_requests.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace scatterbrain {
 namespace server {
@@ -12,6 +13,17 @@ void Uploads::MarkDead(const std::string& id) {
   if (dead_order_.size() > kMaxDeadIds) {
     dead_ids_.erase(dead_order_.front());
     dead_order_.pop_front();
+  }
+}
+
+void Uploads::DropCancelled() {
+  std::vector<std::string> gone;
+  for (const auto& [id, upload] : uploads_) {
+    if (upload->job->cancelled.load()) gone.push_back(id);
+  }
+  for (const std::string& id : gone) {
+    uploads_.erase(id);
+    MarkDead(id);
   }
 }
 

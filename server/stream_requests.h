@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -30,6 +31,8 @@ namespace server {
 struct LiveRequest {
   JobPtr job;
   int64_t start_us = 0;  // when its header arrived (the latency metric)
+  // Its tensors are still arriving (the upload timeout applies).
+  bool uploading = true;
 };
 
 // The stream's accepted, unanswered requests (uploading or with the
@@ -67,6 +70,20 @@ class LiveRequests {
   void TakeAll(F f) {
     for (auto& [id, request] : map_) f(id, request);
     map_.clear();
+  }
+  // The request under `id`, or null.
+  LiveRequest* Get(const std::string& id) {
+    auto it = map_.find(id);
+    return it == map_.end() ? nullptr : &it->second;
+  }
+  // Ids of the requests for which pred(request) holds.
+  template <typename P>
+  std::vector<std::string> IdsWhere(P pred) const {
+    std::vector<std::string> ids;
+    for (const auto& [id, request] : map_) {
+      if (pred(request)) ids.push_back(id);
+    }
+    return ids;
   }
 
  private:
@@ -117,6 +134,11 @@ class Uploads {
     for (auto& [id, upload] : uploads_) f(id, *upload);
     uploads_.clear();
   }
+
+  // Frees the uploads whose job was cancelled from outside the read path
+  // (the upload timeout): they are answered already; their late chunks are
+  // dropped.
+  void DropCancelled();
 
   // Late chunks for `id` are dropped from now on.
   void MarkDead(const std::string& id);

@@ -44,12 +44,22 @@ absl::Status TensorAssembler::Init(absl::string_view name, DType dtype,
   name_ = std::string(name);
   dtype_ = dtype;
   elem_bytes_ = DTypeBytes(dtype);
+  elements_ = elements;
   total_bytes_ = elements * elem_bytes_;
   received_ = 0;
   carry_len_ = 0;
   keep_wire_dtype_ = keep_wire_dtype && dtype != DType::kFloat32;
-  return buffer_.Allocate(elements, name_, allocator,
-                          keep_wire_dtype_ ? dtype : DType::kFloat32);
+  allocator_ = allocator;
+  buffer_.Release();
+  // The buffer is allocated when the first bytes arrive: a header alone
+  // (or a stalled upload's later tensors) commits no memory.
+  if (total_bytes_ == 0) return AllocateBuffer();
+  return absl::OkStatus();
+}
+
+absl::Status TensorAssembler::AllocateBuffer() {
+  return buffer_.Allocate(elements_, name_, allocator_,
+                          keep_wire_dtype_ ? dtype_ : DType::kFloat32);
 }
 
 absl::Status TensorAssembler::Append(uint64_t offset, absl::string_view data) {
@@ -65,6 +75,11 @@ absl::Status TensorAssembler::Append(uint64_t offset, absl::string_view data) {
         absl::StrCat("chunk.data: ", data.size(), " bytes at offset ", offset,
                      " run past the end of tensor ", name_, " (", total_bytes_,
                      " bytes for the header's shape and dtype)"));
+  }
+  if (data.empty()) return absl::OkStatus();
+  if (!buffer_) {
+    absl::Status st = AllocateBuffer();
+    if (!st.ok()) return st;
   }
   if (keep_wire_dtype_) {  // the bytes as they came, by byte offset
     std::memcpy(static_cast<char*>(buffer_.raw()) + received_, data.data(),

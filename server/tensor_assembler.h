@@ -34,6 +34,7 @@ struct TensorBuffer {
   // The elements as float32 (dtype must be kFloat32).
   float* data() const { return buffer.as<float>(); }
   void* raw() const { return buffer.data(); }
+  explicit operator bool() const { return static_cast<bool>(buffer); }
   MemorySpace space() const { return buffer.space(); }
   // `n` elements of `dtype`; RESOURCE_EXHAUSTED when the memory is not
   // available.
@@ -53,8 +54,9 @@ struct TensorBuffer {
 class TensorAssembler {
  public:
   // `name`: "q", "k" or "v", used in messages. The buffer comes from
-  // `allocator` (plain host memory when empty); it holds float32, or the
-  // wire `dtype` itself when `keep_wire_dtype`.
+  // `allocator` (plain host memory when empty) when the first bytes arrive
+  // (a failure then is Append's RESOURCE_EXHAUSTED); it holds float32, or
+  // the wire `dtype` itself when `keep_wire_dtype`.
   absl::Status Init(absl::string_view name, DType dtype, int64_t elements,
                     const HostAllocator& allocator = nullptr,
                     bool keep_wire_dtype = false);
@@ -69,12 +71,16 @@ class TensorAssembler {
   TensorBuffer Take() { return std::move(buffer_); }
 
  private:
+  absl::Status AllocateBuffer();
+
   std::string name_;
   DType dtype_ = DType::kFloat32;
   int elem_bytes_ = 4;
   bool keep_wire_dtype_ = false;
+  int64_t elements_ = 0;
   int64_t total_bytes_ = 0;
   int64_t received_ = 0;
+  HostAllocator allocator_;
   TensorBuffer buffer_;
   char carry_[4] = {0, 0, 0, 0};
   int carry_len_ = 0;

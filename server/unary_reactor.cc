@@ -14,20 +14,34 @@ namespace server {
 
 void AttentionServiceImpl::UnaryReactor::Start() {
   start_us_ = svc_->clock_->NowMicros();
-  method_ = MethodLabel(request_->header().settings().method());
-  svc_->metrics_->BytesReceived(static_cast<int64_t>(request_->ByteSizeLong()));
+  method_ = "unknown";
+  const size_t message_bytes = request_bytes_->Length();
+  svc_->metrics_->BytesReceived(static_cast<int64_t>(message_bytes));
+  {
+    grpc::ByteBuffer bytes(*request_bytes_);  // shares the slices
+    if (!grpc::SerializationTraits<v1::AttendUnaryRequest>::Deserialize(
+             &bytes, &request_)
+             .ok()) {
+      svc_->metrics_->ProtocolErrorSeen(ProtocolError::kUnparseableMessage);
+      Finish(ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+          "the request (", message_bytes,
+          " bytes) is not a valid scatterbrain.v1.AttendUnaryRequest"))));
+      return;
+    }
+  }
+  method_ = MethodLabel(request_.header().settings().method());
   if (svc_->draining()) return Reject(DrainingError());
   absl::StatusOr<RequestSpec> spec = SpecFromHeader(
-      request_->header(), svc_->options_.limits, /*require_id=*/false);
+      request_.header(), svc_->options_.limits, /*require_id=*/false);
   if (!spec.ok()) return Reject(spec.status());
   const struct {
     const char* name;
     const std::string& bytes;
     int64_t want;
     int64_t elements;
-  } tensors[] = {{"q", request_->q(), spec->q_bytes, spec->q_elements},
-                 {"k", request_->k(), spec->k_bytes, spec->k_elements},
-                 {"v", request_->v(), spec->v_bytes, spec->v_elements}};
+  } tensors[] = {{"q", request_.q(), spec->q_bytes, spec->q_elements},
+                 {"k", request_.k(), spec->k_bytes, spec->k_elements},
+                 {"v", request_.v(), spec->v_bytes, spec->v_elements}};
   for (const auto& t : tensors) {
     if (static_cast<int64_t>(t.bytes.size()) != t.want) {
       return Reject(absl::InvalidArgumentError(absl::StrCat(
@@ -35,6 +49,10 @@ void AttentionServiceImpl::UnaryReactor::Start() {
           " for header.shape and header.dtype ", DTypeName(spec->dtype))));
     }
   }
+  // gRPC's copy of the message and the parsed one, until converted.
+  absl::StatusOr<MemoryReservation> memory = svc_->ReserveMemory(
+      *spec, 2 * static_cast<int64_t>(std::max<size_t>(message_bytes, 1)));
+  if (!memory.ok()) return Reject(memory.status());
   auto job = std::make_shared<Job>();
   TensorBuffer* dst[] = {&job->q, &job->k, &job->v};
   const HostAllocator alloc = svc_->executor_->host_allocator();
@@ -47,8 +65,10 @@ void AttentionServiceImpl::UnaryReactor::Start() {
     if (!st.ok()) return Reject(st);
     *dst[i] = a.Take();
   }
+  request_.Clear();  // the tensors are in the job's buffers now
   method_ = spec->method_label;
   job->spec = *std::move(spec);
+  job->memory = *std::move(memory);
   if (!svc_->TryAccept()) return Reject(DrainingError());
   job->done = [this](const JobPtr& j, JobResult r) {
     OnJobDone(j, std::move(r));
@@ -80,17 +100,26 @@ void AttentionServiceImpl::UnaryReactor::Reject(const absl::Status& st) {
 
 void AttentionServiceImpl::UnaryReactor::OnJobDone(const JobPtr& job,
                                                    JobResult result) {
-  if (result.status.ok()) {
-    FillUnaryResponse(job->spec, result, response_);
-    svc_->metrics_->BytesSent(static_cast<int64_t>(response_->ByteSizeLong()));
+  absl::Status status = result.status;
+  if (status.ok()) {
+    v1::AttendUnaryResponse response;
+    FillUnaryResponse(job->spec, result, &response);
+    bool own_buffer = false;
+    if (grpc::SerializationTraits<v1::AttendUnaryResponse>::Serialize(
+            response, response_, &own_buffer)
+            .ok()) {
+      svc_->metrics_->BytesSent(static_cast<int64_t>(response_->Length()));
+    } else {
+      status = absl::InternalError("the response could not be serialised");
+    }
   }
-  absl::StatusCode code = result.status.code();
+  absl::StatusCode code = status.code();
   if (code == absl::StatusCode::kCancelled && AtDeadline(*ctx_)) {
     code = absl::StatusCode::kDeadlineExceeded;  // dropped at its deadline
   }
   svc_->metrics_->RequestDone(method_, CodeName(code), Seconds());
   svc_->Finished();
-  Finish(ToGrpcStatus(result.status));
+  Finish(ToGrpcStatus(status));
 }
 
 double AttentionServiceImpl::UnaryReactor::Seconds() const {

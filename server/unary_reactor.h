@@ -24,12 +24,14 @@ namespace server {
 class AttentionServiceImpl::UnaryReactor final
     : public grpc::ServerUnaryReactor {
  public:
+  // `request` is the message's bytes, parsed here; `response` receives the
+  // serialised AttendUnaryResponse.
   UnaryReactor(AttentionServiceImpl* svc, grpc::CallbackServerContext* ctx,
-               const v1::AttendUnaryRequest* request,
-               v1::AttendUnaryResponse* response)
-      : svc_(svc), ctx_(ctx), request_(request), response_(response) {}
+               const grpc::ByteBuffer* request, grpc::ByteBuffer* response)
+      : svc_(svc), ctx_(ctx), request_bytes_(request), response_(response) {}
 
-  // Validates, converts the tensors and submits the job.
+  // Parses and validates the request, reserves its memory, converts the
+  // tensors and submits the job.
   void Start();
   void OnCancel() override;
   void OnDone() override { delete this; }
@@ -41,8 +43,9 @@ class AttentionServiceImpl::UnaryReactor final
 
   AttentionServiceImpl* const svc_;
   grpc::CallbackServerContext* const ctx_;
-  const v1::AttendUnaryRequest* const request_;
-  v1::AttendUnaryResponse* const response_;
+  const grpc::ByteBuffer* const request_bytes_;
+  grpc::ByteBuffer* const response_;
+  v1::AttendUnaryRequest request_;  // parsed; its tensors freed once converted
   int64_t start_us_ = 0;
   std::string method_;
   absl::Mutex mu_;

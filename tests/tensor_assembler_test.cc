@@ -63,6 +63,37 @@ TEST(TensorAssemblerTest, AssemblerHandlesChunksThatSplitElements) {
                            HasSubstr("chunk.data")));
 }
 
+// Issue 9, finding 1: a header alone used to allocate the request's whole
+// float32 buffers. Now a tensor's buffer is allocated when its first bytes
+// arrive, and an allocation failure is the chunk's RESOURCE_EXHAUSTED.
+TEST(TensorAssemblerTest, BufferIsAllocatedWhenTheFirstBytesArrive) {
+  int allocations = 0;
+  bool fail = false;
+  const HostAllocator counting =
+      [&](int64_t bytes) -> absl::StatusOr<HostBuffer> {
+    ++allocations;
+    if (fail) return absl::ResourceExhaustedError("no memory");
+    char* p = new char[static_cast<size_t>(bytes)];
+    return HostBuffer(p, bytes, MemorySpace::kHost,
+                      [](void* d) { delete[] static_cast<char*>(d); });
+  };
+  TensorAssembler a;
+  ASSERT_TRUE(a.Init("q", DType::kFloat16, 1 << 20, counting).ok());
+  EXPECT_EQ(allocations, 0) << "Init must not commit memory";
+  ASSERT_TRUE(a.Append(0, "").ok());
+  EXPECT_EQ(allocations, 0) << "an empty chunk commits nothing either";
+  ASSERT_TRUE(a.Append(0, "abcd").ok());
+  EXPECT_EQ(allocations, 1);
+  ASSERT_TRUE(a.Append(4, "efgh").ok());
+  EXPECT_EQ(allocations, 1);
+
+  fail = true;
+  TensorAssembler b;
+  ASSERT_TRUE(b.Init("k", DType::kFloat32, 16, counting).ok());
+  EXPECT_THAT(b.Append(0, "abcd"),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+}
+
 TEST(DTypeTest, NamesSizesAndAliases) {
   const struct {
     DType dtype;

@@ -40,6 +40,14 @@ std::string HttpGetResponse(int port, const std::string& path);
 // The body of that response; "" on error or without a header/body break.
 std::string HttpGet(int port, const std::string& path);
 
+// A TCP connection to 127.0.0.1:`port` that sends nothing (a silent or
+// slow peer); -1 on failure. The caller closes it.
+int ConnectTcp(int port);
+
+// Whether the peer has closed `fd` (a read returns 0 or a reset), waiting
+// at most `timeout_ms`. Data the peer sent before closing is skipped.
+bool PeerClosed(int fd, int timeout_ms);
+
 }  // namespace testutil
 }  // namespace scatterbrain
 
