@@ -149,6 +149,13 @@ struct Metrics::Impl {
           .Name("scatterbrain_device_memory_used_bytes")
           .Help("Memory in use on each compute device.")
           .Register(*registry);
+  Family<Counter>& auth_refused_family =
+      prometheus::BuildCounter()
+          .Name("scatterbrain_auth_refused_total")
+          .Help(
+              "AttentionService calls refused UNAUTHENTICATED, by reason "
+              "(missing, malformed or invalid bearer token).")
+          .Register(*registry);
 
   // Unlabelled series exist from the start, so a scrape shows them as 0.
   Histogram& batch_size = batch_size_family.Add({}, BatchBuckets());
@@ -158,6 +165,11 @@ struct Metrics::Impl {
   Gauge& queue_depth = queue_depth_family.Add({});
   Counter& received = received_family.Add({});
   Counter& sent = sent_family.Add({});
+  // Every reason from the start (at 0), indexed by AuthRefusal.
+  Counter* auth_refused[3] = {
+      &auth_refused_family.Add({{"reason", "missing"}}),
+      &auth_refused_family.Add({{"reason", "malformed"}}),
+      &auth_refused_family.Add({{"reason", "invalid"}})};
 
   // Label-value caches. Pointers stay valid: prometheus-cpp owns children
   // by unique_ptr and we never Remove them.
@@ -285,6 +297,10 @@ void Metrics::BytesSent(int64_t bytes) {
 
 void Metrics::SetDeviceMemory(const std::string& device, int64_t bytes) {
   impl_->ForDevice(device).Set(static_cast<double>(bytes));
+}
+
+void Metrics::AuthRefused(AuthRefusal reason) {
+  impl_->auth_refused[static_cast<int>(reason)]->Increment();
 }
 
 std::string Metrics::Serialize() const {

@@ -33,6 +33,11 @@ namespace server {
 //   scatterbrain_received_bytes_total
 //   scatterbrain_sent_bytes_total
 //   scatterbrain_device_memory_used_bytes{device}   gauge
+//   scatterbrain_auth_refused_total{reason}         (missing|malformed|invalid)
+
+// Why a call was refused UNAUTHENTICATED (auth.h): the label's only values.
+enum class AuthRefusal { kMissing, kMalformed, kInvalid };
+
 class Metrics {
  public:
   Metrics();
@@ -54,6 +59,7 @@ class Metrics {
   void BytesReceived(int64_t bytes);
   void BytesSent(int64_t bytes);
   void SetDeviceMemory(const std::string& device, int64_t bytes);
+  void AuthRefused(AuthRefusal reason);
 
   // The text exposition format of everything registered (for tests).
   std::string Serialize() const;
