@@ -3,6 +3,7 @@
 //
 // Exit codes: 0 after a clean drain (or --help / --version); 1 when the
 // server cannot start (backend unavailable, port in use); 2 for bad flags.
+// SIGHUP re-reads the token file (--auth_token_file) and goes on serving.
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -28,7 +29,8 @@ const scatterbrain::server::ServerOptions kDefaults;
 }  // namespace
 
 ABSL_FLAG(std::string, host, kDefaults.host,
-          "Address the gRPC endpoint and /metrics bind to.");
+          "Address the gRPC endpoint and /metrics bind to (0.0.0.0: every "
+          "interface; 127.0.0.1: this machine only).");
 ABSL_FLAG(int, port, kDefaults.port,
           "gRPC port (0: pick a free one; the startup line prints it).");
 ABSL_FLAG(int, metrics_port, kDefaults.metrics_port,
@@ -127,11 +129,32 @@ ABSL_FLAG(int64_t, transport_memory_bytes,
           kDefaults.connections.transport_memory_bytes,
           "gRPC ResourceQuota for transport buffers of all connections (0: "
           "min(1 GiB, memory/8)).");
+ABSL_FLAG(std::string, tls_cert_file, kDefaults.security.tls_cert_file,
+          "PEM certificate chain the server presents; with --tls_key_file, "
+          "the gRPC port speaks TLS only (empty: plaintext).");
+ABSL_FLAG(std::string, tls_key_file, kDefaults.security.tls_key_file,
+          "PEM private key (unencrypted) of --tls_cert_file.");
+ABSL_FLAG(std::string, tls_client_ca_file,
+          kDefaults.security.tls_client_ca_file,
+          "PEM CA bundle: set, mutual TLS — a client must present a "
+          "certificate issued by one of these CAs.");
+ABSL_FLAG(std::string, auth_token_file, kDefaults.security.auth_token_file,
+          "Bearer tokens, one per line ('#' comments): set, AttentionService "
+          "calls need metadata 'authorization: Bearer <token>' (health is "
+          "exempt); else UNAUTHENTICATED. Re-read on change and on SIGHUP.");
+ABSL_FLAG(int, security_reload_interval_s, kDefaults.security.reload_interval_s,
+          "Seconds between checks of the TLS files and the token file for "
+          "changes (new connections get new certificates).");
+ABSL_FLAG(
+    std::string, reflection,
+    scatterbrain::server::ReflectionModeName(kDefaults.security.reflection),
+    "gRPC server reflection: auto (on only without TLS and tokens), on "
+    "or off.");
 
 namespace {
 
-// SIGTERM/SIGINT -> one byte on this pipe (write is async-signal-safe); the
-// main thread waits on it. A handler rather than a blocked mask + sigwait:
+// SIGTERM/SIGINT/SIGHUP -> one byte on this pipe (write is async-signal-safe);
+// the main thread waits on it. A handler rather than a blocked mask + sigwait:
 // threads started before main (OpenBLAS's pool) would not have the mask.
 int g_signal_pipe[2] = {-1, -1};
 
@@ -178,13 +201,20 @@ constexpr const char* kFlagNames[] = {
     "max_connection_age_s",
     "max_connection_age_grace_s",
     "transport_memory_bytes",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "auth_token_file",
+    "security_reload_interval_s",
+    "reflection",
 };
 
 void PrintUsage(FILE* out) {
   std::fprintf(out,
                "usage: scatterbrain_server [--flag=value ...]\n"
-               "Serves scatterbrain.v1.AttentionService over gRPC (health and "
-               "reflection on), metrics at /metrics.\n\nflags:\n");
+               "Serves scatterbrain.v1.AttentionService over gRPC (with health "
+               "and, see --reflection, reflection), metrics at "
+               "/metrics.\n\nflags:\n");
   for (const char* name : kFlagNames) {
     const absl::CommandLineFlag* f = absl::FindCommandLineFlag(name);
     if (f == nullptr) continue;
@@ -297,6 +327,18 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_max_connection_age_grace_s);
   o.connections.transport_memory_bytes =
       absl::GetFlag(FLAGS_transport_memory_bytes);
+  o.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  o.security.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  o.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  o.security.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  o.security.reload_interval_s =
+      absl::GetFlag(FLAGS_security_reload_interval_s);
+  if (!sv::ParseReflectionMode(absl::GetFlag(FLAGS_reflection),
+                               &o.security.reflection)) {
+    return UsageError(absl::StrCat("flag --reflection='",
+                                   absl::GetFlag(FLAGS_reflection),
+                                   "': must be auto, on or off"));
+  }
   if (const absl::Status st = sv::ValidateServerOptions(o); !st.ok()) {
     return UsageError(absl::StrCat("--", st.message()));
   }
@@ -313,6 +355,7 @@ int main(int argc, char** argv) {
   sa.sa_flags = SA_RESTART;
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGHUP, &sa, nullptr);  // reload the token file
 
   absl::StatusOr<std::unique_ptr<sv::Server>> server = sv::Server::Start(o);
   if (!server.ok()) {
@@ -322,6 +365,8 @@ int main(int argc, char** argv) {
   }
   std::printf("scatterbrain_server %s: gRPC on %s (backend %s)\n", SB_VERSION,
               (*server)->address().c_str(), (*server)->backend_name().c_str());
+  std::printf("scatterbrain_server: security: %s\n",
+              sv::DescribeSecurity(o.security).c_str());
   if (o.metrics_port > 0) {
     std::printf("scatterbrain_server: metrics at http://%s/metrics\n",
                 (*server)->metrics_address().c_str());
@@ -331,11 +376,24 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   char signal_number = 0;
-  while (read(g_signal_pipe[0], &signal_number, 1) < 0 && errno == EINTR) {
+  while (true) {
+    if (read(g_signal_pipe[0], &signal_number, 1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (signal_number != SIGHUP) break;
+    const absl::Status st = (*server)->ReloadCredentials();
+    const std::string what =
+        st.ok() ? "credentials reloaded"
+                : absl::StrCat("reload failed, the loaded tokens stay: ",
+                               st.message());
+    std::printf("scatterbrain_server: SIGHUP: %s\n", what.c_str());
+    std::fflush(stdout);
   }
   // A second signal during the drain stops the process at once.
   signal(SIGTERM, SIG_DFL);
   signal(SIGINT, SIG_DFL);
+  signal(SIGHUP, SIG_IGN);
   std::printf(
       "scatterbrain_server: %s: draining (up to %gs; a second signal "
       "stops at once)\n",

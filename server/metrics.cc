@@ -149,6 +149,13 @@ struct Metrics::Impl {
           .Name("scatterbrain_device_memory_used_bytes")
           .Help("Memory in use on each compute device.")
           .Register(*registry);
+  Family<Counter>& auth_refused_family =
+      prometheus::BuildCounter()
+          .Name("scatterbrain_auth_refused_total")
+          .Help(
+              "AttentionService calls refused UNAUTHENTICATED, by reason "
+              "(missing, malformed or invalid bearer token).")
+          .Register(*registry);
 
   Family<Counter>& protocol_errors =
       prometheus::BuildCounter()
@@ -188,6 +195,11 @@ struct Metrics::Impl {
     }
     return v;
   }();
+  // Every reason from the start (at 0), indexed by AuthRefusal.
+  Counter* auth_refused[3] = {
+      &auth_refused_family.Add({{"reason", "missing"}}),
+      &auth_refused_family.Add({{"reason", "malformed"}}),
+      &auth_refused_family.Add({{"reason", "invalid"}})};
 
   // Label-value caches. Pointers stay valid: prometheus-cpp owns children
   // by unique_ptr and we never Remove them.
@@ -350,6 +362,10 @@ void Metrics::SetMemoryBudget(int64_t limit_bytes) {
 
 void Metrics::SetMemoryReserved(int64_t bytes) {
   impl_->memory_reserved.Set(static_cast<double>(bytes));
+}
+
+void Metrics::AuthRefused(AuthRefusal reason) {
+  impl_->auth_refused[static_cast<int>(reason)]->Increment();
 }
 
 std::string Metrics::Serialize() const {

@@ -55,6 +55,10 @@ enum class ProtocolError {
   kUnknownMethod,       // a call to a method this server does not serve
 };
 const char* ProtocolErrorName(ProtocolError kind);
+//   scatterbrain_auth_refused_total{reason}         (missing|malformed|invalid)
+
+// Why a call was refused UNAUTHENTICATED (auth.h): the label's only values.
+enum class AuthRefusal { kMissing, kMalformed, kInvalid };
 
 class Metrics {
  public:
@@ -80,6 +84,7 @@ class Metrics {
   void ProtocolErrorSeen(ProtocolError kind);
   void SetMemoryBudget(int64_t limit_bytes);
   void SetMemoryReserved(int64_t bytes);
+  void AuthRefused(AuthRefusal reason);
 
   // The text exposition format of everything registered (for tests).
   std::string Serialize() const;

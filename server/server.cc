@@ -161,6 +161,7 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
     return Bad("transport_memory_bytes",
                absl::StrCat("must be >= 0, got ",
                             o.connections.transport_memory_bytes));
+  SB_RETURN_IF_ERROR(ValidateSecurityOptions(o.security));
   return absl::OkStatus();
 }
 
@@ -231,6 +232,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   s->options_ = options;
   s->metrics_ = std::make_unique<Metrics>();
 
+  // Before the executor: nothing to stop if the token file fails here.
+  SB_ASSIGN_OR_RETURN(
+      s->auth_,
+      Authenticator::Create(options.security.auth_token_file,
+                            absl::Seconds(options.security.reload_interval_s),
+                            s->metrics_.get()));
   SB_ASSIGN_OR_RETURN(s->executor_, Executor::Create(options.executor,
                                                      s->metrics_.get(), clock));
   s->info_ = MakeInfo(options, s->executor_->backend_name());
@@ -238,19 +245,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   ServiceOptions so = options.service;
   so.max_queued_answers = std::max<size_t>(so.max_queued_answers, 2);
   s->service_ = std::make_unique<AttentionServiceImpl>(
-      so, s->info_, s->executor_.get(), s->metrics_.get(), clock);
+      so, s->info_, s->executor_.get(), s->metrics_.get(), clock,
+      s->auth_.get());
 
   // Process-wide gRPC switches; both must precede the builder.
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  if (!options.security.reflection_enabled()) {
+    builder.SetOption(WithoutReflection());
+  }
   // Without this, a second server on a busy port would share it silently.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   ApplyConnectionOptions(options.connections, options.max_message_bytes,
                          &builder);
   const std::string address = absl::StrCat(options.host, ":", options.port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
+  builder.AddListeningPort(address, MakeServerCredentials(options.security),
                            &s->port_);
   builder.RegisterService(s->service_.get());
   s->unknown_methods_ = std::make_unique<UnknownMethodService>(

@@ -14,10 +14,12 @@
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "scatterbrain/v1/attention.pb.h"
+#include "server/auth.h"
 #include "server/batcher.h"
 #include "server/clock.h"
 #include "server/executor.h"
 #include "server/metrics.h"
+#include "server/security.h"
 #include "server/service.h"
 #include "server/unknown_method.h"
 
@@ -66,7 +68,9 @@ struct ConnectionOptions {
 int64_t DefaultTransportMemoryBytes(int64_t max_message_bytes);
 
 struct ServerOptions {
-  // Address the gRPC endpoint and the metrics bind to.
+  // Address the gRPC endpoint and the metrics bind to. Default 0.0.0.0:
+  // every interface (what a container needs); 127.0.0.1 keeps the server
+  // to this machine.
   std::string host = "0.0.0.0";
   // gRPC port; 0 picks a free one (Server::port() says which).
   int port = 50051;
@@ -83,6 +87,9 @@ struct ServerOptions {
   // chunking (defaults: ServiceOptions; max_queued_answers is not a flag).
   ServiceOptions service;
   ConnectionOptions connections;
+  // TLS, mutual TLS, bearer tokens, reflection (defaults: SecurityOptions:
+  // plaintext, no tokens, reflection on).
+  SecurityOptions security;
 };
 
 // INVALID_ARGUMENT naming the option for out-of-range values.
@@ -118,6 +125,9 @@ class Server {
   // Accepted requests not answered yet; requests waiting in the batcher.
   int64_t inflight_requests() const { return service_->inflight(); }
   int queued_requests() const { return executor_->queued(); }
+  // Re-reads the token file now (SIGHUP); certificates are re-read by
+  // gRPC's file watcher on its own. An error keeps the loaded tokens.
+  absl::Status ReloadCredentials() { return auth_->Reload(); }
 
  private:
   Server() = default;
@@ -129,6 +139,7 @@ class Server {
   // service before the executor, everything before the metrics.
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Executor> executor_;
+  std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<AttentionServiceImpl> service_;
   std::unique_ptr<UnknownMethodService> unknown_methods_;
   std::unique_ptr<grpc::Server> grpc_server_;

@@ -9,11 +9,30 @@
 #include <utility>
 #include <vector>
 
+#include "proto/convert/wire.h"
 #include "server/attend_reactor.h"
 #include "server/unary_reactor.h"
 
 namespace scatterbrain {
 namespace server {
+namespace {
+
+// An Attend stream refused before it starts (UNAUTHENTICATED): finished at
+// once, nothing read.
+class RefusedStream final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+grpc::Status AttentionServiceImpl::Authorize(
+    const grpc::CallbackServerContext& ctx) {
+  if (auth_ == nullptr) return grpc::Status::OK;
+  return wire::ToGrpcStatus(auth_->Authenticate(ctx));
+}
 
 absl::Status AttentionServiceImpl::DrainingError() {
   return absl::UnavailableError(
@@ -32,12 +51,14 @@ bool AttentionServiceImpl::AtDeadline(const grpc::CallbackServerContext& ctx) {
 AttentionServiceImpl::AttentionServiceImpl(const ServiceOptions& options,
                                            v1::ServerInfo info,
                                            Executor* executor, Metrics* metrics,
-                                           const Clock* clock)
+                                           const Clock* clock,
+                                           Authenticator* auth)
     : options_(options),
       info_(std::move(info)),
       executor_(executor),
       metrics_(metrics),
       clock_(clock),
+      auth_(auth),
       budget_(options.max_memory_bytes > 0 ? options.max_memory_bytes
                                            : DefaultMaxMemoryBytes(),
               [metrics](int64_t reserved) {
@@ -101,6 +122,9 @@ absl::StatusOr<MemoryReservation> AttentionServiceImpl::ReserveMemory(
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 AttentionServiceImpl::Attend(grpc::CallbackServerContext* context) {
+  if (grpc::Status st = Authorize(*context); !st.ok()) {
+    return new RefusedStream(st);
+  }
   auto* reactor = new AttendReactor(this, context);
   reactor->Begin();
   return reactor;
@@ -109,6 +133,11 @@ AttentionServiceImpl::Attend(grpc::CallbackServerContext* context) {
 grpc::ServerUnaryReactor* AttentionServiceImpl::AttendUnary(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
+  if (grpc::Status st = Authorize(*context); !st.ok()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(st);
+    return reactor;
+  }
   auto* reactor = new UnaryReactor(this, context, request, response);
   reactor->Start();
   return reactor;
@@ -117,9 +146,10 @@ grpc::ServerUnaryReactor* AttentionServiceImpl::AttendUnary(
 grpc::ServerUnaryReactor* AttentionServiceImpl::GetServerInfo(
     grpc::CallbackServerContext* context,
     const v1::GetServerInfoRequest* /*request*/, v1::ServerInfo* response) {
-  *response = info_;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  const grpc::Status st = Authorize(*context);
+  if (st.ok()) *response = info_;
+  reactor->Finish(st);
   return reactor;
 }
 

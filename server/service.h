@@ -37,6 +37,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "scatterbrain/v1/attention.grpc.pb.h"
+#include "server/auth.h"
 #include "server/clock.h"
 #include "server/executor.h"
 #include "server/memory_budget.h"
@@ -87,9 +88,10 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   // `info` is what GetServerInfo answers. The executor, metrics and clock
   // must outlive the service, and the service the grpc::Server it is
   // registered with.
+  // `auth` (may be null: no check) must outlive the service too.
   AttentionServiceImpl(const ServiceOptions& options, v1::ServerInfo info,
-                       Executor* executor, Metrics* metrics,
-                       const Clock* clock);
+                       Executor* executor, Metrics* metrics, const Clock* clock,
+                       Authenticator* auth = nullptr);
   ~AttentionServiceImpl() override;
 
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Attend(
@@ -122,6 +124,8 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   class AttendReactor;
   class UnaryReactor;
 
+  // OK, or UNAUTHENTICATED when the call lacks an accepted token.
+  grpc::Status Authorize(const grpc::CallbackServerContext& ctx);
   // UNAVAILABLE for requests refused while draining.
   static absl::Status DrainingError();
   // Whether a cancellation is the call's deadline.
@@ -149,6 +153,7 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   Executor* const executor_;
   Metrics* const metrics_;
   const Clock* const clock_;
+  Authenticator* const auth_;
 
   mutable absl::Mutex mu_;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;

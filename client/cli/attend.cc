@@ -28,7 +28,7 @@ namespace cli {
 namespace {
 
 const FlagSpecs& AttendFlags() {
-  static const auto* flags = new FlagSpecs(WithSettings({
+  static const auto* flags = new FlagSpecs(WithSecurity(WithSettings({
       {"q", {FlagKind::kString, true}},
       {"k", {FlagKind::kString, true}},
       {"v", {FlagKind::kString, true}},
@@ -43,7 +43,8 @@ const FlagSpecs& AttendFlags() {
       {"unary", {FlagKind::kBool, false}},
       {"chunk_bytes", {FlagKind::kString, false}},
       {"timeout_s", {FlagKind::kString, false}},
-  }));
+  })));
+  ;
   return *flags;
 }
 
@@ -148,10 +149,12 @@ int Attend(const std::vector<std::string>& args) {
       }
     }
   } else {
-    for (const char* remote_only :
-         {"dtype", "unary", "chunk_bytes", "timeout_s"}) {
-      if (f.count(remote_only)) {
-        return Fail(2, absl::StrCat("flag --", remote_only, " needs --server"));
+    std::vector<std::string> remote_only = SecurityFlagNames();
+    remote_only.insert(remote_only.end(),
+                       {"dtype", "unary", "chunk_bytes", "timeout_s"});
+    for (const std::string& name : remote_only) {
+      if (f.count(name)) {
+        return Fail(2, absl::StrCat("flag --", name, " needs --server"));
       }
     }
   }

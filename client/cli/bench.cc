@@ -37,7 +37,7 @@ namespace cli {
 namespace {
 
 const FlagSpecs& BenchFlags() {
-  static const auto* flags = new FlagSpecs(WithSettings({
+  static const auto* flags = new FlagSpecs(WithSecurity(WithSettings({
       {"server", {FlagKind::kString, true}},
       {"method", {FlagKind::kString, false}},
       {"clients", {FlagKind::kString, false}},
@@ -51,7 +51,8 @@ const FlagSpecs& BenchFlags() {
       {"dtype", {FlagKind::kString, false}},
       {"chunk_bytes", {FlagKind::kString, false}},
       {"timeout_s", {FlagKind::kString, false}},
-  }));
+  })));
+  ;
   return *flags;
 }
 

@@ -106,6 +106,22 @@ FlagSpecs WithSettings(FlagSpecs own) {
   return own;
 }
 
+const std::vector<std::string>& SecurityFlagNames() {
+  static const auto* names = new std::vector<std::string>{
+      "tls",          "tls_ca_file",     "tls_cert_file",
+      "tls_key_file", "tls_server_name", "auth_token_file"};
+  return *names;
+}
+
+FlagSpecs WithSecurity(FlagSpecs own) {
+  for (const std::string& name : SecurityFlagNames()) {
+    own.emplace(
+        name,
+        FlagSpec{name == "tls" ? FlagKind::kBool : FlagKind::kString, false});
+  }
+  return own;
+}
+
 absl::StatusOr<FlagValues> ParseFlags(const std::vector<std::string>& args,
                                       const FlagSpecs& spec) {
   FlagValues values;
@@ -248,6 +264,21 @@ absl::StatusOr<client::ClientOptions> ClientOptionsFromFlags(
   if (!s.ok()) return s;
   s = TimeoutFlag(f, &o.deadline);
   if (!s.ok()) return s;
+  o.use_tls = BoolFlag(f, "tls");
+  for (auto [name, field] : {
+           std::pair{"tls_ca_file", &o.tls_ca_file},
+           std::pair{"tls_cert_file", &o.tls_cert_file},
+           std::pair{"tls_key_file", &o.tls_key_file},
+           std::pair{"tls_server_name", &o.tls_server_name},
+           std::pair{"auth_token_file", &o.auth_token_file},
+       }) {
+    if (auto it = f.find(name); it != f.end()) *field = it->second;
+  }
+  // The options' names are the flags'.
+  s = client::CheckSecurityOptions(o);
+  if (!s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("flag --", s.message()));
+  }
   absl::StatusOr<client::ResolvedTarget> t = client::ResolveTarget(o);
   if (!t.ok()) {
     return absl::InvalidArgumentError(

@@ -1,7 +1,7 @@
 // scatterbrain/client/cli/flags.h — the CLI's flags: specs, parsing of
 // `--name=value`, numeric flags, the method settings into AttentionParams
 // (and from there to the wire through proto/convert), and the server
-// options (--server, --dtype, --chunk_bytes, --timeout_s).
+// options (--server, --dtype, --chunk_bytes, --timeout_s, TLS and token).
 //
 // Shared by every command (attend.cc, bench.cc, info.cc); each command keeps
 // its own FlagSpecs. Every error is INVALID_ARGUMENT naming the flag, which
@@ -63,10 +63,17 @@ absl::Status ParseSettings(const FlagValues& f, AttentionParams* p);
 // -1".
 absl::StatusOr<v1::MethodSettings> WireSettings(const AttentionParams& p);
 
+// `own` plus the connection's security flags (--tls, --tls_ca_file,
+// --tls_cert_file, --tls_key_file, --tls_server_name, --auth_token_file),
+// for every command that talks to a server.
+FlagSpecs WithSecurity(FlagSpecs own);
+// The names of those flags (attend refuses them without --server).
+const std::vector<std::string>& SecurityFlagNames();
+
 // --dtype (float32 when absent).
 absl::StatusOr<DType> DTypeFlag(const FlagValues& f);
 // Client options from --server, --chunk_bytes, --timeout_s (`default_timeout`
-// when absent; 0 = none).
+// when absent; 0 = none) and the security flags (files read and checked).
 absl::StatusOr<client::ClientOptions> ClientOptionsFromFlags(
     const FlagValues& f, absl::Duration default_timeout);
 

@@ -27,19 +27,19 @@ namespace cli {
 namespace {
 
 const FlagSpecs& HealthFlags() {
-  static const auto* flags = new FlagSpecs{
+  static const auto* flags = new FlagSpecs(WithSecurity({
       {"server", {FlagKind::kString, true}},
       {"service", {FlagKind::kString, false}},
       {"timeout_s", {FlagKind::kString, false}},
-  };
+  }));
   return *flags;
 }
 
 const FlagSpecs& InfoFlags() {
-  static const auto* flags = new FlagSpecs{
+  static const auto* flags = new FlagSpecs(WithSecurity({
       {"server", {FlagKind::kString, false}},
       {"timeout_s", {FlagKind::kString, false}},
-  };
+  }));
   return *flags;
 }
 
@@ -107,7 +107,9 @@ int Info(const std::vector<std::string>& args) {
   absl::StatusOr<FlagValues> flags = ParseFlags(args, InfoFlags());
   if (!flags.ok()) return Fail(2, flags.status().message());
   if (!flags->count("server")) {
-    return Fail(2, "info takes no arguments except --server and --timeout_s");
+    return Fail(2,
+                "info takes no arguments except --server, --timeout_s and the "
+                "TLS and token flags");
   }
   return InfoRemote(*flags);
 }

@@ -25,8 +25,9 @@ constexpr char kUsage[] =
   scatterbrain_cli attend --q=Q.npy --k=K.npy --v=V.npy --out=O.npy
       --method=exact|performer|lsh|local|scatterbrain [options]
       [--server=HOST:PORT [server options]]
-  scatterbrain_cli info [--server=HOST:PORT]
+  scatterbrain_cli info [--server=HOST:PORT [security options]]
   scatterbrain_cli health --server=HOST:PORT [--service=NAME] [--timeout_s=S]
+      [security options]
   scatterbrain_cli bench --server=HOST:PORT [--clients=N] [--requests=M]
       [--seq=N] [--heads=H] [--dim=D] [--method=...] [options]
   scatterbrain_cli --help
@@ -69,6 +70,17 @@ server options:
   --chunk_bytes=N       tensor bytes per stream message [1048576]
   --timeout_s=S         deadline of each call; 0 = none [attend 0, bench 0,
                         info and health 5]
+
+security options (attend with --server, info, health, bench):
+  --tls                 TLS with the system's CA roots (implied by the flags
+                        below)
+  --tls_ca_file=PEM     CA bundle that verifies the server's certificate
+  --tls_cert_file=PEM --tls_key_file=PEM   this client's certificate and
+                        key, for a server that requires mutual TLS
+  --tls_server_name=N   name the server's certificate must carry, when the
+                        --server host is not it
+  --auth_token_file=F   bearer token (first line that is not blank or '#')
+                        sent as 'authorization: Bearer <token>' on every call
 
 health prints SERVING or NOT_SERVING (or the error) and exits 0 only when
 the server is SERVING.

@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/cpp/attend_stream.h"
+#include "client/cpp/credentials.h"
 #include "client/cpp/health.h"
 #include "client/cpp/options.h"
 #include "client/cpp/prepare.h"

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "client/cpp/retry.h"
 #include "proto/convert/wire.h"
@@ -88,20 +89,19 @@ const char* ServingStatusName(ServingStatus s) {
 
 namespace internal {
 
-absl::StatusOr<ServingStatus> CheckHealth(
-    const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
-    absl::Duration deadline) {
+absl::StatusOr<std::string> RawUnaryCall(
+    const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+    const std::string& request, absl::Duration deadline) {
   grpc::GenericStub generic(channel);
-  const std::string encoded = EncodeHealthRequest(service);
-  grpc::Slice slice(encoded);
-  grpc::ByteBuffer request(&slice, 1);
+  grpc::Slice slice(request);
+  grpc::ByteBuffer request_buffer(&slice, 1);
   grpc::ByteBuffer response;
   grpc::ClientContext ctx;
   SetDeadline(&ctx, deadline);
   absl::Notification done;
   grpc::Status status;
-  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
-                    &request, &response, [&](grpc::Status s) {
+  generic.UnaryCall(&ctx, method, grpc::StubOptions(), &request_buffer,
+                    &response, [&](grpc::Status s) {
                       status = std::move(s);
                       done.Notify();
                     });
@@ -109,13 +109,23 @@ absl::StatusOr<ServingStatus> CheckHealth(
   if (!status.ok()) return wire::FromGrpcStatus(status);
   std::vector<grpc::Slice> slices;
   if (!response.Dump(&slices).ok()) {
-    return absl::InternalError("unreadable health response");
+    return absl::InternalError(absl::StrCat("unreadable response of ", method));
   }
   std::string bytes;
   for (const grpc::Slice& s : slices) {
     bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   }
-  absl::StatusOr<int> code = DecodeHealthResponse(bytes);
+  return bytes;
+}
+
+absl::StatusOr<ServingStatus> CheckHealth(
+    const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
+    absl::Duration deadline) {
+  absl::StatusOr<std::string> bytes =
+      RawUnaryCall(channel, "/grpc.health.v1.Health/Check",
+                   EncodeHealthRequest(service), deadline);
+  if (!bytes.ok()) return bytes.status();
+  absl::StatusOr<int> code = DecodeHealthResponse(*bytes);
   if (!code.ok()) return code.status();
   switch (*code) {
     case 1:

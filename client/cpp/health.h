@@ -3,7 +3,7 @@
 //
 // Debian ships no C++ stubs for health.proto; its two messages are one
 // field each, so health.cc encodes the request and decodes the response by
-// hand and sends them through gRPC's generic stub.
+// hand and sends them through gRPC's generic stub (RawUnaryCall).
 #ifndef SCATTERBRAIN_CLIENT_CPP_HEALTH_H_
 #define SCATTERBRAIN_CLIENT_CPP_HEALTH_H_
 
@@ -31,6 +31,15 @@ namespace internal {
 absl::StatusOr<ServingStatus> CheckHealth(
     const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
     absl::Duration deadline);
+
+// One unary call of `method` ("/package.Service/Method") with an encoded
+// request, through the generic stub: the encoded response, or the call's
+// status. Also fits a streaming method asked one question (the server
+// answers once and ends when the request side closes): the tests' probe of
+// grpc.reflection goes through here.
+absl::StatusOr<std::string> RawUnaryCall(
+    const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+    const std::string& request, absl::Duration deadline);
 
 }  // namespace internal
 }  // namespace client

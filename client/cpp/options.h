@@ -1,5 +1,6 @@
 // scatterbrain/client/cpp/options.h — ClientOptions: where the server is and
-// how calls to it behave (chunking, in-flight window, deadline, retries).
+// how calls to it behave (chunking, in-flight window, deadline, retries),
+// and how it proves who it is (TLS, client certificates, bearer token).
 //
 // Its own header because every part of the client reads it: the target
 // resolution, the retry policy, the stream and AttentionClient.
@@ -61,7 +62,30 @@ struct ClientOptions {
   // global subchannel pool with identical channels in the process (load
   // generators: one connection per simulated client).
   bool own_connection = false;
-  // nullptr = insecure (plaintext), what scatterbrain_server serves.
+  // --- security (credentials.h builds the channel's credentials) ---
+  // TLS to the server. Also on when any tls_* field below is set.
+  bool use_tls = false;
+  // PEM CA bundle that verifies the server's certificate; "" = gRPC's
+  // default roots (GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, else its bundled ones).
+  std::string tls_ca_file;
+  // PEM certificate chain and (unencrypted) key this client presents, for
+  // a server that requires mutual TLS; both or neither.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // The name the server's certificate must carry when it is not the
+  // target's host (a certificate for "attention.internal" reached at an IP
+  // address); "" = the target's host.
+  std::string tls_server_name;
+  // Bearer token sent as `authorization: Bearer <token>` on every call
+  // (Attend streams, unary calls, GetServerInfo and health), plaintext or
+  // TLS; or the file holding it (the first token of a token file: one per
+  // line, blank and '#' lines ignored), read once by Create. At most one of
+  // the two; "" = none.
+  std::string auth_token;
+  std::string auth_token_file;
+  // Channel credentials of your own (call credentials, ALTS, ...); set, the
+  // tls_* fields must be empty. nullptr = from the fields above: TLS when
+  // asked for, else insecure (plaintext), scatterbrain_server's default.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
 

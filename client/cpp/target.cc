@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/cpp/credentials.h"
 
 namespace scatterbrain {
 namespace client {
@@ -104,11 +105,15 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(
   if (options.own_connection) {
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   }
-  std::shared_ptr<grpc::ChannelCredentials> creds =
-      options.credentials ? options.credentials
-                          : grpc::InsecureChannelCredentials();
+  absl::StatusOr<ChannelSecurity> security = MakeChannelSecurity(options);
+  if (!security.ok()) return security.status();
+  if (!options.tls_server_name.empty()) {
+    args.SetSslTargetNameOverride(options.tls_server_name);
+  }
   std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(target->uri, creds, args);
+      grpc::experimental::CreateCustomChannelWithInterceptors(
+          target->uri, security->credentials, args,
+          AuthorizationInterceptors(security->authorization));
   if (channel == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("target: cannot create a channel to '", target->uri, "'"));

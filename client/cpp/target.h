@@ -33,8 +33,9 @@ namespace internal {
 // A channel to options.target: round_robin unless options name another
 // policy (also for a dns:/// name with several addresses, where gRPC's own
 // default, pick_first, would use one of them), max_message_bytes both ways,
-// a local subchannel pool with own_connection, insecure credentials unless
-// options carry some. INVALID_ARGUMENT for a malformed target.
+// a local subchannel pool with own_connection, the credentials and token
+// of credentials.h. INVALID_ARGUMENT for a malformed target or security
+// option.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(
     const ClientOptions& options);
 

@@ -43,6 +43,10 @@ METRICS = {
     "scatterbrain_received_bytes_total": ("counter", set()),
     "scatterbrain_sent_bytes_total": ("counter", set()),
     "scatterbrain_device_memory_used_bytes": ("gauge", {"device"}),
+    "scatterbrain_protocol_errors_total": ("counter", {"kind"}),
+    "scatterbrain_memory_budget_bytes": ("gauge", set()),
+    "scatterbrain_memory_reserved_bytes": ("gauge", set()),
+    "scatterbrain_auth_refused_total": ("counter", {"reason"}),
 }
 # Labels Prometheus attaches to every scraped series (target labels from
 # deploy/prometheus/prometheus.yml and the ServiceMonitor).

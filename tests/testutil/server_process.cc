@@ -29,6 +29,7 @@ bool HasFlag(const std::vector<std::string>& flags, const std::string& name) {
 
 // The server prints, once it serves (server/main.cc):
 //   scatterbrain_server <version>: gRPC on <host>:<port> (backend <name>)
+//   scatterbrain_server: security: ...
 //   scatterbrain_server: metrics at http://<host>:<port>/metrics
 //     (or: scatterbrain_server: metrics endpoint off)
 // in one flush. True once the second line is complete.
@@ -150,7 +151,9 @@ absl::Status ServerProcess::TryStart(const ServerProcessOptions& options,
   }
 
   const std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(target(), grpc::InsecureChannelCredentials());
+      grpc::CreateChannel(target(), options.credentials != nullptr
+                                        ? options.credentials
+                                        : grpc::InsecureChannelCredentials());
   st = wait("SERVING", absl::Milliseconds(50), [&] {
     const absl::StatusOr<ServingStatus> h =
         CheckHealth(channel, absl::Seconds(1));

@@ -19,6 +19,10 @@
 #include "absl/time/time.h"
 #include "tests/testutil/process.h"
 
+namespace grpc {
+class ChannelCredentials;
+}  // namespace grpc
+
 namespace scatterbrain {
 namespace testutil {
 
@@ -37,6 +41,9 @@ struct ServerProcessOptions {
   std::string log_name = "scatterbrain_server";
   // Bound on Start(): the startup line, SERVING and /metrics together.
   absl::Duration start_timeout = absl::Seconds(30);
+  // Credentials of the readiness probe's channel, for a server started
+  // with TLS flags; nullptr = plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
 
 class ServerProcess {

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import grpc
 
-from . import _stubs
+from . import _channel, _stubs
 from ._errors import AttendError, _error_from_rpc
 from ._health import _health_check
 from ._request import AttendResult, Request, _Encoded
@@ -55,6 +55,14 @@ class Client:
     `initial_backoff` seconds, x2 per try up to `max_backoff`, +-20%
     jitter. attend_many resubmits its unanswered requests (same ids) on a
     new stream. Other codes are never retried. `timeout` is per try.
+
+    Security (see _channel.py): `tls=True` or any tls_* option makes the
+    channel TLS; `tls_ca_file` is the PEM bundle that verifies the server
+    (default: gRPC's roots), `tls_cert_file` / `tls_key_file` this client's
+    certificate for a server that requires mutual TLS, `tls_server_name`
+    the name the server's certificate carries when it is not the target's
+    host. `auth_token` (or `auth_token_file`, its first token) is sent as
+    `authorization: Bearer <token>` on every call, health included.
     """
 
     def __init__(self, target: str = DEFAULT_TARGET, *,
@@ -64,7 +72,14 @@ class Client:
                  max_attempts: int = 5,
                  initial_backoff: float = 0.05,
                  max_backoff: float = 1.0,
-                 options: Sequence = ()):
+                 options: Sequence = (),
+                 tls: bool = False,
+                 tls_ca_file: Optional[str] = None,
+                 tls_cert_file: Optional[str] = None,
+                 tls_key_file: Optional[str] = None,
+                 tls_server_name: Optional[str] = None,
+                 auth_token: Optional[str] = None,
+                 auth_token_file: Optional[str] = None):
         if chunk_bytes <= 0:
             raise ValueError("chunk_bytes: must be > 0")
         if max_attempts < 1:
@@ -87,7 +102,11 @@ class Client:
         if not own & {"grpc.lb_policy_name", "grpc.service_config"}:
             opts.append(("grpc.service_config", _ROUND_ROBIN))
         opts.extend(options)
-        self._channel = grpc.insecure_channel(uri, options=opts)
+        self._channel = _channel.make_channel(
+            uri, opts, tls=tls, tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
+            tls_server_name=tls_server_name, auth_token=auth_token,
+            auth_token_file=auth_token_file)
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
         self._health = _health_check(self._channel)
         self._ids = itertools.count(1)

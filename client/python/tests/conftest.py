@@ -48,9 +48,10 @@ class ServerProcess:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")[-4000:]
 
-    def wait_serving(self, timeout=30.0):
+    def wait_serving(self, timeout=30.0, **client_kwargs):
+        """client_kwargs: the probe's TLS options for a TLS server."""
         deadline = time.monotonic() + timeout
-        with sb.Client(self.target) as c:
+        with sb.Client(self.target, **client_kwargs) as c:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(
