@@ -32,6 +32,10 @@ class Listener {
 // in between: callers that start a server retry on a bind failure.
 int FreePort();
 
+// A TCP connection to 127.0.0.1:`port` with `io_timeout_s` send and
+// receive timeouts (blocking socket); -1 on failure. The caller closes it.
+int ConnectLoopback(int port, int io_timeout_s = 5);
+
 // GET `path` from 127.0.0.1:`port` with HTTP/1.0: the whole response
 // (status line, headers, body), or "" on any socket error. 5 s send and
 // receive timeouts bound the call.
