@@ -43,6 +43,7 @@ const FlagSpecs& AttendFlags() {
       {"unary", {FlagKind::kBool, false}},
       {"chunk_bytes", {FlagKind::kString, false}},
       {"timeout_s", {FlagKind::kString, false}},
+      {"retry_budget_s", {FlagKind::kString, false}},
   }));
   return *flags;
 }
@@ -149,7 +150,7 @@ int Attend(const std::vector<std::string>& args) {
     }
   } else {
     for (const char* remote_only :
-         {"dtype", "unary", "chunk_bytes", "timeout_s"}) {
+         {"dtype", "unary", "chunk_bytes", "timeout_s", "retry_budget_s"}) {
       if (f.count(remote_only)) {
         return Fail(2, absl::StrCat("flag --", remote_only, " needs --server"));
       }
