@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -190,9 +191,14 @@ void HttpExposer::Loop::Run() {
       timeout_ms = static_cast<int>(std::max<int64_t>(
           0, std::chrono::ceil<std::chrono::milliseconds>(wake - now).count()));
     }
-    const int ready = ::poll(fds.data(), fds.size(), timeout_ms);
-    if (ready < 0 && errno != EINTR) break;
+    int ready = ::poll(fds.data(), fds.size(), timeout_ms);
     if (e_->stop_.load()) break;
+    if (ready < 0) {
+      // EINTR, or a transient failure (ENOMEM): the endpoint keeps going,
+      // and deadlines are still enforced below; no busy loop meanwhile.
+      if (errno != EINTR) std::this_thread::sleep_for(kAcceptPause);
+      ready = 0;
+    }
     now = SteadyClock::now();
     // Connections first (fds[i + 2] is conns_[i]); accepting may evict.
     for (size_t i = 0; ready > 0 && i < conns_.size(); ++i) {
@@ -219,8 +225,9 @@ void HttpExposer::Loop::Run() {
 }
 
 void HttpExposer::Loop::Accept(TimePoint now) {
-  // All that are waiting: a burst of connections costs one loop turn.
-  for (;;) {
+  // Those waiting, up to the cap per turn: a burst of connections costs one
+  // loop turn, and a flood of them cannot keep the loop from the others.
+  for (int i = 0; i < o_.max_connections; ++i) {
     const int fd = ::accept4(e_->listen_fd_, nullptr, nullptr,
                              SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
