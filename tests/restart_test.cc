@@ -9,7 +9,11 @@
 // Each restart keeps the port closed for kDowntime (1.5 s, a restart's
 // length on a loaded machine: exit, supervisor, start-up) before the new
 // server starts. Two restarts, SIGTERM (drain) then SIGKILL, each followed
-// by 1 s of calls on the new server; every call has a 60 s deadline.
+// by kUptime (3 s) of calls on the new server: longer than a retry's
+// longest wait plus the channel's (1.2 s each), so a call still retrying
+// from the first restart is answered before the second (restarts 1 s apart
+// could make a call miss the window and spend its budget across both).
+// Every call has a 60 s deadline.
 // Also the retry policy itself (RetryDelay), without a server.
 #include <atomic>
 #include <csignal>
@@ -45,6 +49,7 @@ using testutil::IsOk;
 using testutil::ServerProcess;
 
 constexpr absl::Duration kDowntime = absl::Milliseconds(1500);
+constexpr absl::Duration kUptime = absl::Seconds(3);
 
 // --- the policy ------------------------------------------------------------
 
@@ -193,7 +198,7 @@ TEST(RestartTest, SingleCallsSurviveRestartsOnTheSamePort) {
     std::printf(
         "restart after signal %d: serving again %.2f s after the exit\n", sig,
         absl::ToDoubleSeconds(absl::Now() - down));
-    absl::SleepFor(absl::Seconds(1));
+    absl::SleepFor(kUptime);
   }
   for (auto& loop : loops) loop->Stop();
   for (auto& loop : loops) loop->Check();

@@ -8,7 +8,10 @@ channel reconnecting at least once a second) must outlast the restart
 Each restart keeps the port closed for DOWNTIME_S (1.5 s, a restart's
 length on a loaded machine: process exit, supervisor, start-up) before the
 new server starts. Bounded: two restarts (SIGTERM, then SIGKILL), each
-followed by 1 s of calls on the new server; every call has a 60 s deadline.
+followed by UPTIME_S (3 s) of calls on the new server, longer than a
+retry's longest wait plus the channel's (1.2 s each), so a call still
+retrying from the first restart is answered before the second; every call
+has a 60 s deadline.
 """
 
 import signal
@@ -22,6 +25,7 @@ import scatterbrain_client as sb
 from conftest import ServerProcess, _server_bin
 
 DOWNTIME_S = 1.5
+UPTIME_S = 3.0
 
 
 def test_single_calls_survive_restarts():
@@ -66,7 +70,7 @@ def test_single_calls_survive_restarts():
                 server.wait_serving()
                 print(f"restart after {sig.name}: serving again "
                       f"{time.monotonic() - start:.2f} s after the exit")
-                time.sleep(1.0)
+                time.sleep(UPTIME_S)
             stop.set()
             for t in threads:
                 t.join(timeout=120)
