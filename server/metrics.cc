@@ -377,7 +377,8 @@ int Metrics::exposed_port() const {
   return impl_->exposer == nullptr ? 0 : impl_->exposer->port();
 }
 
-absl::Status Metrics::Expose(const std::string& bind_address) {
+absl::Status Metrics::Expose(const std::string& bind_address,
+                             const HttpExposerOptions& options) {
   absl::MutexLock lock(&impl_->expose_mu);
   if (impl_->exposer != nullptr) {
     return absl::FailedPreconditionError(
@@ -386,8 +387,8 @@ absl::Status Metrics::Expose(const std::string& bind_address) {
   // Our own endpoint, not prometheus-cpp's civetweb Exposer (see
   // http_exposer.h: its 100 KiB worker stacks overflow once OpenBLAS is
   // loaded).
-  absl::StatusOr<std::unique_ptr<HttpExposer>> e =
-      HttpExposer::Start(bind_address, [this] { return Serialize(); });
+  absl::StatusOr<std::unique_ptr<HttpExposer>> e = HttpExposer::Start(
+      bind_address, [this] { return Serialize(); }, options);
   if (!e.ok()) return e.status();
   impl_->exposer = std::move(*e);
   return absl::OkStatus();

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "server/http_exposer.h"
 
 namespace prometheus {
 class Registry;
@@ -88,9 +89,11 @@ class Metrics {
 
   // The text exposition format of everything registered (for tests).
   std::string Serialize() const;
-  // Starts an HTTP exposer on host:port serving /metrics. Errors (port in
-  // use) come back as a Status, never an abort.
-  absl::Status Expose(const std::string& bind_address);
+  // Starts an HTTP exposer on host:port serving /metrics, with `options`'
+  // timeouts and caps. Errors (port in use, bad options) come back as a
+  // Status, never an abort.
+  absl::Status Expose(const std::string& bind_address,
+                      const HttpExposerOptions& options = {});
   // The port the exposer listens on (useful after binding port 0); 0 when
   // not exposed.
   int exposed_port() const;

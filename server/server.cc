@@ -66,6 +66,8 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   if (o.metrics_port < 0 || o.metrics_port > 65535)
     return Bad("metrics_port",
                absl::StrCat("must be in [0, 65535], got ", o.metrics_port));
+  if (absl::Status st = ValidateHttpExposerOptions(o.metrics_http); !st.ok())
+    return Bad("metrics_http", st.message());
   if (o.executor.backend != "auto" && o.executor.backend != "cpu" &&
       o.executor.backend != "cuda")
     return Bad("backend", absl::StrCat("must be auto, cpu or cuda, got '",
@@ -283,7 +285,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   }
   if (options.metrics_port > 0) {
     const absl::Status st = s->metrics_->Expose(
-        absl::StrCat(options.host, ":", options.metrics_port));
+        absl::StrCat(options.host, ":", options.metrics_port),
+        options.metrics_http);
     if (!st.ok()) {
       s->Shutdown();
       return absl::UnavailableError(

@@ -18,6 +18,7 @@
 #include "server/batcher.h"
 #include "server/clock.h"
 #include "server/executor.h"
+#include "server/http_exposer.h"
 #include "server/metrics.h"
 #include "server/security.h"
 #include "server/service.h"
@@ -76,6 +77,8 @@ struct ServerOptions {
   int port = 50051;
   // Prometheus /metrics port; 0 turns the HTTP endpoint off.
   int metrics_port = 9464;
+  // The /metrics endpoint's timeouts and caps (defaults: HttpExposerOptions).
+  HttpExposerOptions metrics_http;
   // Largest gRPC message the server accepts (a chunk plus its framing; an
   // AttendUnary request in full).
   int64_t max_message_bytes = int64_t{4} << 20;

@@ -520,9 +520,16 @@ TEST_F(CliServerTest, AttendServerErrors) {
   args = AttendArgs("o.npy", "exact");
   args.push_back(absl::StrCat("--server=127.0.0.1:", FreePort()));
   args.push_back("--timeout_s=10");
+  args.push_back("--retry_budget_s=-1");
+  r = Run(args);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--retry_budget_s"));
+  // Retried for half a second (not the default 5 s), then UNAVAILABLE.
+  args.back() = "--retry_budget_s=0.5";
   r = Run(args);
   EXPECT_EQ(r.code, 1);
   EXPECT_THAT(r.err, HasSubstr("UNAVAILABLE"));
+  EXPECT_THAT(r.err, HasSubstr("tries)"));
   EXPECT_FALSE(Exists(Path("o.npy")));
 }
 

@@ -311,7 +311,7 @@ TEST_F(HardeningTest, SilentTcpConnectionsAreClosedAtTheHandshakeTimeout) {
   Start(o);
   std::vector<int> fds;
   for (int i = 0; i < 20; ++i) {
-    const int fd = testutil::ConnectTcp(server_->port());
+    const int fd = testutil::ConnectLoopback(server_->port());
     ASSERT_GE(fd, 0);
     fds.push_back(fd);
   }

@@ -43,6 +43,7 @@ const FlagSpecs& AttendFlags() {
       {"unary", {FlagKind::kBool, false}},
       {"chunk_bytes", {FlagKind::kString, false}},
       {"timeout_s", {FlagKind::kString, false}},
+      {"retry_budget_s", {FlagKind::kString, false}},
   })));
   ;
   return *flags;
@@ -150,8 +151,8 @@ int Attend(const std::vector<std::string>& args) {
     }
   } else {
     std::vector<std::string> remote_only = SecurityFlagNames();
-    remote_only.insert(remote_only.end(),
-                       {"dtype", "unary", "chunk_bytes", "timeout_s"});
+    remote_only.insert(remote_only.end(), {"dtype", "unary", "chunk_bytes",
+                                           "timeout_s", "retry_budget_s"});
     for (const std::string& name : remote_only) {
       if (f.count(name)) {
         return Fail(2, absl::StrCat("flag --", name, " needs --server"));

@@ -51,6 +51,7 @@ const FlagSpecs& BenchFlags() {
       {"dtype", {FlagKind::kString, false}},
       {"chunk_bytes", {FlagKind::kString, false}},
       {"timeout_s", {FlagKind::kString, false}},
+      {"retry_budget_s", {FlagKind::kString, false}},
   })));
   ;
   return *flags;

@@ -279,6 +279,14 @@ absl::StatusOr<client::ClientOptions> ClientOptionsFromFlags(
   if (!s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("flag --", s.message()));
   }
+  if (auto it = f.find("retry_budget_s"); it != f.end()) {
+    double v;
+    if (!absl::SimpleAtod(it->second, &v) || !(v >= 0) || !std::isfinite(v)) {
+      return BadNumber("retry_budget_s", it->second,
+                       "a number of seconds >= 0");
+    }
+    o.retry_budget = absl::Seconds(v);
+  }
   absl::StatusOr<client::ResolvedTarget> t = client::ResolveTarget(o);
   if (!t.ok()) {
     return absl::InvalidArgumentError(

@@ -70,6 +70,9 @@ server options:
   --chunk_bytes=N       tensor bytes per stream message [1048576]
   --timeout_s=S         deadline of each call; 0 = none [attend 0, bench 0,
                         info and health 5]
+  --retry_budget_s=S    attend, bench: retry UNAVAILABLE (a server down or
+                        restarting) for up to S seconds after a request's
+                        first failure; 0 = no retries [5]
 
 security options (attend with --server, info, health, bench):
   --tls                 TLS with the system's CA roots (implied by the flags

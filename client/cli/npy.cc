@@ -392,7 +392,6 @@ absl::Status WriteAll(int fd, const char* p, size_t n) {
 
 }  // namespace
 
-
 absl::StatusOr<NpyArray> ParseNpy(absl::string_view bytes,
                                   absl::string_view name, int required_rank) {
   absl::StatusOr<Header> h = ParseHeader(bytes, name, required_rank);

@@ -2,6 +2,7 @@
 #include "client/cpp/attend_stream.h"
 
 #include <algorithm>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -70,8 +71,8 @@ class AttendStream::Impl {
     absl::StatusOr<std::string> s =
         current_->Submit(std::move(req), id, Wrap(id));
     if (!s.ok()) {
-      if (MayRetryLocked(p, s.status())) {
-        ScheduleRetryLocked(id, &p);
+      if (std::optional<absl::Duration> wait = MayRetryLocked(p, s.status())) {
+        ScheduleRetryLocked(id, &p, *wait);
         return id;
       }
       pending_.erase(id);
@@ -151,9 +152,18 @@ class AttendStream::Impl {
     StreamCall* call = nullptr;       // the call of its current try
     StreamCall* failed_on = nullptr;  // the call of its last failed try
     int attempts = 1;
+    // When its first try failed (the retry budget runs from there).
+    absl::Time first_failure = absl::InfiniteFuture();
     bool waiting = false;    // between tries (in no stream)
     bool cancelled = false;  // by Cancel: never retried
   };
+
+  // A request's final error, saying how many tries it had when retried.
+  static absl::Status WithTries(const absl::Status& s, int attempts) {
+    if (attempts <= 1) return s;
+    return absl::Status(
+        s.code(), absl::StrCat(s.message(), " (after ", attempts, " tries)"));
+  }
 
   Callback Wrap(const std::string& id) {
     return [this, id](absl::StatusOr<AttendResult> r) {
@@ -161,20 +171,26 @@ class AttendStream::Impl {
     };
   }
 
-  // Whether `p`, whose try failed with `status`, gets another one.
-  bool MayRetryLocked(const Pending& p, const absl::Status& status)
+  // Whether `p`, whose try failed with `status`, gets another one, and
+  // after what wait. A request or stream the caller cancelled is never
+  // retried, so a CANCELLED retried here is the server's (shutting down).
+  std::optional<absl::Duration> MayRetryLocked(Pending& p,
+                                               const absl::Status& status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return !p.cancelled && !cancelled_ &&
-           internal::ShouldRetry(options_, status, p.attempts);
+    if (p.cancelled || cancelled_) return std::nullopt;
+    if (p.first_failure == absl::InfiniteFuture()) {
+      p.first_failure = absl::Now();
+    }
+    return internal::RetryDelay(options_, status, p.attempts, p.first_failure);
   }
 
-  void ScheduleRetryLocked(const std::string& id, Pending* p)
+  void ScheduleRetryLocked(const std::string& id, Pending* p,
+                           absl::Duration wait)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     p->waiting = true;
     p->failed_on = p->call;
     p->call = nullptr;
-    retries_.emplace_back(absl::Now() + RetryBackoff(options_, p->attempts),
-                          id);
+    retries_.emplace_back(absl::Now() + wait, id);
     ++p->attempts;
     if (!retrier_.joinable()) retrier_ = std::thread([this] { RetryLoop(); });
     cv_.SignalAll();
@@ -187,15 +203,14 @@ class AttendStream::Impl {
       absl::MutexLock lock(&mu_);
       auto it = pending_.find(id);
       if (it == pending_.end()) return;
-      if (!r.ok() && MayRetryLocked(it->second, r.status())) {
-        ScheduleRetryLocked(id, &it->second);
-        return;
+      if (!r.ok()) {
+        if (std::optional<absl::Duration> wait =
+                MayRetryLocked(it->second, r.status())) {
+          ScheduleRetryLocked(id, &it->second, *wait);
+          return;
+        }
       }
-      if (!r.ok() && it->second.attempts > 1) {
-        r = absl::Status(r.status().code(),
-                         absl::StrCat(r.status().message(), " (after ",
-                                      it->second.attempts, " tries)"));
-      }
+      if (!r.ok()) r = WithTries(r.status(), it->second.attempts);
       done = std::move(it->second.done);
       pending_.erase(it);
       cv_.SignalAll();
@@ -265,11 +280,12 @@ class AttendStream::Impl {
           p.call = current_.get();
           return;
         }
-        if (MayRetryLocked(p, s.status())) {
-          ScheduleRetryLocked(id, &p);
+        if (std::optional<absl::Duration> wait =
+                MayRetryLocked(p, s.status())) {
+          ScheduleRetryLocked(id, &p, *wait);
           return;
         }
-        error = s.status();
+        error = WithTries(s.status(), p.attempts);
       }
       done = std::move(p.done);
       pending_.erase(it);

@@ -3,6 +3,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -20,12 +21,15 @@ absl::StatusOr<std::unique_ptr<AttentionClient>> AttentionClient::Create(
   if (options.max_message_bytes <= 0) {
     return absl::InvalidArgumentError("max_message_bytes: must be > 0");
   }
-  if (options.max_attempts < 1) {
-    return absl::InvalidArgumentError("max_attempts: must be >= 1");
+  if (options.max_attempts < 0) {
+    return absl::InvalidArgumentError(
+        "max_attempts: must be >= 0 (0: the retry budget alone)");
   }
   if (options.initial_backoff < absl::ZeroDuration() ||
-      options.max_backoff < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("initial_backoff, max_backoff: >= 0");
+      options.max_backoff < absl::ZeroDuration() ||
+      options.retry_budget < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "initial_backoff, max_backoff, retry_budget: must be >= 0");
   }
   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
       internal::CreateChannel(options);
@@ -68,13 +72,16 @@ absl::StatusOr<AttendResult> AttentionClient::Attend(const AttendInput& in) {
 absl::StatusOr<AttendResult> AttentionClient::AttendUnary(
     const AttendInput& in) {
   absl::StatusOr<AttendResult> result;
+  absl::Time first_failure;
   for (int attempt = 1;; ++attempt) {
     result = AttendUnaryOnce(in);
-    if (result.ok() ||
-        !internal::ShouldRetry(options_, result.status(), attempt)) {
-      return result;
-    }
-    absl::SleepFor(RetryBackoff(options_, attempt));
+    if (result.ok()) return result;
+    if (attempt == 1) first_failure = absl::Now();
+    // This client never cancels a unary call: a CANCELLED is the server's.
+    const std::optional<absl::Duration> wait =
+        internal::RetryDelay(options_, result.status(), attempt, first_failure);
+    if (!wait.has_value()) return result;
+    absl::SleepFor(*wait);
   }
 }
 

@@ -22,9 +22,21 @@ absl::Duration RetryBackoff(const ClientOptions& options, int retry) {
 
 namespace internal {
 
-bool ShouldRetry(const ClientOptions& options, const absl::Status& status,
-                 int attempts) {
-  return absl::IsUnavailable(status) && attempts < options.max_attempts;
+std::optional<absl::Duration> RetryDelay(const ClientOptions& options,
+                                         const absl::Status& status,
+                                         int attempts,
+                                         absl::Time first_failure) {
+  if (!absl::IsUnavailable(status) && !absl::IsCancelled(status)) {
+    return std::nullopt;
+  }
+  if (options.max_attempts > 0 && attempts >= options.max_attempts) {
+    return std::nullopt;
+  }
+  const absl::Duration wait = RetryBackoff(options, attempts);
+  if (absl::Now() + wait - first_failure > options.retry_budget) {
+    return std::nullopt;
+  }
+  return wait;
 }
 
 void SetDeadline(grpc::ClientContext* ctx, absl::Duration deadline) {

@@ -8,6 +8,8 @@
 #ifndef SCATTERBRAIN_CLIENT_CPP_RETRY_H_
 #define SCATTERBRAIN_CLIENT_CPP_RETRY_H_
 
+#include <optional>
+
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "client/cpp/options.h"
@@ -25,11 +27,16 @@ absl::Duration RetryBackoff(const ClientOptions& options, int retry);
 
 namespace internal {
 
-// Whether a try that failed with `status`, after `attempts` tries in all,
-// is tried again: UNAVAILABLE only (the computation is deterministic and
-// side-effect free), and fewer than options.max_attempts tries so far.
-bool ShouldRetry(const ClientOptions& options, const absl::Status& status,
-                 int attempts);
+// Whether a request whose try failed with `status`, after `attempts` tries
+// in all, its first failure at `first_failure`, is tried again, and after
+// what wait (RetryBackoff); nullopt: it is not. Retried: UNAVAILABLE, and
+// CANCELLED (callers pass no cancellation of their own: those are never
+// retried), while the retry would start within options.retry_budget of
+// `first_failure` and, when options.max_attempts > 0, fewer tries were made.
+std::optional<absl::Duration> RetryDelay(const ClientOptions& options,
+                                         const absl::Status& status,
+                                         int attempts,
+                                         absl::Time first_failure);
 
 // Sets the deadline of one try (each try has its own); none when infinite.
 void SetDeadline(grpc::ClientContext* ctx, absl::Duration deadline);

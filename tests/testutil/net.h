@@ -32,6 +32,10 @@ class Listener {
 // in between: callers that start a server retry on a bind failure.
 int FreePort();
 
+// A TCP connection to 127.0.0.1:`port` with `io_timeout_s` send and
+// receive timeouts (blocking socket); -1 on failure. The caller closes it.
+int ConnectLoopback(int port, int io_timeout_s = 5);
+
 // GET `path` from 127.0.0.1:`port` with HTTP/1.0: the whole response
 // (status line, headers, body), or "" on any socket error. 5 s send and
 // receive timeouts bound the call.
@@ -39,10 +43,6 @@ std::string HttpGetResponse(int port, const std::string& path);
 
 // The body of that response; "" on error or without a header/body break.
 std::string HttpGet(int port, const std::string& path);
-
-// A TCP connection to 127.0.0.1:`port` that sends nothing (a silent or
-// slow peer); -1 on failure. The caller closes it.
-int ConnectTcp(int port);
 
 // Whether the peer has closed `fd` (a read returns 0 or a reset), waiting
 // at most `timeout_ms`. Data the peer sent before closing is skipped.

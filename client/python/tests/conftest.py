@@ -34,9 +34,11 @@ def _server_bin() -> pathlib.Path:
 
 
 class ServerProcess:
-    def __init__(self, binary, extra_args=()):
-        self.port = _free_port()
-        self.metrics_port = _free_port()
+    # port / metrics_port: None = a free one (a restart test passes the
+    # port of the server it replaces).
+    def __init__(self, binary, extra_args=(), port=None, metrics_port=None):
+        self.port = port or _free_port()
+        self.metrics_port = metrics_port or _free_port()
         self.target = f"127.0.0.1:{self.port}"
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
