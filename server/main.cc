@@ -81,6 +81,13 @@ ABSL_FLAG(int, max_inflight_per_stream,
           "RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_seq, kDefaults.service.limits.max_seq,
           "Largest seq_q / seq_k; beyond: RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, max_request_flops,
+          kDefaults.service.limits.max_request_flops,
+          "Estimated floating-point operations of one request (from its "
+          "method, shape and settings); beyond: RESOURCE_EXHAUSTED before "
+          "its tensors are received. -1: the backend's default (1e12 on "
+          "cpu, about a minute of a 2-core machine; 1e14 on cuda); 0: no "
+          "limit.");
 
 namespace {
 
@@ -118,6 +125,7 @@ constexpr const char* kFlagNames[] = {
     "drain_timeout_s",
     "max_inflight_per_stream",
     "max_seq",
+    "max_request_flops",
 };
 
 void PrintUsage(FILE* out) {
@@ -217,6 +225,7 @@ int main(int argc, char** argv) {
   o.service.max_inflight_per_stream =
       absl::GetFlag(FLAGS_max_inflight_per_stream);
   o.service.limits.max_seq = absl::GetFlag(FLAGS_max_seq);
+  o.service.limits.max_request_flops = absl::GetFlag(FLAGS_max_request_flops);
   if (const absl::Status st = sv::ValidateServerOptions(o); !st.ok()) {
     return UsageError(absl::StrCat("--", st.message()));
   }
