@@ -33,6 +33,14 @@ namespace server {
 //   scatterbrain_received_bytes_total
 //   scatterbrain_sent_bytes_total
 //   scatterbrain_device_memory_used_bytes{device}   gauge
+//   scatterbrain_requests_stopped_total{reason,stage}
+//     reason: cancelled | deadline_exceeded; stage: queued | running
+
+// Why the executor stopped a request, and where it was then (the labels of
+// scatterbrain_requests_stopped_total: a fixed set, never client data).
+enum class StopReason { kCancelled, kDeadlineExceeded };
+enum class StopStage { kQueued, kRunning };
+
 class Metrics {
  public:
   Metrics();
@@ -54,6 +62,9 @@ class Metrics {
   void BytesReceived(int64_t bytes);
   void BytesSent(int64_t bytes);
   void SetDeviceMemory(const std::string& device, int64_t bytes);
+  // A request dropped by its caller or its deadline: before it ran
+  // (kQueued) or while it computed (kRunning: the backend stopped it).
+  void RequestStopped(StopReason reason, StopStage stage);
 
   // The text exposition format of everything registered (for tests).
   std::string Serialize() const;

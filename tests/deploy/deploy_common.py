@@ -43,6 +43,7 @@ METRICS = {
     "scatterbrain_received_bytes_total": ("counter", set()),
     "scatterbrain_sent_bytes_total": ("counter", set()),
     "scatterbrain_device_memory_used_bytes": ("gauge", {"device"}),
+    "scatterbrain_requests_stopped_total": ("counter", {"reason", "stage"}),
 }
 # Labels Prometheus attaches to every scraped series (target labels from
 # deploy/prometheus/prometheus.yml and the ServiceMonitor).
