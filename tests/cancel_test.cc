@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -100,6 +101,9 @@ const Case kCases[] = {
     {"scatterbrain_both_causal", Method::kScatterbrain, SparseSupport::kBoth,
      true, 2, 32768, 64},
 };
+
+// ctest lists a case by its name, not its bytes.
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class CancelTest : public ::testing::TestWithParam<Case> {};
 
