@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/cancel.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/devices.h"
 #include "kernels/validate.h"
@@ -58,10 +59,12 @@ const float* HostFloats(const TensorRef& t, int64_t n,
 }
 
 // Validates every call (each gets its status) and returns the valid ones.
+// A call already stopped (cancel.h) is not scanned or run.
 std::vector<AttentionCall*> ValidCalls(absl::Span<AttentionCall> calls) {
   std::vector<AttentionCall*> valid;
   for (AttentionCall& c : calls) {
-    c.status = ValidateCall(c, /*check_values=*/true);
+    c.status = CancelStatus(c.params.cancel);
+    if (c.status.ok()) c.status = ValidateCall(c, /*check_values=*/true);
     c.stats = AttentionStats();
     if (c.status.ok()) valid.push_back(&c);
   }
@@ -121,6 +124,7 @@ absl::Status ValidateCall(const AttentionCall& call, bool check_values) {
 }
 
 absl::StatusOr<AttentionStats> Backend::Forward(const AttentionParams& p) {
+  SB_RETURN_IF_ERROR(CancelStatus(p.cancel));
   const absl::Status st = ValidateParams(p, /*check_values=*/true);
   if (!st.ok()) return st;
   return ForwardImpl(p);

@@ -70,6 +70,14 @@ class Backend {
   // One call on host float32 tensors (`p`'s pointers): validates `p` (and
   // its values) on the host, then computes into p.out. Thread-safe. Never
   // aborts; errors come back as a Status.
+  //
+  // Cancellation (p.cancel, kernels/cancel.h; also for each call of a
+  // batch, which stops alone): a call already stopped returns at once; the
+  // CPU backend checks again between row blocks, slices and LSH chunks on
+  // every worker thread and returns CANCELLED or DEADLINE_EXCEEDED within
+  // one block (output unspecified); the CUDA backend checks until the batch
+  // is launched (its launches are enqueued at once), after which the batch
+  // runs to its end.
   absl::StatusOr<AttentionStats> Forward(const AttentionParams& p);
 
   // A batch: requests that share method, settings and head dimensions (not

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/status_macros.h"
+#include "kernels/cancel.h"
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/random_draws.h"
@@ -26,6 +27,7 @@ absl::StatusOr<double> EstimateRelativeError(const AttentionParams& p,
   std::vector<double> exact(p.dim_v);
   for (int64_t b = 0; b < p.batch; ++b) {
     for (int64_t h = 0; h < p.heads; ++h) {
+      SB_RETURN_IF_ERROR(CancelStatus(p.cancel));
       const cpu::Slice s = cpu::MakeSlice(p, b, h);
       for (int64_t i : SampleRows(seed, DrawPurpose::kErrorSample, b, h, s.nq,
                                   rows_per_head)) {

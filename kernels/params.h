@@ -9,6 +9,8 @@
 
 namespace scatterbrain {
 
+struct CancelToken;  // kernels/cancel.h
+
 enum class Method { kExact, kPerformer, kLsh, kLocal, kScatterbrain };
 // Which sparse support Scatterbrain uses on top of the low-rank part.
 enum class SparseSupport { kLsh, kLocal, kBoth };
@@ -103,6 +105,12 @@ struct AttentionParams {
   int calibration_rows = 16;
   uint64_t seed = 0;
   Precision precision = Precision::kFp32;
+
+  // Optional stop signal (kernels/cancel.h), checked between pieces of work;
+  // not owned; null: the call runs to its end. Not a setting: requests with
+  // different tokens share a batch. A stopped call returns CANCELLED or
+  // DEADLINE_EXCEEDED and leaves its output unspecified.
+  const CancelToken* cancel = nullptr;
 };
 
 // What a call reports besides its output.

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "absl/container/flat_hash_set.h"
+
 namespace scatterbrain {
 
 Rng::Rng(uint64_t seed, DrawPurpose purpose, uint64_t a, uint64_t b)
@@ -88,14 +90,19 @@ std::vector<int64_t> SampleRows(uint64_t seed, DrawPurpose purpose,
   }
   Rng rng(seed, purpose, static_cast<uint64_t>(batch_index),
           static_cast<uint64_t>(head));
-  // Floyd's algorithm: `count` distinct values without an O(n) buffer.
+  // Floyd's algorithm: `count` distinct values without an O(n) buffer. The
+  // set answers "chosen already?" (a linear search made this quadratic:
+  // ~0.1 s, uninterruptible, for k-means' 16384-row sample at N = 65536).
   std::vector<int64_t> chosen;
+  chosen.reserve(static_cast<size_t>(count));
+  absl::flat_hash_set<int64_t> seen;
+  seen.reserve(static_cast<size_t>(count));
   for (int64_t j = n - count; j < n; ++j) {
     const int64_t t = static_cast<int64_t>(rng.Below(j + 1));
-    if (std::find(chosen.begin(), chosen.end(), t) == chosen.end())
-      chosen.push_back(t);
-    else
-      chosen.push_back(j);
+    // j itself is new: every earlier pick is below it.
+    const int64_t pick = seen.insert(t).second ? t : j;
+    if (pick == j) seen.insert(j);
+    chosen.push_back(pick);
   }
   std::sort(chosen.begin(), chosen.end());
   return chosen;

@@ -435,6 +435,7 @@ void AttentionServiceImpl::AttendReactor::Submit(const std::string& id) {
   job->done = [this](const JobPtr& j, JobResult r) {
     OnJobDone(j, std::move(r));
   };
+  job->deadline_us = svc_->DeadlineMicros(*ctx_);  // the stream's deadline
   {
     absl::MutexLock lock(&mu_);
     LiveRequest* live = live_.Get(id);

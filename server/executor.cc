@@ -2,6 +2,7 @@
 #include "server/executor.h"
 
 #include <algorithm>
+#include <chrono>
 #include <exception>
 #include <new>
 #include <optional>
@@ -11,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/status_macros.h"
+#include "kernels/cancel.h"
 #include "kernels/error_estimate.h"
 #include "server/backend_select.h"
 
@@ -21,6 +23,31 @@ namespace {
 // Seed of the error estimate's row sample: derived from the request's seed
 // so that a request's stats are reproducible too.
 constexpr uint64_t kErrorSampleSalt = 0x9e3779b97f4a7c15ull;
+
+// A job cancelled at `now_us`: by its deadline if that has passed, else by
+// its caller. The transport cancels a call at its deadline too, and the
+// client's copy of the deadline runs ahead of ours (started when the call
+// arrived): a cancel up to 100 ms before our deadline is that deadline.
+StopReason ReasonAt(const Job& job, int64_t now_us) {
+  constexpr int64_t kSlackUs = 100'000;
+  return job.deadline_us != Job::kNoDeadline &&
+                 now_us + kSlackUs >= job.deadline_us
+             ? StopReason::kDeadlineExceeded
+             : StopReason::kCancelled;
+}
+
+// The job's deadline on the steady clock the backend reads, given the
+// executor clock's `now_us` and the steady clock's `now` at one instant.
+CancelToken::Clock::time_point SteadyDeadline(
+    int64_t deadline_us, int64_t now_us, CancelToken::Clock::time_point now) {
+  // Beyond ~3 years is no deadline (and keeps the sum from overflowing).
+  constexpr int64_t kFarUs = int64_t{100'000'000} * 1'000'000;
+  if (deadline_us == Job::kNoDeadline || deadline_us - now_us > kFarUs) {
+    return CancelToken::Clock::time_point::max();
+  }
+  return now +
+         std::chrono::microseconds(std::max<int64_t>(deadline_us - now_us, 0));
+}
 
 }  // namespace
 
@@ -77,6 +104,8 @@ void Executor::Cancel(const JobPtr& job) {
       batcher_.RemoveIf([&job](const JobPtr& j) { return j == job; });
   metrics_->SetQueueDepth(batcher_.queued());
   for (JobPtr& j : removed) {
+    metrics_->RequestStopped(ReasonAt(*j, clock_->NowMicros()),
+                             StopStage::kQueued);
     JobResult r;
     r.status = absl::CancelledError("request cancelled while queued");
     Complete(j, std::move(r));
@@ -88,6 +117,8 @@ void Executor::RemoveCancelled() {
       batcher_.RemoveIf([](const JobPtr& j) { return j->cancelled.load(); });
   metrics_->SetQueueDepth(batcher_.queued());
   for (JobPtr& j : removed) {
+    metrics_->RequestStopped(ReasonAt(*j, clock_->NowMicros()),
+                             StopStage::kQueued);
     JobResult r;
     r.status = absl::CancelledError("request cancelled while queued");
     Complete(j, std::move(r));
@@ -163,9 +194,10 @@ void Executor::Loop() {
 }
 
 // A batch handed to the backend: its jobs, their calls (which point into
-// the jobs' buffers) and when it started.
+// the jobs' buffers and tokens) and when it started.
 struct Executor::RunningBatch {
   std::vector<JobPtr> jobs;
+  std::vector<CancelToken> tokens;  // per call: its job's flag and deadline
   std::vector<AttentionCall> calls;
   std::vector<JobResult> results;
   int64_t start_us = 0;
@@ -179,7 +211,18 @@ void Executor::RunBatch(Batch<JobPtr>& batch) {
   for (auto& [job, enqueued_us] : batch.items) {
     JobResult result;
     if (job->cancelled.load()) {
+      metrics_->RequestStopped(ReasonAt(*job, run->start_us),
+                               StopStage::kQueued);
       result.status = absl::CancelledError("request cancelled before it ran");
+      Complete(job, std::move(result));
+      continue;
+    }
+    if (run->start_us >= job->deadline_us) {
+      metrics_->RequestStopped(StopReason::kDeadlineExceeded,
+                               StopStage::kQueued);
+      result.status = absl::DeadlineExceededError(absl::StrCat(
+          "request's deadline passed after ",
+          (run->start_us - enqueued_us) * 1e-6, " s in the queue"));
       Complete(job, std::move(result));
       continue;
     }
@@ -203,10 +246,18 @@ void Executor::RunBatch(Batch<JobPtr>& batch) {
   }
   if (run->jobs.empty()) return;
   run->calls.resize(run->jobs.size());
+  run->tokens.resize(run->jobs.size());
+  const CancelToken::Clock::time_point steady_start = CancelToken::Clock::now();
   for (size_t i = 0; i < run->jobs.size(); ++i) {
     const Job& job = *run->jobs[i];
     AttentionCall& c = run->calls[i];
     c.params = job.spec.params;
+    // Each call stops alone: its own job's flag and deadline.
+    CancelToken& token = run->tokens[i];
+    token.cancelled = &job.cancelled;
+    token.deadline =
+        SteadyDeadline(job.deadline_us, run->start_us, steady_start);
+    c.params.cancel = &token;
     c.params.key_lengths =
         job.spec.key_lengths.empty() ? nullptr : job.spec.key_lengths.data();
     c.q = TensorRef{job.q.raw(), job.q.dtype, job.q.space()};
@@ -265,6 +316,12 @@ void Executor::FinishBatch(RunningBatch& run) {
       }
     } else {
       result.out.Release();
+      if (absl::IsCancelled(result.status)) {
+        metrics_->RequestStopped(ReasonAt(*job, end_us), StopStage::kRunning);
+      } else if (absl::IsDeadlineExceeded(result.status)) {
+        metrics_->RequestStopped(StopReason::kDeadlineExceeded,
+                                 StopStage::kRunning);
+      }
     }
     job->q.Release();
     job->k.Release();

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
@@ -64,9 +65,15 @@ struct Job {
   RequestSpec spec;
   // float32, or the wire dtype when the executor's inputs_in_wire_dtype().
   TensorBuffer q, k, v;
-  // Set by whoever drops the request; checked before it runs, so nothing is
-  // computed for it after that.
+  // Set by whoever drops the request; checked before it runs and, while it
+  // runs, by the backend between pieces of work (kernels/cancel.h), so the
+  // computation stops within milliseconds (CPU) or before launch (CUDA).
   std::atomic<bool> cancelled{false};
+  // When the caller stops waiting, on the executor's clock (microseconds);
+  // kNoDeadline: never. Past it the job is not started (DEADLINE_EXCEEDED)
+  // and a running computation stops. Set before Submit.
+  static constexpr int64_t kNoDeadline = std::numeric_limits<int64_t>::max();
+  int64_t deadline_us = kNoDeadline;
   // Called exactly once for every job Submit accepted: with its result, or
   // CANCELLED (removed while queued or cancelled before it ran), or
   // UNAVAILABLE (server stopped). Runs on the dispatcher thread, or on the
@@ -99,8 +106,9 @@ class Executor {
   // `done` is not called.
   absl::Status Submit(JobPtr job);
   // Marks `job` cancelled and, if it is still queued, removes it (its `done`
-  // runs now, on this thread, with CANCELLED). A running job finishes and
-  // its result still goes to `done`: the caller discards it.
+  // runs now, on this thread, with CANCELLED). A running job stops at the
+  // backend's next check and `done` gets CANCELLED (or its result, if it
+  // finished first): the caller discards either.
   void Cancel(const JobPtr& job);
   // Removes every queued job already marked cancelled (each `done` runs on
   // this thread).

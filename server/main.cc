@@ -128,7 +128,7 @@ ABSL_FLAG(double, max_connection_age_grace_s,
 ABSL_FLAG(int64_t, transport_memory_bytes,
           kDefaults.connections.transport_memory_bytes,
           "gRPC ResourceQuota for transport buffers of all connections (0: "
-          "min(1 GiB, memory/8)).");
+          "max(128 MiB, 32 * max_message_bytes), at most memory/8).");
 ABSL_FLAG(std::string, tls_cert_file, kDefaults.security.tls_cert_file,
           "PEM certificate chain the server presents; with --tls_key_file, "
           "the gRPC port speaks TLS only (empty: plaintext).");
@@ -150,6 +150,13 @@ ABSL_FLAG(
     scatterbrain::server::ReflectionModeName(kDefaults.security.reflection),
     "gRPC server reflection: auto (on only without TLS and tokens), on "
     "or off.");
+ABSL_FLAG(int64_t, max_request_flops,
+          kDefaults.service.limits.max_request_flops,
+          "Estimated floating-point operations of one request (from its "
+          "method, shape and settings); beyond: RESOURCE_EXHAUSTED before "
+          "its tensors are received. -1: the backend's default (1e12 on "
+          "cpu, about a minute of a 2-core machine; 1e14 on cuda); 0: no "
+          "limit.");
 
 namespace {
 
@@ -207,6 +214,7 @@ constexpr const char* kFlagNames[] = {
     "auth_token_file",
     "security_reload_interval_s",
     "reflection",
+    "max_request_flops",
 };
 
 void PrintUsage(FILE* out) {
@@ -339,6 +347,7 @@ int main(int argc, char** argv) {
                                    absl::GetFlag(FLAGS_reflection),
                                    "': must be auto, on or off"));
   }
+  o.service.limits.max_request_flops = absl::GetFlag(FLAGS_max_request_flops);
   if (const absl::Status st = sv::ValidateServerOptions(o); !st.ok()) {
     return UsageError(absl::StrCat("--", st.message()));
   }

@@ -176,6 +176,23 @@ struct Metrics::Impl {
           .Help("Request-buffer bytes reserved against the budget now.")
           .Register(*registry);
 
+  Family<Counter>& stopped_family =
+      prometheus::BuildCounter()
+          .Name("scatterbrain_requests_stopped_total")
+          .Help(
+              "Requests stopped because their caller cancelled them or their "
+              "deadline passed: before they ran (stage=queued) or while "
+              "computing (stage=running).")
+          .Register(*registry);
+  // [reason][stage], every series from the start (fixed label values).
+  Counter* stopped[2][2] = {
+      {&stopped_family.Add({{"reason", "cancelled"}, {"stage", "queued"}}),
+       &stopped_family.Add({{"reason", "cancelled"}, {"stage", "running"}})},
+      {&stopped_family.Add(
+           {{"reason", "deadline_exceeded"}, {"stage", "queued"}}),
+       &stopped_family.Add(
+           {{"reason", "deadline_exceeded"}, {"stage", "running"}})}};
+
   // Unlabelled series exist from the start, so a scrape shows them as 0.
   Histogram& batch_size = batch_size_family.Add({}, BatchBuckets());
   Counter& memory_saved = memory_saved_family.Add({});
@@ -366,6 +383,13 @@ void Metrics::SetMemoryReserved(int64_t bytes) {
 
 void Metrics::AuthRefused(AuthRefusal reason) {
   impl_->auth_refused[static_cast<int>(reason)]->Increment();
+}
+
+void Metrics::RequestStopped(StopReason reason, StopStage stage) {
+  impl_
+      ->stopped[reason == StopReason::kDeadlineExceeded ? 1 : 0]
+               [stage == StopStage::kRunning ? 1 : 0]
+      ->Increment();
 }
 
 std::string Metrics::Serialize() const {

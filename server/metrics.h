@@ -60,6 +60,13 @@ const char* ProtocolErrorName(ProtocolError kind);
 
 // Why a call was refused UNAUTHENTICATED (auth.h): the label's only values.
 enum class AuthRefusal { kMissing, kMalformed, kInvalid };
+//   scatterbrain_requests_stopped_total{reason,stage}
+//     reason: cancelled | deadline_exceeded; stage: queued | running
+
+// Why the executor stopped a request, and where it was then (the labels of
+// scatterbrain_requests_stopped_total: a fixed set, never client data).
+enum class StopReason { kCancelled, kDeadlineExceeded };
+enum class StopStage { kQueued, kRunning };
 
 class Metrics {
  public:
@@ -86,6 +93,9 @@ class Metrics {
   void SetMemoryBudget(int64_t limit_bytes);
   void SetMemoryReserved(int64_t bytes);
   void AuthRefused(AuthRefusal reason);
+  // A request dropped by its caller or its deadline: before it ran
+  // (kQueued) or while it computed (kRunning: the backend stopped it).
+  void RequestStopped(StopReason reason, StopStage stage);
 
   // The text exposition format of everything registered (for tests).
   std::string Serialize() const;

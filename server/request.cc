@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/float16.h"
 #include "common/status_macros.h"
+#include "kernels/cost.h"
 #include "kernels/validate.h"
 
 namespace scatterbrain {
@@ -71,6 +72,23 @@ absl::StatusOr<RequestSpec> MakeRequestSpec(std::string request_id,
         " bytes, over the server's limit of ", limits.max_request_bytes,
         " bytes per request (max_request_bytes)"));
   }
+  // Compute admission: refused before a byte of tensor data is taken.
+  s.estimated_flops = EstimateFlops(p);
+  const int64_t max_flops = limits.max_request_flops < 0
+                                ? DefaultMaxRequestFlops("cpu")
+                                : limits.max_request_flops;
+  if (max_flops > 0 && s.estimated_flops > max_flops) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "shape: ", MethodName(p.method),
+        " attention of this shape takes an "
+        "estimated ",
+        s.estimated_flops,
+        " floating-point operations, over "
+        "the server's limit of ",
+        max_flops,
+        " per request (max_request_flops); send fewer or shorter sequences "
+        "or use an approximate method"));
+  }
   s.tokens = p.batch * p.heads * (p.seq_q + p.seq_k);
   s.method_label = MethodName(p.method);
   // Everything two requests must agree on to share one computation. Sequence
@@ -98,6 +116,11 @@ int64_t RequestMemoryBytes(const RequestSpec& spec, bool inputs_in_wire_dtype,
   int64_t bytes = in_bytes + spec.out_elements * 4;
   if (unary_message_bytes > 0) bytes += unary_message_bytes + spec.out_bytes;
   return bytes;
+}
+
+int64_t DefaultMaxRequestFlops(const std::string& backend) {
+  return backend == "cpu" ? int64_t{1'000'000'000'000}
+                          : int64_t{100'000'000'000'000};
 }
 
 std::string CodeName(absl::StatusCode code) {

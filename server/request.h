@@ -25,7 +25,27 @@ struct RequestLimits {
   int64_t max_request_bytes = int64_t{1} << 30;
   // seq_q and seq_k.
   int64_t max_seq = 65536;
+  // Estimated floating-point operations of one request (EstimateFlops,
+  // kernels/cost.h), checked before any tensor data is taken; 0: no limit.
+  // kBackendDefault: the server sets DefaultMaxRequestFlops(its backend);
+  // MakeRequestSpec reads a value left unresolved as the CPU's.
+  static constexpr int64_t kBackendDefault = -1;
+  int64_t max_request_flops = kBackendDefault;
 };
+
+// The per-request ceiling a backend gets by default: about a minute of its
+// work, so no single request can hold the machine longer than that (what
+// stops a request sooner is its deadline: the computation ends with it).
+//  "cpu": 1e12. This estimate runs at 1.0-1.8e10 per second on a 2-core
+//    machine (exact attention, measured), so about a minute there, seconds
+//    on a large server. It admits exact attention at N = 16384 with 8 heads
+//    of 64 dims (7.6e11) and every approximate method at max_seq with 8
+//    heads (at most 2e11), and refuses exact attention at max_seq beyond
+//    one head of 64 dims (1.5e12).
+//  anything else (a GPU): 1e14. Exact attention at N = 65536 with 8 heads
+//    of 64 dims (1.2e13) takes 0.26 s on an H100 with PyTorch SDPA; 1e14 is
+//    a few seconds of such a device.
+int64_t DefaultMaxRequestFlops(const std::string& backend);
 
 // A validated request: everything but the tensor data.
 struct RequestSpec {
@@ -43,6 +63,8 @@ struct RequestSpec {
   std::string batch_key;
   // The batcher's size measure: batch * heads * (seq_q + seq_k).
   int64_t tokens = 0;
+  // EstimateFlops of the request (checked against max_request_flops).
+  int64_t estimated_flops = 0;
   std::string method_label;  // metrics label ("exact", "scatterbrain", ...)
 
   AttentionShape shape() const { return ShapeOf(params); }

@@ -54,6 +54,8 @@ v1::ServerInfo MakeInfo(const ServerOptions& o, const std::string& backend) {
   l->set_max_queue_delay_us(
       static_cast<uint64_t>(o.executor.batcher.max_queue_delay_us));
   l->set_error_sample_rows(static_cast<uint32_t>(o.executor.error_sample_rows));
+  l->set_max_request_flops(
+      static_cast<uint64_t>(o.service.limits.max_request_flops));
   return info;
 }
 
@@ -164,6 +166,11 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
                absl::StrCat("must be >= 0, got ",
                             o.connections.transport_memory_bytes));
   SB_RETURN_IF_ERROR(ValidateSecurityOptions(o.security));
+  if (o.service.limits.max_request_flops < RequestLimits::kBackendDefault)
+    return Bad("max_request_flops",
+               absl::StrCat("must be >= 0 (0: no limit; -1: the backend's "
+                            "default), got ",
+                            o.service.limits.max_request_flops));
   return absl::OkStatus();
 }
 
@@ -242,9 +249,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
                             s->metrics_.get()));
   SB_ASSIGN_OR_RETURN(s->executor_, Executor::Create(options.executor,
                                                      s->metrics_.get(), clock));
-  s->info_ = MakeInfo(options, s->executor_->backend_name());
+  ServerOptions resolved = options;
+  RequestLimits& limits = resolved.service.limits;
+  if (limits.max_request_flops < 0) {
+    limits.max_request_flops =
+        DefaultMaxRequestFlops(s->executor_->backend_name());
+  }
+  s->info_ = MakeInfo(resolved, s->executor_->backend_name());
 
-  ServiceOptions so = options.service;
+  ServiceOptions so = resolved.service;
   so.max_queued_answers = std::max<size_t>(so.max_queued_answers, 2);
   s->service_ = std::make_unique<AttentionServiceImpl>(
       so, s->info_, s->executor_.get(), s->metrics_.get(), clock,

@@ -48,6 +48,23 @@ bool AttentionServiceImpl::AtDeadline(const grpc::CallbackServerContext& ctx) {
          ctx.deadline();
 }
 
+int64_t AttentionServiceImpl::DeadlineMicros(
+    const grpc::CallbackServerContext& ctx) const {
+  // gRPC gives a system_clock time point (max() without a deadline); the
+  // executor keeps time on clock_: carry over what is left.
+  const std::chrono::system_clock::time_point deadline = ctx.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return Job::kNoDeadline;
+  }
+  const int64_t left_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                              deadline - std::chrono::system_clock::now())
+                              .count();
+  // Beyond ~3 years is no deadline (and keeps the sum from overflowing).
+  constexpr int64_t kFarUs = int64_t{100'000'000} * 1'000'000;
+  if (left_us > kFarUs) return Job::kNoDeadline;
+  return clock_->NowMicros() + left_us;
+}
+
 AttentionServiceImpl::AttentionServiceImpl(const ServiceOptions& options,
                                            v1::ServerInfo info,
                                            Executor* executor, Metrics* metrics,

@@ -130,6 +130,8 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   static absl::Status DrainingError();
   // Whether a cancellation is the call's deadline.
   static bool AtDeadline(const grpc::CallbackServerContext& ctx);
+  // The call's deadline on clock_ (Job::deadline_us), or Job::kNoDeadline.
+  int64_t DeadlineMicros(const grpc::CallbackServerContext& ctx) const;
 
   // An accepted request counts in the in-flight gauge until Finished. False
   // (nothing counted) when draining.

@@ -73,6 +73,7 @@ void AttentionServiceImpl::UnaryReactor::Start() {
   job->done = [this](const JobPtr& j, JobResult r) {
     OnJobDone(j, std::move(r));
   };
+  job->deadline_us = svc_->DeadlineMicros(*ctx_);
   {
     absl::MutexLock lock(&mu_);
     job_ = job;

@@ -97,6 +97,8 @@ int InfoRemote(const FlagValues& f) {
   std::printf("  max_queue_delay_us: %llu\n",
               static_cast<unsigned long long>(l.max_queue_delay_us()));
   std::printf("  error_sample_rows: %u\n", l.error_sample_rows());
+  std::printf("  max_request_flops: %llu\n",
+              static_cast<unsigned long long>(l.max_request_flops()));
   return 0;
 }
 

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/cancel.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/random_draws.h"
 #include "kernels/validate.h"
@@ -111,6 +112,8 @@ int64_t CpuBackend::WorkspaceBytes(const AttentionParams& p) const {
 
 absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
     const AttentionParams& p) {
+  // A call dropped before it starts costs nothing.
+  SB_RETURN_IF_ERROR(CancelStatus(p.cancel));
   AttentionStats stats;
   stats.dense_score_bytes = p.batch * p.heads * p.seq_q * p.seq_k *
                             static_cast<int64_t>(sizeof(float));
@@ -141,14 +144,18 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
     if (p.method == Method::kExact) {
       const int64_t per_slice =
           (p.seq_q + kExactRowsPerTask - 1) / kExactRowsPerTask;
-      cpu::ParallelFor(slices * per_slice, threads, [&](int64_t t) {
-        guarded([&] {
-          const int64_t sl = t / per_slice, part = t % per_slice;
-          const Slice s = cpu::MakeSlice(p, sl / p.heads, sl % p.heads);
-          const int64_t r0 = part * kExactRowsPerTask;
-          cpu::ExactRows(s, r0, std::min(s.nq, r0 + kExactRowsPerTask), &meter);
-        });
-      });
+      cpu::ParallelFor(
+          slices * per_slice, threads,
+          [&](int64_t t) {
+            guarded([&] {
+              const int64_t sl = t / per_slice, part = t % per_slice;
+              const Slice s = cpu::MakeSlice(p, sl / p.heads, sl % p.heads);
+              const int64_t r0 = part * kExactRowsPerTask;
+              cpu::ExactRows(s, r0, std::min(s.nq, r0 + kExactRowsPerTask),
+                             &meter);
+            });
+          },
+          p.cancel);
     } else {
       const bool features =
           p.method == Method::kPerformer || p.method == Method::kScatterbrain;
@@ -173,41 +180,52 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
       so.kmeans_iterations = p.kmeans_iterations;
       so.window = p.window;
       so.seed = p.seed;
-      cpu::ParallelFor(slices, threads, [&](int64_t sl) {
-        guarded([&] {
-          const Slice s = cpu::MakeSlice(p, sl / p.heads, sl % p.heads);
-          cpu::SliceStats ss;
-          cpu::Features f;
-          cpu::LowRank lr;
-          cpu::SparseAcc acc;
-          if (features) {
-            cpu::ComputeFeatures(s, *proj[s.h], r, &meter, &f);
-            // Scatterbrain on one LSH round fuses the low-rank sums into its
-            // support pass (cheaper: see sparse.cc).
-            if (p.method == Method::kPerformer || !cpu::FusesLowRank(s, so))
-              cpu::ComputeLowRank(s, f, &meter, &lr);
-          }
-          if (p.method == Method::kPerformer) {
-            cpu::WritePerformer(s, lr, &ss);
-          } else if (p.method == Method::kScatterbrain) {
-            cpu::AccumulateSupport(s, so, &f, &lr, &meter, &acc);
-            cpu::WriteScatterbrain(s, f, lr, acc, p.estimator,
-                                   p.calibration_rows, p.seed, &meter, &ss);
-          } else {
-            cpu::AccumulateSupport(s, so, nullptr, nullptr, &meter, &acc);
-            cpu::WriteSparseOnly(s, acc, &ss);
-          }
-          std::lock_guard<std::mutex> l(mu);
-          total.guards += ss.guards;
-          total.fallbacks += ss.fallbacks;
-        });
-      });
+      cpu::ParallelFor(
+          slices, threads,
+          [&](int64_t sl) {
+            guarded([&] {
+              const Slice s = cpu::MakeSlice(p, sl / p.heads, sl % p.heads);
+              cpu::SliceStats ss;
+              cpu::Features f;
+              cpu::LowRank lr;
+              cpu::SparseAcc acc;
+              // After every operation: a stopped call abandons the slice (an
+              // operation that saw the stop may have returned half done).
+              if (features) {
+                cpu::ComputeFeatures(s, *proj[s.h], r, &meter, &f);
+                if (s.stopped()) return;
+                // Scatterbrain on one LSH round fuses the low-rank sums into
+                // its support pass (cheaper: see sparse.cc).
+                if (p.method == Method::kPerformer || !cpu::FusesLowRank(s, so))
+                  cpu::ComputeLowRank(s, f, &meter, &lr);
+                if (s.stopped()) return;
+              }
+              if (p.method == Method::kPerformer) {
+                cpu::WritePerformer(s, lr, &ss);
+              } else if (p.method == Method::kScatterbrain) {
+                cpu::AccumulateSupport(s, so, &f, &lr, &meter, &acc);
+                if (s.stopped()) return;
+                cpu::WriteScatterbrain(s, f, lr, acc, p.estimator,
+                                       p.calibration_rows, p.seed, &meter, &ss);
+              } else {
+                cpu::AccumulateSupport(s, so, nullptr, nullptr, &meter, &acc);
+                if (s.stopped()) return;
+                cpu::WriteSparseOnly(s, acc, &ss);
+              }
+              std::lock_guard<std::mutex> l(mu);
+              total.guards += ss.guards;
+              total.fallbacks += ss.fallbacks;
+            });
+          },
+          p.cancel);
     }
   } catch (const std::exception& e) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cpu backend: could not start workers: ", e.what()));
   }
   if (!first_error.ok()) return first_error;
+  // Skipped or abandoned work leaves the output unspecified.
+  SB_RETURN_IF_ERROR(CancelStatus(p.cancel));
   stats.workspace_bytes = meter.peak();
   stats.denominator_guards = total.guards;
   stats.fallbacks = total.fallbacks;

@@ -32,6 +32,7 @@ Slice MakeSlice(const AttentionParams& p, int64_t b, int64_t h) {
   s.offset = p.seq_k - p.seq_q;
   s.causal = p.causal;
   s.tau = EffectiveScale(p);
+  s.cancel = p.cancel;
   return s;
 }
 
@@ -41,17 +42,19 @@ int ResolveThreads(int requested) {
   return hc == 0 ? 1 : static_cast<int>(hc);
 }
 
-void ParallelFor(int64_t n, int threads,
-                 const std::function<void(int64_t)>& fn) {
+void ParallelFor(int64_t n, int threads, const std::function<void(int64_t)>& fn,
+                 const CancelToken* cancel) {
   if (n <= 0) return;
   const int t = static_cast<int>(std::min<int64_t>(threads, n));
   if (t <= 1) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
+    for (int64_t i = 0; i < n && !Stopped(cancel); ++i) fn(i);
     return;
   }
   std::atomic<int64_t> next{0};
   auto worker = [&]() {
-    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
+    for (int64_t i = next.fetch_add(1); i < n && !Stopped(cancel);
+         i = next.fetch_add(1))
+      fn(i);
   };
   std::vector<std::thread> pool;
   pool.reserve(t - 1);
@@ -61,8 +64,8 @@ void ParallelFor(int64_t n, int threads,
 }
 
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-          float alpha, const float* a, int64_t lda, const float* b,
-          int64_t ldb, float beta, float* c, int64_t ldc) {
+          float alpha, const float* a, int64_t lda, const float* b, int64_t ldb,
+          float beta, float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     for (int64_t i = 0; i < m; ++i)

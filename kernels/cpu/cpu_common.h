@@ -11,6 +11,7 @@
 #include <memory>
 #include <vector>
 
+#include "kernels/cancel.h"
 #include "kernels/params.h"
 
 namespace scatterbrain {
@@ -92,12 +93,18 @@ struct Slice {
   float* out;
   int64_t q_row, k_row, v_row, out_row;  // row strides (elements)
   int64_t b, h;
-  int64_t nq;      // query rows
-  int64_t nk;      // valid (non-padding) keys
+  int64_t nq;  // query rows
+  int64_t nk;  // valid (non-padding) keys
   int64_t d, dv;
   int64_t offset;  // seq_k - seq_q: causal / window alignment
   bool causal;
   float tau;
+  // The call's stop signal (may be null). Operations check stopped() between
+  // blocks and return early; the slice's driver checks it after each
+  // operation and abandons the slice (cancel.h: a stop is never undone).
+  const CancelToken* cancel;
+
+  bool stopped() const { return Stopped(cancel); }
 
   const float* qrow(int64_t i) const { return q + i * q_row; }
   const float* krow(int64_t j) const { return k + j * k_row; }
@@ -113,14 +120,16 @@ struct Slice {
 Slice MakeSlice(const AttentionParams& p, int64_t b, int64_t h);
 
 // Runs fn(task) for task in [0, n) on up to `threads` threads (the caller's
-// thread included). Blocks until all are done.
-void ParallelFor(int64_t n, int threads, const std::function<void(int64_t)>& fn);
+// thread included). Blocks until all are done. Once `cancel` is stopped no
+// worker starts another task (those not started are skipped).
+void ParallelFor(int64_t n, int threads, const std::function<void(int64_t)>& fn,
+                 const CancelToken* cancel = nullptr);
 int ResolveThreads(int requested);
 
 // C = alpha * op(A) * op(B) + beta * C, row-major, float32 (a real BLAS).
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-          float alpha, const float* a, int64_t lda, const float* b,
-          int64_t ldb, float beta, float* c, int64_t ldc);
+          float alpha, const float* a, int64_t lda, const float* b, int64_t ldb,
+          float beta, float* c, int64_t ldc);
 // Keeps the BLAS single-threaded: we parallelise over slices ourselves.
 void PinBlasToOneThread();
 

@@ -12,6 +12,8 @@ namespace scatterbrain {
 namespace cpu {
 namespace {
 constexpr int64_t kCausalBlock = 64;
+// Rows between two cancellation checks of the per-row feature loops.
+constexpr int64_t kCheckRows = 4096;
 }  // namespace
 
 void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
@@ -29,6 +31,7 @@ void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
   Gemm(false, true, s.nq, r, s.d, sqrt_tau, s.q, s.q_row, w.data(), s.d, 0.0f,
        proj.data(), r);
   for (int64_t i = 0; i < s.nq; ++i) {
+    if (i % kCheckRows == 0 && s.stopped()) return;  // the slice is dropped
     const float* p = proj.data() + i * r;
     const float* x = s.qrow(i);
     double sq = 0;
@@ -44,6 +47,7 @@ void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
     ExpInPlace(out, m, -pmax);
   }
 
+  if (s.stopped()) return;  // f->k unset: the caller abandons the slice
   // Keys: one log-scale for the slice, the largest log-feature of any key.
   f->k.Reset(meter, static_cast<size_t>(std::max<int64_t>(s.nk, 1)) * m);
   if (s.nk == 0) {
@@ -55,6 +59,7 @@ void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
   Scratch<float> base(meter, s.nk);
   float kmax = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < s.nk; ++j) {
+    if (j % kCheckRows == 0 && s.stopped()) return;
     const float* p = proj.data() + j * r;
     const float* x = s.krow(j);
     double sq = 0;
@@ -66,6 +71,7 @@ void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
   }
   f->kscale = kmax;
   for (int64_t j = 0; j < s.nk; ++j) {
+    if (j % kCheckRows == 0 && s.stopped()) return;
     const float* p = proj.data() + j * r;
     float* out = f->k.data() + j * m;
     for (int l = 0; l < r; ++l) {
@@ -88,8 +94,8 @@ void ComputeLowRank(const Slice& s, const Features& f, WorkspaceMeter* meter,
   auto add_keys = [&](int64_t j0, int64_t j1) {
     if (j1 <= j0) return;
     // zv += phi_k[j0:j1]^T v[j0:j1]; z1 += column sums.
-    Gemm(true, false, m, dv, j1 - j0, 1.0f, f.k.data() + j0 * m, m,
-         s.vrow(j0), s.v_row, 1.0f, zv.data(), dv);
+    Gemm(true, false, m, dv, j1 - j0, 1.0f, f.k.data() + j0 * m, m, s.vrow(j0),
+         s.v_row, 1.0f, zv.data(), dv);
     for (int64_t j = j0; j < j1; ++j) {
       const float* fk = f.k.data() + j * m;
       for (int l = 0; l < m; ++l) z1[l] += fk[l];
@@ -110,7 +116,7 @@ void ComputeLowRank(const Slice& s, const Features& f, WorkspaceMeter* meter,
   // a masked block for the keys only some of its rows see.
   Scratch<float> blk(meter, static_cast<size_t>(kCausalBlock) * kCausalBlock);
   int64_t state_end = 0;
-  for (int64_t i0 = 0; i0 < s.nq; i0 += kCausalBlock) {
+  for (int64_t i0 = 0; i0 < s.nq && !s.stopped(); i0 += kCausalBlock) {
     const int64_t i1 = std::min(s.nq, i0 + kCausalBlock);
     const int64_t full = s.KeyLimit(i0);  // keys all rows see
     add_keys(state_end, full);

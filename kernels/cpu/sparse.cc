@@ -183,8 +183,14 @@ void HashRows(const float* x, int64_t ld, int64_t n, int64_t d,
       float best_v = -std::numeric_limits<float>::infinity();
       for (int l = 0; l < P; ++l) {
         const float v = pi[level * P + l];
-        if (v > best_v) { best_v = v; best = 2 * l; }
-        if (-v > best_v) { best_v = -v; best = 2 * l + 1; }
+        if (v > best_v) {
+          best_v = v;
+          best = 2 * l;
+        }
+        if (-v > best_v) {
+          best_v = -v;
+          best = 2 * l + 1;
+        }
       }
       bucket = bucket * (2 * P) + best;
       value = best_v;
@@ -265,9 +271,8 @@ void TreeAssign(const float* x, int64_t ld, int64_t n, int64_t d,
   }
 }
 
-void KMeansHash(const Slice& s, int64_t clusters, int iterations,
-                uint64_t seed, int round, WorkspaceMeter* meter, HashKey* hk,
-                HashKey* hq) {
+void KMeansHash(const Slice& s, int64_t clusters, int iterations, uint64_t seed,
+                int round, WorkspaceMeter* meter, HashKey* hk, HashKey* hq) {
   const int64_t nk = s.nk, nq = s.nq, d = s.d;
   const int64_t K = std::max<int64_t>(1, std::min(clusters, nk));
   // One level while that is affordable (it clusters better: measured on the
@@ -292,9 +297,9 @@ void KMeansHash(const Slice& s, int64_t clusters, int iterations,
   }
   // Top level.
   Scratch<float> top(meter, K1 * d), leaves(meter, K1 * K2 * d);
-  const std::vector<int64_t> init = SampleRows(
-      seed, DrawPurpose::kHash, static_cast<int64_t>(round) + 2000, s.h, nt,
-      std::min(K1, nt));
+  const std::vector<int64_t> init =
+      SampleRows(seed, DrawPurpose::kHash, static_cast<int64_t>(round) + 2000,
+                 s.h, nt, std::min(K1, nt));
   for (int64_t t = 0; t < K1; ++t)
     std::memcpy(top.data() + t * d, unit.data() + init[t % init.size()] * d,
                 d * sizeof(float));
@@ -304,7 +309,7 @@ void KMeansHash(const Slice& s, int64_t clusters, int iterations,
   TreeAssign(unit.data(), d, nt, d, top.data(), K1, top.data(), 1, meter,
              tops.data());
   Scratch<float> members(meter, nt * d);
-  for (int64_t t = 0; t < K1; ++t) {
+  for (int64_t t = 0; t < K1 && !s.stopped(); ++t) {
     int64_t n = 0;
     for (int64_t j = 0; j < nt; ++j)
       if (tops[j] == static_cast<uint32_t>(t))
@@ -314,8 +319,8 @@ void KMeansHash(const Slice& s, int64_t clusters, int iterations,
     for (int64_t u = 0; u < K2; ++u) {
       // Spread the initial children over the members (or the parent when the
       // top cluster is empty).
-      const float* src = n > 0 ? members.data() + ((u * n) / K2) * d
-                               : top.data() + t * d;
+      const float* src =
+          n > 0 ? members.data() + ((u * n) / K2) * d : top.data() + t * d;
       std::memcpy(child + u * d, src, d * sizeof(float));
     }
     SphericalKMeans(members.data(), n, d, K2, iterations, meter, child);
@@ -325,14 +330,20 @@ void KMeansHash(const Slice& s, int64_t clusters, int iterations,
   const DrawCache::Draw dir_draw =
       DrawCache::Global().HashProjections(seed, s.h, round, 1, d);
   const std::vector<float>& dir = *dir_draw;
+  // In blocks of rows (each row's leaf is its own), so that a stop is seen
+  // within one block: a whole N = 65536 pass is ~100 ms of one core.
+  constexpr int64_t kOrderBlock = 8192;
   auto order_keys = [&](const float* x, int64_t ld, int64_t n, HashKey* out) {
-    TreeAssign(x, ld, n, d, top.data(), K1, leaves.data(), K2, meter,
-               leaf.data());
-    for (int64_t j = 0; j < n; ++j) {
-      const float* row = x + j * ld;
-      float v = 0;
-      for (int64_t c = 0; c < d; ++c) v += dir[c] * row[c];
-      out[j] = HashKey{leaf[j], v};
+    for (int64_t j0 = 0; j0 < n && !s.stopped(); j0 += kOrderBlock) {
+      const int64_t nb = std::min(kOrderBlock, n - j0);
+      TreeAssign(x + j0 * ld, ld, nb, d, top.data(), K1, leaves.data(), K2,
+                 meter, leaf.data());
+      for (int64_t j = 0; j < nb; ++j) {
+        const float* row = x + (j0 + j) * ld;
+        float v = 0;
+        for (int64_t c = 0; c < d; ++c) v += dir[c] * row[c];
+        out[j0 + j] = HashKey{leaf[j], v};
+      }
     }
   };
   order_keys(s.k, s.k_row, nk, hk);
@@ -385,6 +396,7 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
     Scratch<int64_t> rows(meter, kLocalBlock);
     Scratch<int64_t> keys(meter, kLocalBlock + 2 * half + 1);
     for (int64_t i0 = 0; i0 < nq; i0 += kLocalBlock) {
+      if (s.stopped()) return;  // the caller abandons the slice
       const int64_t i1 = std::min(nq, i0 + kLocalBlock);
       const int64_t lo = std::max<int64_t>(0, i0 + s.offset - half);
       int64_t hi = std::min<int64_t>(nk, i1 - 1 + s.offset + half + 1);
@@ -395,7 +407,9 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
       for (int64_t j = lo; j < hi; ++j) keys[nj++] = j;
       ProcessTile(
           s, f, nullptr, rows.data(), i1 - i0, keys.data(), nj, /*masked=*/true,
-          [&](int64_t i, int64_t j) { return in_window(i, j) && causal_ok(i, j); },
+          [&](int64_t i, int64_t j) {
+            return in_window(i, j) && causal_ok(i, j);
+          },
           meter, &tb, acc, lr);
     }
   }
@@ -424,20 +438,23 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
     std::vector<double> qn(nq), kn(nk);
     for (int64_t i = 0; i < nq; ++i) {
       double a = 0;
-      for (int64_t t = 0; t < s.d; ++t) a += double(s.qrow(i)[t]) * s.qrow(i)[t];
+      for (int64_t t = 0; t < s.d; ++t)
+        a += double(s.qrow(i)[t]) * s.qrow(i)[t];
       qn[i] = a;
       qmax = std::max(qmax, a);
     }
     for (int64_t j = 0; j < nk; ++j) {
       double a = 0;
-      for (int64_t t = 0; t < s.d; ++t) a += double(s.krow(j)[t]) * s.krow(j)[t];
+      for (int64_t t = 0; t < s.d; ++t)
+        a += double(s.krow(j)[t]) * s.krow(j)[t];
       kn[j] = a;
       kmax = std::max(kmax, a);
     }
     const double M = qmax + kmax;
     for (int64_t i = 0; i < nq; ++i) {
       qextra[2 * i] = 0.0f;
-      qextra[2 * i + 1] = static_cast<float>(std::sqrt(std::max(0.0, M - qn[i])));
+      qextra[2 * i + 1] =
+          static_cast<float>(std::sqrt(std::max(0.0, M - qn[i])));
     }
     for (int64_t j = 0; j < nk; ++j) {
       kextra[2 * j] = static_cast<float>(std::sqrt(std::max(0.0, M - kn[j])));
@@ -453,11 +470,12 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
       const DrawCache::Draw proj_draw =
           DrawCache::Global().HashProjections(o.seed, s.h, round, 2 * P, D);
       const std::vector<float>& proj = *proj_draw;
-      HashRows(s.k, s.k_row, nk, s.d, smyrf ? kextra.data() : nullptr, proj,
-               P, meter, hk.data());
-      HashRows(s.q, s.q_row, nq, s.d, smyrf ? qextra.data() : nullptr, proj,
-               P, meter, hq.data());
+      HashRows(s.k, s.k_row, nk, s.d, smyrf ? kextra.data() : nullptr, proj, P,
+               meter, hk.data());
+      HashRows(s.q, s.q_row, nq, s.d, smyrf ? qextra.data() : nullptr, proj, P,
+               meter, hq.data());
     }
+    if (s.stopped()) return;  // hashes may be unset: abandon the slice
     for (int64_t j = 0; j < nk; ++j) korder[j] = j;
     std::sort(korder.data(), korder.data() + nk, [&](int64_t a, int64_t b) {
       return hk[a] < hk[b] || (!(hk[b] < hk[a]) && a < b);
@@ -474,7 +492,10 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
       int64_t lo = 1, hi = nchunks;  // first chunk t >= 1 with start > hq
       while (lo < hi) {
         const int64_t mid = (lo + hi) / 2;
-        if (hq[i] < hk[korder[kstart[mid]]]) hi = mid; else lo = mid + 1;
+        if (hq[i] < hk[korder[kstart[mid]]])
+          hi = mid;
+        else
+          lo = mid + 1;
       }
       qc[i] = static_cast<int32_t>(lo - 1);
       ++counts[lo - 1];
@@ -506,6 +527,7 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
       float* fk = tb.fk.Ensure(meter, static_cast<size_t>(c + 1) * m);
       float* vt = tb.vt.Ensure(meter, static_cast<size_t>(c + 1) * dv);
       for (int64_t t = 0; t < nchunks; ++t) {
+        if (s.stopped()) return;
         const int64_t nj = kstart[t + 1] - kstart[t];
         float* z1 = z1c.data() + t * m;
         for (int64_t a = 0; a < nj; ++a) {
@@ -521,6 +543,7 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
       }
     }
     for (int64_t t = 0; t < nchunks; ++t) {
+      if (s.stopped()) return;
       const int64_t* J = korder.data() + kstart[t];
       const int64_t nj = kstart[t + 1] - kstart[t];
       FusedChunk fc;

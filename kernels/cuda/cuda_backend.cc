@@ -30,6 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/status_macros.h"
+#include "kernels/cancel.h"
 #include "kernels/cuda/arena.h"
 #include "kernels/cuda/cuda_batch.h"
 #include "kernels/cuda/cuda_check.h"
@@ -287,6 +288,20 @@ void CudaBackend::ReleaseSlot(Slot* slot) {
 void CudaBackend::Submit(std::vector<AttentionCall*> calls,
                          std::function<void()> done) {
   Slot* slot = AcquireSlot();
+  // The last moment to drop a call: waiting for the slot may have taken a
+  // whole batch's time, and once enqueued the launches run to their end.
+  // A stopped call leaves the batch alone; the others run.
+  std::vector<AttentionCall*> live;
+  for (AttentionCall* c : calls) {
+    c->status = CancelStatus(c->params.cancel);
+    if (c->status.ok()) live.push_back(c);
+  }
+  calls.swap(live);
+  if (calls.empty()) {
+    ReleaseSlot(slot);
+    done();
+    return;
+  }
   cuda::StreamContext sc;
   sc.stream = slot->stream;
   sc.cublas = slot->cublas;

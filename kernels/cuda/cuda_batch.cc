@@ -234,6 +234,7 @@ absl::Status EnqueueBatch(absl::Span<AttentionCall* const> calls,
   batch.settings.q = batch.settings.k = batch.settings.v = nullptr;
   batch.settings.out = nullptr;
   batch.settings.key_lengths = nullptr;
+  batch.settings.cancel = nullptr;  // per call, checked before the launch
   batch.n = n;
   batch.total_slices = t.slices;
   batch.total_q_rows = t.q_rows;

@@ -47,6 +47,7 @@ METRICS = {
     "scatterbrain_memory_budget_bytes": ("gauge", set()),
     "scatterbrain_memory_reserved_bytes": ("gauge", set()),
     "scatterbrain_auth_refused_total": ("counter", {"reason"}),
+    "scatterbrain_requests_stopped_total": ("counter", {"reason", "stage"}),
 }
 # Labels Prometheus attaches to every scraped series (target labels from
 # deploy/prometheus/prometheus.yml and the ServiceMonitor).

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -166,6 +167,20 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
   r.out = ReadFile(out_path);
   r.err = ReadFile(err_path);
   return r;
+}
+
+double CpuSeconds(pid_t pid) {
+  const std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
+  // The command name (field 2) may hold spaces: count fields after its ')'.
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream in(stat.substr(close + 1));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  // Fields 3..13, then utime (14) and stime (15).
+  for (int i = 3; i <= 13; ++i) in >> field;
+  if (!(in >> utime >> stime)) return -1;
+  return static_cast<double>(utime + stime) / sysconf(_SC_CLK_TCK);
 }
 
 }  // namespace testutil

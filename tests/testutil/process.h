@@ -84,6 +84,11 @@ struct CommandResult {
 CommandResult RunCommand(const std::vector<std::string>& argv,
                          const std::string& dir);
 
+// CPU seconds (user + system, every thread) process `pid` has used so far,
+// from /proc/<pid>/stat (getpid() for this process); -1 when unreadable.
+// Tests compare two readings to see whether a process is still computing.
+double CpuSeconds(pid_t pid);
+
 }  // namespace testutil
 }  // namespace scatterbrain
 
