@@ -71,6 +71,23 @@ std::vector<AttentionCall*> ValidCalls(absl::Span<AttentionCall> calls) {
   return valid;
 }
 
+// Fails each computed call whose float32 host output holds a non-finite
+// value (CheckOutputFinite). Outputs in other dtypes were encoded from
+// float32, where overflow to inf is the encoding's documented answer;
+// device outputs are the device's business.
+void CheckOutputs(absl::Span<AttentionCall* const> calls) {
+  for (AttentionCall* c : calls) {
+    if (!c->status.ok() || c->out.dtype != DType::kFloat32 ||
+        !IsHost(c->out.space)) {
+      continue;
+    }
+    AttentionParams p = c->params;
+    p.out = static_cast<float*>(c->out.data);
+    SetContiguousStrides(p);
+    c->status = CheckOutputFinite(p);
+  }
+}
+
 }  // namespace
 
 const char* MemorySpaceName(MemorySpace space) {
@@ -127,12 +144,16 @@ absl::StatusOr<AttentionStats> Backend::Forward(const AttentionParams& p) {
   SB_RETURN_IF_ERROR(CancelStatus(p.cancel));
   const absl::Status st = ValidateParams(p, /*check_values=*/true);
   if (!st.ok()) return st;
-  return ForwardImpl(p);
+  absl::StatusOr<AttentionStats> stats = ForwardImpl(p);
+  if (!stats.ok()) return stats;
+  SB_RETURN_IF_ERROR(CheckOutputFinite(p));
+  return stats;
 }
 
 void Backend::ForwardBatch(absl::Span<AttentionCall> calls) {
   std::vector<AttentionCall*> valid = ValidCalls(calls);
   if (!valid.empty()) ForwardBatchImpl(absl::MakeSpan(valid));
+  CheckOutputs(valid);
 }
 
 void Backend::ForwardBatchAsync(absl::Span<AttentionCall> calls,
@@ -142,7 +163,12 @@ void Backend::ForwardBatchAsync(absl::Span<AttentionCall> calls,
     done();
     return;
   }
-  ForwardBatchAsyncImpl(absl::MakeSpan(valid), std::move(done));
+  // The implementation keeps its own copy of the pointers; this one is for
+  // the output check when the batch completes.
+  ForwardBatchAsyncImpl(absl::MakeSpan(valid), [valid, done = std::move(done)] {
+    CheckOutputs(valid);
+    done();
+  });
 }
 
 absl::StatusOr<HostBuffer> Backend::AllocateHost(int64_t bytes) {

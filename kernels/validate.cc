@@ -173,6 +173,16 @@ absl::Status ValidateParams(const AttentionParams& p, bool check_values) {
   return absl::OkStatus();
 }
 
+absl::Status CheckOutputFinite(const AttentionParams& p) {
+  const absl::Status st = CheckFinite("out", p.out, p.out_strides, p.batch,
+                                      p.heads, p.seq_q, p.dim_v);
+  if (st.ok()) return st;
+  return absl::InvalidArgumentError(absl::StrCat(
+      st.message(),
+      " from finite inputs: their magnitudes overflow float32 (scores "
+      "|q.k| * scale past 3.4e38, or sums over v); scale q, k or v down"));
+}
+
 absl::Status ValidateShapeAndSettings(const AttentionParams& params) {
   AttentionParams p = params;
   static const float kStandIn = 0.0f;

@@ -26,6 +26,12 @@ absl::Status ValidateParams(const AttentionParams& p, bool check_values = true);
 // ignored.
 absl::Status ValidateShapeAndSettings(const AttentionParams& p);
 
+// After a computation: INVALID_ARGUMENT naming the first non-finite element
+// of p.out. Finite inputs can still overflow float32 inside a computation
+// (scores |q·k| * scale past 3.4e38, sums over huge values of v); such a
+// call must fail rather than hand its caller NaN or inf as an answer.
+absl::Status CheckOutputFinite(const AttentionParams& p);
+
 }  // namespace scatterbrain
 
 #endif  // SCATTERBRAIN_KERNELS_VALIDATE_H_

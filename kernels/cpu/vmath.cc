@@ -22,8 +22,10 @@ __attribute__((always_inline)) inline void ExpLoop(float* x, int64_t n,
   constexpr float kMax = 88.72283f;   // above: +inf
   for (int64_t i = 0; i < n; ++i) {
     const float in = x[i] + shift;
-    float v = in < kMin ? kMin : in;
-    v = v > kMax ? kMax : v;
+    // Clamped so that NaN lands in range too: converting NaN to an int
+    // below is undefined. NaN still comes out as NaN (the last select).
+    float v = in > kMin ? in : kMin;
+    v = v < kMax ? v : kMax;
     // Round to nearest with the 1.5 * 2^23 trick: vectorises without SSE4.1.
     const float kf = (v * kLog2e + 12582912.0f) - 12582912.0f;
     float r = v - kf * kLn2Hi;
@@ -43,6 +45,7 @@ __attribute__((always_inline)) inline void ExpLoop(float* x, int64_t n,
     float out = p * s1 * s2;
     out = in < kMin ? 0.0f : out;
     out = in > kMax ? __builtin_inff() : out;
+    out = in != in ? in : out;  // NaN
     x[i] = out;
   }
 }

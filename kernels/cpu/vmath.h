@@ -12,8 +12,8 @@ namespace cpu {
 
 // x[i] = exp(x[i] + shift) for i in [0, n). Relative error < 4e-7 on the
 // normal range; exact 0 below about -87.3, +inf above about 88.7; -inf
-// gives 0. NaN inputs give unspecified finite-or-NaN values (callers never
-// pass NaN: inputs are validated finite).
+// gives 0; NaN gives NaN (finite inputs can still make NaN scores: |q·k|
+// past float32's range gives inf - inf).
 void ExpInPlace(float* x, int64_t n, float shift = 0.0f);
 
 // max(x[0..n)) (-inf for n = 0) and sum(x[0..n)) with 8 independent lanes,
