@@ -128,7 +128,7 @@ ABSL_FLAG(double, max_connection_age_grace_s,
 ABSL_FLAG(int64_t, transport_memory_bytes,
           kDefaults.connections.transport_memory_bytes,
           "gRPC ResourceQuota for transport buffers of all connections (0: "
-          "min(1 GiB, memory/8)).");
+          "max(128 MiB, 32 x --max_message_bytes), at most memory/8).");
 ABSL_FLAG(std::string, tls_cert_file, kDefaults.security.tls_cert_file,
           "PEM certificate chain the server presents; with --tls_key_file, "
           "the gRPC port speaks TLS only (empty: plaintext).");
