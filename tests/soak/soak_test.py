@@ -85,7 +85,7 @@ SERVER_FLAGS = [
 SCRAPE_MAX_S = 1.0
 RECOVER_S = 15.0
 # Above the baseline after recovery. Measured on a 2-core machine: baseline
-# ~27 MB, peak ~290 MB (outputs held for never-reading clients, uploads,
+# ~27 MB, peak 270-330 MB (outputs held for never-reading clients, uploads,
 # oversized messages in gRPC's buffers), after 33-52 MB (jemalloc keeps
 # dirty pages for its 1 s decay and some arena metadata). 150 MB is three
 # times that margin, yet below what leaking the abusers' buffers would hold
