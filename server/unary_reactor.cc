@@ -15,6 +15,15 @@ namespace server {
 void AttentionServiceImpl::UnaryReactor::Start() {
   start_us_ = svc_->clock_->NowMicros();
   method_ = "unknown";
+  if (!request_bytes_->Valid()) {
+    // No message at all (an empty one is a valid, empty buffer): gRPC runs
+    // a raw handler even when the call ended, cancelled or past its
+    // deadline, before its message arrived whole. Not bytes that failed to
+    // parse, so not a protocol error; nobody is listening for the answer.
+    Finish(grpc::Status(grpc::StatusCode::CANCELLED,
+                        "the call ended before its request message arrived"));
+    return;
+  }
   const size_t message_bytes = request_bytes_->Length();
   svc_->metrics_->BytesReceived(static_cast<int64_t>(message_bytes));
   {
