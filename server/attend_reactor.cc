@@ -76,6 +76,9 @@ void AttentionServiceImpl::AttendReactor::CheckTimeouts(int64_t now_us) {
     if (write_in_flight_ && !send_timed_out_ &&
         past(write_started_us_, o.send_timeout_s)) {
       send_timed_out_ = true;  // once: the cancel takes effect shortly
+      // Until TryCancel has returned, the stream must not finish: ctx_ is
+      // gRPC's and goes with OnDone.
+      cancelling_ = true;
       cancel_stream = true;
     } else if (!ending_ && live_.empty() && answers_.empty() &&
                pending_jobs_ == 0 && !write_in_flight_ &&
@@ -93,6 +96,11 @@ void AttentionServiceImpl::AttendReactor::CheckTimeouts(int64_t now_us) {
     // drops them).
     svc_->metrics_->ProtocolErrorSeen(ProtocolError::kSendTimeout);
     ctx_->TryCancel();
+    {
+      absl::MutexLock lock(&mu_);
+      cancelling_ = false;
+    }
+    MaybeFinish();
     return;
   }
   PumpWrites();
@@ -604,7 +612,9 @@ void AttentionServiceImpl::AttendReactor::MaybeFinish() {
   grpc::Status status;
   {
     absl::MutexLock lock(&mu_);
-    if (finished_ || write_in_flight_ || pending_jobs_ > 0) return;
+    if (finished_ || write_in_flight_ || pending_jobs_ > 0 || cancelling_) {
+      return;
+    }
     if (cancelled_ || writes_broken_) {
       // A read still outstanding holds the reactor until it fails.
       if (!reads_done_ && !read_paused_) return;

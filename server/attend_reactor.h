@@ -141,6 +141,7 @@ class AttentionServiceImpl::AttendReactor final
   int64_t last_activity_us_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t write_started_us_ ABSL_GUARDED_BY(mu_) = 0;
   bool send_timed_out_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelling_ ABSL_GUARDED_BY(mu_) = false;  // the timer's TryCancel
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   int read_callbacks_ ABSL_GUARDED_BY(mu_) = 0;    // OnReadDone running
   bool read_paused_ ABSL_GUARDED_BY(mu_) = false;  // no read outstanding
