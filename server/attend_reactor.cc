@@ -21,11 +21,7 @@ void AttentionServiceImpl::AttendReactor::Begin() {
   const bool draining = svc_->Register(this);
   {
     absl::MutexLock lock(&mu_);
-    draining_ = draining;
-    if (draining) {
-      ending_ = true;
-      end_status_ = DrainingError();
-    }
+    if (draining) EndWhenIdleLocked(DrainingError());
     ++read_callbacks_;  // until the first read is issued
   }
   StartRead(&read_buf_);
@@ -39,11 +35,7 @@ void AttentionServiceImpl::AttendReactor::Begin() {
 void AttentionServiceImpl::AttendReactor::OnServerDrain() {
   {
     absl::MutexLock lock(&mu_);
-    draining_ = true;
-    if (!ending_) {
-      ending_ = true;
-      end_status_ = DrainingError();
-    }
+    EndWhenIdleLocked(DrainingError());
   }
   MaybeFinish();
 }
@@ -71,6 +63,7 @@ void AttentionServiceImpl::AttendReactor::CheckTimeouts(int64_t now_us) {
               " s after its header (the server's upload_timeout_s); it is "
               "dropped")));
       if (job != nullptr) job->cancelled.store(true);
+      uploads_timed_out_.store(true);
       svc_->metrics_->ProtocolErrorSeen(ProtocolError::kUploadTimeout);
     }
     if (write_in_flight_ && !send_timed_out_ &&
@@ -83,11 +76,10 @@ void AttentionServiceImpl::AttendReactor::CheckTimeouts(int64_t now_us) {
     } else if (!ending_ && live_.empty() && answers_.empty() &&
                pending_jobs_ == 0 && !write_in_flight_ &&
                past(last_activity_us_, o.stream_idle_timeout_s)) {
-      ending_ = true;
-      end_status_ = absl::UnavailableError(
+      EndWhenIdleLocked(absl::UnavailableError(
           absl::StrCat("stream idle for ", o.stream_idle_timeout_s,
                        " s with no request in flight (the server's "
-                       "stream_idle_timeout_s); open a new stream"));
+                       "stream_idle_timeout_s); open a new stream")));
       svc_->metrics_->ProtocolErrorSeen(ProtocolError::kIdleTimeout);
     }
   }
@@ -111,6 +103,7 @@ void AttentionServiceImpl::AttendReactor::OnReadDone(bool ok) {
   {
     absl::MutexLock lock(&mu_);
     ++read_callbacks_;
+    if (ok) last_activity_us_ = svc_->clock_->NowMicros();
   }
   bool parsed = false;
   if (!ok) {
@@ -119,11 +112,9 @@ void AttentionServiceImpl::AttendReactor::OnReadDone(bool ok) {
     ++messages_read_;
     const size_t bytes = read_buf_.Length();
     svc_->metrics_->BytesReceived(static_cast<int64_t>(bytes));
-    {
-      absl::MutexLock lock(&mu_);
-      last_activity_us_ = svc_->clock_->NowMicros();
-    }
-    uploads_.DropCancelled();  // timed out meanwhile: free their buffers
+    // Uploads timed out meanwhile (the timer cannot touch uploads_): free
+    // their buffers.
+    if (uploads_timed_out_.exchange(false)) uploads_.DropCancelled();
     read_msg_.Clear();
     parsed = grpc::SerializationTraits<v1::AttendRequest>::Deserialize(
                  &read_buf_, &read_msg_)
@@ -395,15 +386,19 @@ void AttentionServiceImpl::AttendReactor::BrokenMessage(int64_t n,
                    " bytes) is not a valid scatterbrain.v1.AttendRequest");
   {
     absl::MutexLock lock(&mu_);
-    if (!ending_) {
-      ending_ = true;
-      end_status_ = absl::InvalidArgumentError(absl::StrCat(
-          what,
-          "; the stream is ended (requests submitted before it were "
-          "answered, uploads still incomplete failed)"));
-    }
+    EndWhenIdleLocked(absl::InvalidArgumentError(
+        absl::StrCat(what,
+                     "; the stream is ended (requests submitted before it were "
+                     "answered, uploads still incomplete failed)")));
   }
   EndOfReads(absl::StrCat("the stream broke: ", what, ","));
+}
+
+void AttentionServiceImpl::AttendReactor::EndWhenIdleLocked(
+    absl::Status status) {
+  if (ending_) return;  // the first reason stands
+  ending_ = true;
+  end_status_ = std::move(status);
 }
 
 void AttentionServiceImpl::AttendReactor::EndOfReads(const std::string& why) {

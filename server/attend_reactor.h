@@ -69,6 +69,10 @@ class AttentionServiceImpl::AttendReactor final
   // requests already submitted are answered the stream ends with
   // INVALID_ARGUMENT.
   void BrokenMessage(int64_t n, size_t bytes);
+  // The stream is to end with `status` once nothing is in flight (drain,
+  // idle timeout, a broken message); the first reason given stands.
+  void EndWhenIdleLocked(absl::Status status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The upload `id` is complete: its job goes to the executor.
   void Submit(const std::string& id);
   // An upload failed: the request is answered with `st`, late chunks of it
@@ -119,6 +123,8 @@ class AttentionServiceImpl::AttendReactor final
   v1::AttendRequest read_msg_;
   int64_t messages_read_ = 0;
   Uploads uploads_;
+  // Set by the timer when it failed an upload: the read path then frees it.
+  std::atomic<bool> uploads_timed_out_{false};
 
   // The writer's (whoever set write_in_flight_).
   v1::AttendResponse write_msg_;
@@ -133,7 +139,6 @@ class AttentionServiceImpl::AttendReactor final
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool deadline_exceeded_ ABSL_GUARDED_BY(mu_) = false;
-  bool draining_ ABSL_GUARDED_BY(mu_) = false;
   // Set when the stream is to end once idle with this status (a stream-level
   // error, the idle timeout); OK when not set.
   absl::Status end_status_ ABSL_GUARDED_BY(mu_);
