@@ -68,11 +68,7 @@ constexpr int64_t kSmallReqBytes = 4 * (3 * 4096 + 4096);
 class HardeningTest : public ::testing::Test {
  protected:
   static ServerOptions Options() {
-    ServerOptions o;
-    o.host = "127.0.0.1";
-    o.port = 0;
-    o.metrics_port = 0;
-    o.executor.backend = "cpu";
+    ServerOptions o = testutil::LoopbackServerOptions();
     // Batches close at once: nothing depends on the (fake) clock's delay.
     o.executor.batcher.max_queue_delay_us = 0;
     o.executor.error_sample_rows = 0;
@@ -86,12 +82,7 @@ class HardeningTest : public ::testing::Test {
     absl::StatusOr<std::unique_ptr<Server>> s = Server::Start(o, &clock_);
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = *std::move(s);
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    args.SetMaxReceiveMessageSize(64 << 20);
-    channel_ =
-        grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", server_->port()),
-                                  grpc::InsecureChannelCredentials(), args);
+    channel_ = testutil::OwnChannel(server_->port());
     stub_ = pb::AttentionService::NewStub(channel_);
   }
 

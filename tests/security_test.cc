@@ -31,6 +31,7 @@
 #include "tests/testutil/certs.h"
 #include "tests/testutil/files.h"
 #include "tests/testutil/random.h"
+#include "tests/testutil/service_calls.h"
 #include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
@@ -92,11 +93,7 @@ class SecurityTest : public ::testing::Test {
   static std::string File(const std::string& name) { return dir_->File(name); }
 
   static ServerOptions Options() {
-    ServerOptions o;
-    o.host = "127.0.0.1";
-    o.port = 0;
-    o.metrics_port = 0;
-    o.executor.backend = "cpu";
+    ServerOptions o = testutil::LoopbackServerOptions();
     o.executor.batcher.max_queue_delay_us = 0;
     o.drain_timeout_s = 5;
     o.security.reload_interval_s = 1;

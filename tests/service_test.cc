@@ -70,11 +70,7 @@ using testutil::Stream;
 class ServiceTest : public ::testing::Test {
  protected:
   static ServerOptions TestOptions() {
-    ServerOptions o;
-    o.host = "127.0.0.1";
-    o.port = 0;
-    o.metrics_port = 0;
-    o.executor.backend = "cpu";
+    ServerOptions o = testutil::LoopbackServerOptions();
     o.executor.batcher.max_queue_delay_us = 500;
     o.service.chunk_bytes = 4096;
     o.executor.error_sample_rows = 4;
@@ -92,12 +88,7 @@ class ServiceTest : public ::testing::Test {
 
   // A channel with its own connection (a separate client).
   std::shared_ptr<grpc::Channel> NewChannel() {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    args.SetMaxReceiveMessageSize(64 << 20);
-    return grpc::CreateCustomChannel(
-        absl::StrCat("127.0.0.1:", server_->port()),
-        grpc::InsecureChannelCredentials(), args);
+    return testutil::OwnChannel(server_->port());
   }
 
   // Each request on a channel and stream of its own, all at once (one

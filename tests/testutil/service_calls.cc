@@ -3,6 +3,7 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/params.h"
 #include "proto/convert/settings.h"
@@ -12,6 +13,23 @@
 
 namespace scatterbrain {
 namespace testutil {
+
+server::ServerOptions LoopbackServerOptions() {
+  server::ServerOptions o;
+  o.host = "127.0.0.1";
+  o.port = 0;
+  o.metrics_port = 0;
+  o.executor.backend = "cpu";
+  return o;
+}
+
+std::shared_ptr<grpc::Channel> OwnChannel(int port) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetMaxReceiveMessageSize(64 << 20);
+  return grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port),
+                                   grpc::InsecureChannelCredentials(), args);
+}
 
 // The core dtype of a wire dtype the test set.
 DType Core(pb::DType dtype) {

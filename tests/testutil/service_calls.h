@@ -15,6 +15,7 @@
 #include "common/dtype.h"
 #include "grpcpp/grpcpp.h"
 #include "scatterbrain/v1/attention.grpc.pb.h"
+#include "server/server.h"
 
 namespace scatterbrain {
 namespace testutil {
@@ -26,6 +27,13 @@ struct Req {
   pb::RequestHeader header;
   std::string q, k, v;
 };
+
+// Options for an in-process test server: 127.0.0.1, gRPC port 0 (a free
+// one), no /metrics port, the CPU backend. Tests set the rest.
+server::ServerOptions LoopbackServerOptions();
+// An insecure channel to 127.0.0.1:`port` with its own connection (a
+// separate client) and a 64 MiB receive limit.
+std::shared_ptr<grpc::Channel> OwnChannel(int port);
 
 // The core dtype of a wire dtype the test set.
 DType Core(pb::DType dtype);
