@@ -24,8 +24,8 @@ void ExactRows(const Slice& s, int64_t row_begin, int64_t row_end,
                WorkspaceMeter* meter);
 
 // Positive random features (symmetric FAVOR+ form, m = 2r features):
-// phi(x) = m^-1/2 [exp(w.x~ - |x~|^2/2), exp(-w.x~ - |x~|^2/2)], x~ = sqrt(tau) x.
-// Stored as phi_bar = phi / exp(scale): per query row a log-scale, one
+// phi(x) = m^-1/2 [exp(w.x~ - |x~|^2/2), exp(-w.x~ - |x~|^2/2)], x~ = sqrt(tau)
+// x. Stored as phi_bar = phi / exp(scale): per query row a log-scale, one
 // log-scale for all keys of the slice, so nothing overflows.
 struct Features {
   int m = 0;
@@ -78,6 +78,37 @@ bool FusesLowRank(const Slice& s, const SupportOptions& o);
 void AccumulateSupport(const Slice& s, const SupportOptions& o,
                        const Features* f, LowRank* lr, WorkspaceMeter* meter,
                        SparseAcc* acc);
+
+// An LSH order key: keys sort by (bucket, value) and are cut into chunks in
+// that order.
+struct HashKey {
+  uint32_t bucket;
+  float value;
+  bool operator<(const HashKey& o) const {
+    return bucket != o.bucket ? bucket < o.bucket : value < o.value;
+  }
+};
+// The k-means "hash" of one round (sparse.cc): centroids, flat or a
+// two-level tree of k1 tops with k2 children each, and the random direction
+// that orders the keys within a leaf.
+struct KMeansModel {
+  int64_t d = 0, k1 = 0, k2 = 0;
+  std::vector<float> top, leaves, dir;
+};
+// Fits round `round`'s model on the slice's keys (s.k, s.nk) with about
+// `clusters` centroids, from the seed's draws (a session refits its index
+// with this very function, so its clustering is a one-shot call's).
+void FitKMeans(const Slice& s, int64_t clusters, int iterations, uint64_t seed,
+               int round, WorkspaceMeter* meter, KMeansModel* model);
+// Order keys (leaf, projection on the model's direction) of n rows of x.
+void KMeansOrderKeys(const KMeansModel& model, const float* x, int64_t ld,
+                     int64_t n, const CancelToken* cancel,
+                     WorkspaceMeter* meter, HashKey* out);
+// Order keys of two levels of cross-polytope buckets over `proj` ((2P) x d,
+// the round's HashProjections draw) without the SMYRF transform.
+void CrossPolytopeOrderKeys(const float* x, int64_t ld, int64_t n, int64_t d,
+                            const std::vector<float>& proj, int P,
+                            WorkspaceMeter* meter, HashKey* out);
 
 // Output writers.
 void WritePerformer(const Slice& s, const LowRank& lr, SliceStats* st);

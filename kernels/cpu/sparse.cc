@@ -26,14 +26,6 @@ namespace {
 constexpr int64_t kTileRows = 128;
 constexpr int64_t kLocalBlock = 64;
 
-struct HashKey {
-  uint32_t bucket;
-  float value;
-  bool operator<(const HashKey& o) const {
-    return bucket != o.bucket ? bucket < o.bucket : value < o.value;
-  }
-};
-
 // Scratch buffers reused by every tile of a slice.
 struct TileBuffers {
   Scratch<float> qt, kt, vt, fq, fk, sc, pv, f1;
@@ -271,9 +263,11 @@ void TreeAssign(const float* x, int64_t ld, int64_t n, int64_t d,
   }
 }
 
-void KMeansHash(const Slice& s, int64_t clusters, int iterations, uint64_t seed,
-                int round, WorkspaceMeter* meter, HashKey* hk, HashKey* hq) {
-  const int64_t nk = s.nk, nq = s.nq, d = s.d;
+}  // namespace
+
+void FitKMeans(const Slice& s, int64_t clusters, int iterations, uint64_t seed,
+               int round, WorkspaceMeter* meter, KMeansModel* model) {
+  const int64_t nk = s.nk, d = s.d;
   const int64_t K = std::max<int64_t>(1, std::min(clusters, nk));
   // One level while that is affordable (it clusters better: measured on the
   // clustered and smooth families); a tree beyond.
@@ -282,6 +276,9 @@ void KMeansHash(const Slice& s, int64_t clusters, int iterations, uint64_t seed,
           ? K
           : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(K))));
   const int64_t K2 = (K + K1 - 1) / K1;
+  model->d = d;
+  model->k1 = K1;
+  model->k2 = K2;
   // Training sample of unit key directions.
   const std::vector<int64_t> train =
       SampleRows(seed, DrawPurpose::kHash, static_cast<int64_t>(round) + 1000,
@@ -296,7 +293,10 @@ void KMeansHash(const Slice& s, int64_t clusters, int iterations, uint64_t seed,
     for (int64_t c = 0; c < d; ++c) unit[t * d + c] = k[c] * inv;
   }
   // Top level.
-  Scratch<float> top(meter, K1 * d), leaves(meter, K1 * K2 * d);
+  std::vector<float>& top = model->top;
+  std::vector<float>& leaves = model->leaves;
+  top.assign(K1 * d, 0.0f);
+  leaves.assign(K1 * K2 * d, 0.0f);
   const std::vector<int64_t> init =
       SampleRows(seed, DrawPurpose::kHash, static_cast<int64_t>(round) + 2000,
                  s.h, nt, std::min(K1, nt));
@@ -325,29 +325,46 @@ void KMeansHash(const Slice& s, int64_t clusters, int iterations, uint64_t seed,
     }
     SphericalKMeans(members.data(), n, d, K2, iterations, meter, child);
   }
-  // Every key and query: (leaf, projection on a random direction).
-  Scratch<uint32_t> leaf(meter, std::max(nk, nq));
   const DrawCache::Draw dir_draw =
       DrawCache::Global().HashProjections(seed, s.h, round, 1, d);
-  const std::vector<float>& dir = *dir_draw;
+  model->dir = *dir_draw;
+}
+
+void KMeansOrderKeys(const KMeansModel& model, const float* x, int64_t ld,
+                     int64_t n, const CancelToken* cancel,
+                     WorkspaceMeter* meter, HashKey* out) {
+  const int64_t d = model.d;
   // In blocks of rows (each row's leaf is its own), so that a stop is seen
   // within one block: a whole N = 65536 pass is ~100 ms of one core.
   constexpr int64_t kOrderBlock = 8192;
-  auto order_keys = [&](const float* x, int64_t ld, int64_t n, HashKey* out) {
-    for (int64_t j0 = 0; j0 < n && !s.stopped(); j0 += kOrderBlock) {
-      const int64_t nb = std::min(kOrderBlock, n - j0);
-      TreeAssign(x + j0 * ld, ld, nb, d, top.data(), K1, leaves.data(), K2,
-                 meter, leaf.data());
-      for (int64_t j = 0; j < nb; ++j) {
-        const float* row = x + (j0 + j) * ld;
-        float v = 0;
-        for (int64_t c = 0; c < d; ++c) v += dir[c] * row[c];
-        out[j0 + j] = HashKey{leaf[j], v};
-      }
+  Scratch<uint32_t> leaf(meter, std::min(n, kOrderBlock));
+  for (int64_t j0 = 0; j0 < n && !Stopped(cancel); j0 += kOrderBlock) {
+    const int64_t nb = std::min(kOrderBlock, n - j0);
+    TreeAssign(x + j0 * ld, ld, nb, d, model.top.data(), model.k1,
+               model.leaves.data(), model.k2, meter, leaf.data());
+    for (int64_t j = 0; j < nb; ++j) {
+      const float* row = x + (j0 + j) * ld;
+      float v = 0;
+      for (int64_t c = 0; c < d; ++c) v += model.dir[c] * row[c];
+      out[j0 + j] = HashKey{leaf[j], v};
     }
-  };
-  order_keys(s.k, s.k_row, nk, hk);
-  order_keys(s.q, s.q_row, nq, hq);
+  }
+}
+
+void CrossPolytopeOrderKeys(const float* x, int64_t ld, int64_t n, int64_t d,
+                            const std::vector<float>& proj, int P,
+                            WorkspaceMeter* meter, HashKey* out) {
+  HashRows(x, ld, n, d, nullptr, proj, P, meter, out);
+}
+
+namespace {
+
+void KMeansHash(const Slice& s, int64_t clusters, int iterations, uint64_t seed,
+                int round, WorkspaceMeter* meter, HashKey* hk, HashKey* hq) {
+  KMeansModel model;
+  FitKMeans(s, clusters, iterations, seed, round, meter, &model);
+  KMeansOrderKeys(model, s.k, s.k_row, s.nk, s.cancel, meter, hk);
+  KMeansOrderKeys(model, s.q, s.q_row, s.nq, s.cancel, meter, hq);
 }
 
 }  // namespace

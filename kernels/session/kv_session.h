@@ -91,9 +91,9 @@ struct SessionInfo {
   // Everything held: allocated blocks (kv_bytes plus the unfilled rest of
   // each sequence's last block) plus state_bytes. What SessionMemory has.
   int64_t held_bytes = 0;
-  int64_t appends = 0;      // Append calls and appending steps
-  int64_t steps = 0;        // attends
-  int64_t refits = 0;       // k-means refits (all heads and rounds)
+  int64_t appends = 0;       // Append calls and appending steps
+  int64_t steps = 0;         // attends
+  int64_t refits = 0;        // k-means refits (all heads and rounds)
   double refit_seconds = 0;  // their total time
   int64_t calibrations = 0;  // calibration re-choices
 };
