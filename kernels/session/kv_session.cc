@@ -309,6 +309,17 @@ void KvSession::Impl::GatherAttend(SessionCall& call, Backend* backend) {
     call.stats.denominator_guards += st->denominator_guards;
     call.stats.fallbacks += st->fallbacks;
   }
+  if (state_ != nullptr && call.status.ok()) {
+    std::vector<int64_t> lims(n);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t L = kv_.length(b);
+      for (int64_t r = 0; r < n; ++r)
+        lims[r] = call.see_all ? L : std::clamp<int64_t>(L - n + r + 1, 0, L);
+      for (int64_t h = 0; h < H; ++h)
+        state_->Observe(kv_, b, h, L, call.q + (b * H + h) * n * d, n,
+                        lims.data(), &call.stats);
+    }
+  }
 }
 
 void KvSession::Impl::AttendLocked(SessionCall& call, Backend* backend,
@@ -324,6 +335,9 @@ absl::StatusOr<std::unique_ptr<KvSession>> KvSession::Create(
     const SessionConfig& config, SessionMemory* memory) {
   absl::Status st = ValidateSessionConfig(config);
   if (!st.ok()) return st;
+  // Sessions parallelise over (call, sequence, head) themselves; a threaded
+  // BLAS would spin its pool for every small GEMM of a decode step.
+  cpu::PinBlasToOneThread();
   auto impl = std::make_unique<Impl>(config, memory);
   st = impl->ReserveInitial();
   if (!st.ok()) return st;
