@@ -84,7 +84,11 @@ Executor::~Executor() { Stop(); }
 absl::Status Executor::Submit(JobPtr job) {
   const std::string key = job->spec.batch_key;
   const int64_t tokens = job->spec.tokens;
-  absl::Status st = batcher_.Enqueue(key, std::move(job), tokens);
+  // Session calls never wait for a batch to fill: a lone decode step runs
+  // at once, and steps arriving while a batch runs form the next
+  // (continuous batching).
+  const int64_t delay_us = job->session != nullptr ? 0 : -1;
+  absl::Status st = batcher_.Enqueue(key, std::move(job), tokens, delay_us);
   if (!st.ok()) {
     if (absl::IsUnavailable(st)) {
       return absl::UnavailableError(absl::StrCat(

@@ -187,6 +187,9 @@ TEST_F(SessionServiceTest, SessionOutputsEqualOneShotAttention) {
           << "step " << t;
       EXPECT_THAT(step.header.stats().session_lengths(),
                   ::testing::ElementsAre(t + 1, t + 1));
+      // Performer steps run on the running sums; exact reads every key.
+      EXPECT_EQ(step.header.stats().incremental(),
+                method == pb::METHOD_PERFORMER);
     }
     // see_all on the full session: non-causal one-shot attention.
     Req all = full;
