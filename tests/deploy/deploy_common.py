@@ -48,6 +48,13 @@ METRICS = {
     "scatterbrain_memory_reserved_bytes": ("gauge", set()),
     "scatterbrain_auth_refused_total": ("counter", {"reason"}),
     "scatterbrain_requests_stopped_total": ("counter", {"reason", "stage"}),
+    "scatterbrain_sessions_open": ("gauge", set()),
+    "scatterbrain_session_kv_bytes": ("gauge", set()),
+    "scatterbrain_session_state_bytes": ("gauge", set()),
+    "scatterbrain_session_evictions_total": ("counter", {"reason"}),
+    "scatterbrain_session_appends_total": ("counter", set()),
+    "scatterbrain_session_step_seconds": ("histogram", {"incremental"}),
+    "scatterbrain_session_refits_total": ("counter", set()),
 }
 # Labels Prometheus attaches to every scraped series (target labels from
 # deploy/prometheus/prometheus.yml and the ServiceMonitor).
