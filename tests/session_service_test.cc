@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <memory>
@@ -636,6 +637,78 @@ TEST_F(SessionServiceTest, MalformedSessionRequestsNameTheField) {
   // The session is as it was.
   ASSERT_TRUE(Get(s.session_id(), &info).ok());
   EXPECT_THAT(info.lengths(), ::testing::ElementsAre(0, 0));
+}
+
+// Not a check: the measurement behind the fragment's numbers, run by hand
+// (--gtest_also_run_disabled_tests --gtest_filter=*Measure*). B = 1, H = 8,
+// d = 64; a prefill of `context` tokens through AppendKV, then appending
+// decode steps on one stream, timed at the client (loopback), with the
+// server's compute per step; Scatterbrain (m = 128 features, buckets of 64,
+// window 64) and exact on the same K/V.
+TEST_F(SessionServiceTest, DISABLED_MeasureDecodeSteps) {
+  Start(Options());
+  constexpr int kHeads = 8, kDim = 64, kSteps = 200;
+  for (int context : {4096, 16384}) {
+    for (pb::Method method : {pb::METHOD_SCATTERBRAIN, pb::METHOD_EXACT}) {
+      pb::MethodSettings st;
+      st.set_method(method);
+      st.set_seed(7);
+      if (method == pb::METHOD_SCATTERBRAIN) {
+        st.set_num_features(128);
+        st.set_bucket_size(64);
+        st.set_window(64);
+      }
+      pb::SessionInfo s;
+      ASSERT_TRUE(
+          CreateSession(stub_.get(), st, 1, kHeads, kDim, kDim, &s).ok());
+      const std::string k =
+          RandomTensor(pb::DTYPE_FLOAT32, int64_t{kHeads} * context * kDim, 1);
+      const std::string v =
+          RandomTensor(pb::DTYPE_FLOAT32, int64_t{kHeads} * context * kDim, 2);
+      pb::SessionInfo after;
+      ASSERT_TRUE(AppendKV(stub_.get(), s.session_id(),
+                           {static_cast<uint32_t>(context)}, pb::DTYPE_FLOAT32,
+                           k, v, 1 << 20, &after)
+                      .ok());
+      grpc::ClientContext ctx;
+      testutil::Stream stream = stub_->Attend(&ctx);
+      std::vector<double> wall, compute;
+      int incremental = 0;
+      for (int i = 0; i < kSteps; ++i) {
+        const std::string id = absl::StrCat("s", i);
+        const Req r = SessionReq(
+            id, s.session_id(), 1, true, false,
+            RandomTensor(pb::DTYPE_FLOAT32, kHeads * kDim, 10 + 3 * i),
+            RandomTensor(pb::DTYPE_FLOAT32, kHeads * kDim, 11 + 3 * i),
+            RandomTensor(pb::DTYPE_FLOAT32, kHeads * kDim, 12 + 3 * i));
+        const auto t0 = std::chrono::steady_clock::now();
+        testutil::SendRequest(stream.get(), r, 1 << 20);
+        const Reply got = testutil::ReadUntilDone(stream.get(), {id})[id];
+        wall.push_back(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+                .count());
+        ASSERT_FALSE(got.has_error) << got.message;
+        compute.push_back(got.header.stats().compute_seconds());
+        incremental += got.header.stats().incremental();
+      }
+      stream->WritesDone();
+      ASSERT_TRUE(stream->Finish().ok());
+      std::sort(wall.begin(), wall.end());
+      std::sort(compute.begin(), compute.end());
+      const int64_t step_bytes = int64_t{3} * kHeads * kDim * 4;
+      std::printf(
+          "%s context=%d: end-to-end p50=%.3f ms p99=%.3f ms, server compute "
+          "p50=%.3f ms p99=%.3f ms, incremental %d/%d, %lld bytes/step vs "
+          "%lld to re-send K/V\n",
+          pb::Method_Name(method).c_str(), context, wall[kSteps / 2] * 1e3,
+          wall[kSteps * 99 / 100] * 1e3, compute[kSteps / 2] * 1e3,
+          compute[kSteps * 99 / 100] * 1e3, incremental, kSteps,
+          static_cast<long long>(step_bytes),
+          static_cast<long long>(int64_t{2} * kHeads * (context + kSteps) *
+                                     kDim * 4 +
+                                 step_bytes));
+    }
+  }
 }
 
 }  // namespace

@@ -37,8 +37,15 @@ int SetEveryField(gpb::Message* msg) {
   int set = 0;
   for (int i = 0; i < d->field_count(); ++i) {
     const gpb::FieldDescriptor* f = d->field(i);
-    if (f->is_repeated()) continue;
     const int v = i + 2;
+    if (f->is_repeated()) {
+      // Repeated counts (Stats.session_lengths): two elements.
+      if (f->cpp_type() != gpb::FieldDescriptor::CPPTYPE_UINT64) continue;
+      r->AddUInt64(msg, f, static_cast<uint64_t>(v));
+      r->AddUInt64(msg, f, (uint64_t{1} << 40) + static_cast<uint64_t>(v));
+      ++set;
+      continue;
+    }
     switch (f->cpp_type()) {
       case gpb::FieldDescriptor::CPPTYPE_UINT32:
         r->SetUInt32(msg, f, static_cast<uint32_t>(v));
