@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace scatterbrain {
 
@@ -22,6 +23,10 @@ struct RequestStats {
   int64_t denominator_guards = 0;
   int64_t fallbacks = 0;
   std::string backend;
+  // Requests on a session: its lengths after the request (per sequence),
+  // and whether it ran on the incremental state.
+  std::vector<int64_t> session_lengths;
+  bool incremental = false;
 };
 
 }  // namespace scatterbrain

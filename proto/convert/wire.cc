@@ -89,6 +89,10 @@ void StatsToProto(const RequestStats& stats, v1::Stats* out) {
   out->set_denominator_guards(NonNegative(stats.denominator_guards));
   out->set_fallbacks(NonNegative(stats.fallbacks));
   out->set_backend(stats.backend);
+  for (int64_t l : stats.session_lengths) {
+    out->add_session_lengths(NonNegative(l));
+  }
+  out->set_incremental(stats.incremental);
 }
 
 RequestStats StatsFromProto(const v1::Stats& s) {
@@ -105,6 +109,9 @@ RequestStats StatsFromProto(const v1::Stats& s) {
   out.denominator_guards = static_cast<int64_t>(s.denominator_guards());
   out.fallbacks = static_cast<int64_t>(s.fallbacks());
   out.backend = s.backend();
+  out.session_lengths.assign(s.session_lengths().begin(),
+                             s.session_lengths().end());
+  out.incremental = s.incremental();
   return out;
 }
 
