@@ -268,8 +268,9 @@ void AttentionServiceImpl::AttendReactor::HandleHeader(
         "max_inflight_per_stream); wait for responses or open another "
         "stream")));
   }
+  std::shared_ptr<KvSession> session;  // set for header.session
   absl::StatusOr<RequestSpec> spec =
-      SpecFromHeader(header, svc_->options_.limits, /*require_id=*/true);
+      svc_->SpecFor(header, *ctx_, /*require_id=*/true, &session);
   if (!spec.ok()) return reject(spec.status());
   // Admission: the request's buffers must fit the server's budget before
   // anything is allocated.
@@ -294,6 +295,7 @@ void AttentionServiceImpl::AttendReactor::HandleHeader(
   upload->job = std::make_shared<Job>();
   upload->job->spec = *std::move(spec);
   upload->job->memory = *std::move(memory);
+  upload->job->session = std::move(session);
   const int64_t now = svc_->clock_->NowMicros();
   {
     absl::MutexLock lock(&mu_);
@@ -490,6 +492,7 @@ void AttentionServiceImpl::AttendReactor::OnJobDone(const JobPtr& job,
   // pending_jobs_ drops below: hold a reference until we are done.
   // (Taken while pending_jobs_ > 0, so the reactor is surely alive.)
   Ref();
+  svc_->SessionUsed(*job);
   {
     absl::MutexLock lock(&mu_);
     --pending_jobs_;

@@ -203,44 +203,61 @@ struct Executor::RunningBatch {
   int64_t start_us = 0;
 };
 
+bool Executor::StartJob(const JobPtr& job, int64_t enqueued_us,
+                        int64_t start_us, int batch_size, JobResult* result) {
+  if (job->cancelled.load()) {
+    metrics_->RequestStopped(ReasonAt(*job, start_us), StopStage::kQueued);
+    result->status = absl::CancelledError("request cancelled before it ran");
+    Complete(job, std::move(*result));
+    return false;
+  }
+  if (start_us >= job->deadline_us) {
+    metrics_->RequestStopped(StopReason::kDeadlineExceeded, StopStage::kQueued);
+    result->status = absl::DeadlineExceededError(
+        absl::StrCat("request's deadline passed after ",
+                     (start_us - enqueued_us) * 1e-6, " s in the queue"));
+    Complete(job, std::move(*result));
+    return false;
+  }
+  result->stats.batch_size = batch_size;
+  result->stats.backend = backend_name_;
+  result->stats.queue_seconds = (start_us - enqueued_us) * 1e-6;
+  metrics_->QueueTime(job->spec.method_label, result->stats.queue_seconds);
+  // A request whose output cannot be had fails alone.
+  const absl::Status st =
+      result->out.Allocate(job->spec.out_elements, "output", host_allocator());
+  if (!st.ok()) {
+    result->status = st;
+    job->q.Release();
+    job->k.Release();
+    job->v.Release();
+    Complete(job, std::move(*result));
+    return false;
+  }
+  return true;
+}
+
+void Executor::CountStopped(const Job& job, const absl::Status& status,
+                            int64_t end_us) {
+  if (absl::IsCancelled(status)) {
+    metrics_->RequestStopped(ReasonAt(job, end_us), StopStage::kRunning);
+  } else if (absl::IsDeadlineExceeded(status)) {
+    metrics_->RequestStopped(StopReason::kDeadlineExceeded,
+                             StopStage::kRunning);
+  }
+}
+
 void Executor::RunBatch(Batch<JobPtr>& batch) {
+  if (!batch.items.empty() && batch.items.front().first->session != nullptr) {
+    return RunSessionBatch(batch);
+  }
   auto run = std::make_shared<RunningBatch>();
   run->start_us = clock_->NowMicros();
   const int size = static_cast<int>(batch.items.size());
   metrics_->BatchExecuted(size);
   for (auto& [job, enqueued_us] : batch.items) {
     JobResult result;
-    if (job->cancelled.load()) {
-      metrics_->RequestStopped(ReasonAt(*job, run->start_us),
-                               StopStage::kQueued);
-      result.status = absl::CancelledError("request cancelled before it ran");
-      Complete(job, std::move(result));
-      continue;
-    }
-    if (run->start_us >= job->deadline_us) {
-      metrics_->RequestStopped(StopReason::kDeadlineExceeded,
-                               StopStage::kQueued);
-      result.status = absl::DeadlineExceededError(absl::StrCat(
-          "request's deadline passed after ",
-          (run->start_us - enqueued_us) * 1e-6, " s in the queue"));
-      Complete(job, std::move(result));
-      continue;
-    }
-    result.stats.batch_size = size;
-    result.stats.backend = backend_name_;
-    result.stats.queue_seconds = (run->start_us - enqueued_us) * 1e-6;
-    metrics_->QueueTime(job->spec.method_label, result.stats.queue_seconds);
-    // A request whose output cannot be had fails alone.
-    const absl::Status st =
-        result.out.Allocate(job->spec.out_elements, "output", host_allocator());
-    if (!st.ok()) {
-      result.status = st;
-      job->q.Release();
-      job->k.Release();
-      job->v.Release();
-      Complete(job, std::move(result));
-      continue;
-    }
+    if (!StartJob(job, enqueued_us, run->start_us, size, &result)) continue;
     run->jobs.push_back(job);
     run->results.push_back(std::move(result));
   }
@@ -316,12 +333,7 @@ void Executor::FinishBatch(RunningBatch& run) {
       }
     } else {
       result.out.Release();
-      if (absl::IsCancelled(result.status)) {
-        metrics_->RequestStopped(ReasonAt(*job, end_us), StopStage::kRunning);
-      } else if (absl::IsDeadlineExceeded(result.status)) {
-        metrics_->RequestStopped(StopReason::kDeadlineExceeded,
-                                 StopStage::kRunning);
-      }
+      CountStopped(*job, result.status, end_us);
     }
     job->q.Release();
     job->k.Release();
@@ -331,6 +343,104 @@ void Executor::FinishBatch(RunningBatch& run) {
   ReportDeviceMemory();
   absl::MutexLock lock(&mu_);
   --batches_in_flight_;
+}
+
+void Executor::RunSessionBatch(Batch<JobPtr>& batch) {
+  const int64_t start_us = clock_->NowMicros();
+  const int size = static_cast<int>(batch.items.size());
+  metrics_->BatchExecuted(size);
+  std::vector<JobPtr> jobs;
+  std::vector<JobResult> results;
+  for (auto& [job, enqueued_us] : batch.items) {
+    JobResult result;
+    if (!StartJob(job, enqueued_us, start_us, size, &result)) continue;
+    jobs.push_back(job);
+    results.push_back(std::move(result));
+  }
+  if (jobs.empty()) return;
+  std::vector<SessionCall> calls(jobs.size());
+  std::vector<CancelToken> tokens(jobs.size());
+  // Queries kept in their wire dtype (a device backend) are decoded: a
+  // session's attend reads float32 queries on the host.
+  std::vector<std::vector<float>> decoded(jobs.size());
+  const CancelToken::Clock::time_point steady_start = CancelToken::Clock::now();
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const Job& job = *jobs[i];
+    SessionCall& c = calls[i];
+    c.session = job.session.get();
+    c.seq_q = job.spec.params.seq_q;
+    if (job.q.dtype == DType::kFloat32) {
+      c.q = job.q.data();
+    } else {
+      decoded[i].resize(static_cast<size_t>(job.q.size));
+      DecodeToFloat(job.q.dtype, static_cast<const char*>(job.q.raw()),
+                    job.q.size, decoded[i].data());
+      c.q = decoded[i].data();
+    }
+    if (job.spec.session_append) {
+      c.k = job.k.raw();
+      c.v = job.v.raw();
+      c.kv_dtype = job.k.dtype;
+    }
+    c.see_all = job.spec.session_see_all;
+    c.out = results[i].out.data();
+    tokens[i].cancelled = &job.cancelled;
+    tokens[i].deadline = SteadyDeadline(job.deadline_us, start_us, steady_start);
+    c.cancel = &tokens[i];
+  }
+  {
+    // The backend (prefills go through it) has no other batch meanwhile.
+    absl::MutexLock lock(&mu_);
+    const auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return batches_in_flight_ == 0;
+    };
+    mu_.Await(absl::Condition(&idle));
+    ++batches_in_flight_;
+  }
+  try {
+    AttendSessions(absl::MakeSpan(calls), backend_.get(),
+                   options_.backend_options.threads);
+  } catch (const std::exception& e) {
+    // Nothing may abort the server (an allocation inside can throw).
+    for (SessionCall& c : calls) {
+      c.status = absl::ResourceExhaustedError(absl::StrCat(
+          "the server could not compute this session request: ", e.what()));
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    --batches_in_flight_;
+  }
+  const int64_t end_us = clock_->NowMicros();
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const JobPtr& job = jobs[i];
+    JobResult& result = results[i];
+    const SessionCall& call = calls[i];
+    result.status = call.status;
+    result.stats.compute_seconds = (end_us - start_us) * 1e-6;
+    result.stats.session_lengths = call.lengths;
+    result.stats.incremental = call.incremental;
+    if (result.status.ok()) {
+      result.stats.dense_score_bytes = call.stats.dense_score_bytes;
+      result.stats.workspace_bytes = call.stats.workspace_bytes;
+      result.stats.memory_saved_bytes = std::max<int64_t>(
+          call.stats.dense_score_bytes - call.stats.workspace_bytes, 0);
+      result.stats.denominator_guards = call.stats.denominator_guards;
+      result.stats.fallbacks = call.stats.fallbacks;
+      metrics_->ComputeTime(job->spec.method_label,
+                            result.stats.compute_seconds);
+      metrics_->SessionStep(call.incremental, result.stats.compute_seconds);
+      metrics_->DenominatorGuards(call.stats.denominator_guards);
+      if (job->spec.session_append) metrics_->SessionAppended();
+    } else {
+      result.out.Release();
+      CountStopped(*job, result.status, end_us);
+    }
+    job->q.Release();
+    job->k.Release();
+    job->v.Release();
+    Complete(job, std::move(result));
+  }
 }
 
 void Executor::FillStats(const Job& job, const AttentionCall& call,

@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "kernels/backend.h"
+#include "kernels/session/kv_session.h"
 #include "server/batcher.h"
 #include "server/clock.h"
 #include "server/memory_budget.h"
@@ -80,6 +81,11 @@ struct Job {
   // thread that called Cancel / RemoveCancelled / Stop: it must not block
   // and the caller of those must not hold locks `done` takes.
   std::function<void(const JobPtr& job, JobResult result)> done;
+  // A request on a server-held session (spec.on_session()): the session,
+  // held until the job is done (a delete or an eviction meanwhile frees it
+  // after). Such jobs batch together (their batch key) and run as one
+  // AttendSessions call.
+  std::shared_ptr<KvSession> session;
   // Its share of the server's memory budget (memory_budget.h), held until
   // the last owner (upload, executor, answer) lets the job go.
   MemoryReservation memory;
@@ -140,6 +146,17 @@ class Executor {
   // Hands a ready batch to the backend (waiting while
   // max_batches_in_flight() are with it); FinishBatch completes its jobs.
   void RunBatch(Batch<JobPtr>& batch);
+  // A batch of session jobs: one AttendSessions call, on this thread, once
+  // no other batch is with the backend.
+  void RunSessionBatch(Batch<JobPtr>& batch);
+  // Whether a job taken from a batch at `start_us` may run: false (and the
+  // job completed) when it was cancelled, its deadline passed or its output
+  // cannot be allocated; else `result` has its output and queue stats.
+  bool StartJob(const JobPtr& job, int64_t enqueued_us, int64_t start_us,
+                int batch_size, JobResult* result);
+  // Counts a job that stopped (cancelled, deadline) while running.
+  void CountStopped(const Job& job, const absl::Status& status,
+                    int64_t end_us);
   void FinishBatch(RunningBatch& run);
   void FillStats(const Job& job, const AttentionCall& call, JobResult* result);
   void Complete(const JobPtr& job, JobResult result);

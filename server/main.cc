@@ -157,6 +157,28 @@ ABSL_FLAG(int64_t, max_request_flops,
           "its tensors are received. -1: the backend's default (1e12 on "
           "cpu, about a minute of a 2-core machine; 1e14 on cuda); 0: no "
           "limit.");
+ABSL_FLAG(int64_t, kv_block_tokens,
+          kDefaults.service.sessions.kv_block_tokens,
+          "Sessions: tokens per K/V storage block (the unit of allocation), "
+          "1 to 65536.");
+ABSL_FLAG(int64_t, max_session_bytes,
+          kDefaults.service.sessions.max_session_bytes,
+          "Bytes all sessions together may hold (K/V and incremental state), "
+          "part of --max_memory_bytes; 0: half of it.");
+ABSL_FLAG(int64_t, max_bytes_per_session,
+          kDefaults.service.sessions.max_bytes_per_session,
+          "Bytes one session may hold; 0: --max_session_bytes.");
+ABSL_FLAG(int, max_sessions, kDefaults.service.sessions.max_sessions,
+          "Sessions open at once; beyond: RESOURCE_EXHAUSTED (after evicting "
+          "sessions idle past their TTL).");
+ABSL_FLAG(double, session_ttl_s, kDefaults.service.sessions.default_ttl_s,
+          "Idle seconds after which a session may be evicted, for sessions "
+          "created without a TTL.");
+ABSL_FLAG(double, max_session_ttl_s, kDefaults.service.sessions.max_ttl_s,
+          "The longest idle TTL a session may ask for.");
+ABSL_FLAG(int64_t, max_session_tokens,
+          kDefaults.service.sessions.max_session_tokens,
+          "Tokens per sequence a session may hold.");
 
 namespace {
 
@@ -215,6 +237,13 @@ constexpr const char* kFlagNames[] = {
     "security_reload_interval_s",
     "reflection",
     "max_request_flops",
+    "kv_block_tokens",
+    "max_session_bytes",
+    "max_bytes_per_session",
+    "max_sessions",
+    "session_ttl_s",
+    "max_session_ttl_s",
+    "max_session_tokens",
 };
 
 void PrintUsage(FILE* out) {
@@ -339,6 +368,14 @@ int main(int argc, char** argv) {
   o.security.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   o.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
   o.security.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  sv::SessionOptions& so = o.service.sessions;
+  so.kv_block_tokens = absl::GetFlag(FLAGS_kv_block_tokens);
+  so.max_session_bytes = absl::GetFlag(FLAGS_max_session_bytes);
+  so.max_bytes_per_session = absl::GetFlag(FLAGS_max_bytes_per_session);
+  so.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  so.default_ttl_s = absl::GetFlag(FLAGS_session_ttl_s);
+  so.max_ttl_s = absl::GetFlag(FLAGS_max_session_ttl_s);
+  so.max_session_tokens = absl::GetFlag(FLAGS_max_session_tokens);
   o.security.reload_interval_s =
       absl::GetFlag(FLAGS_security_reload_interval_s);
   if (!sv::ParseReflectionMode(absl::GetFlag(FLAGS_reflection),

@@ -72,6 +72,25 @@ MemoryReservation& MemoryReservation::operator=(
   return *this;
 }
 
+absl::Status MemoryReservation::Grow(int64_t bytes, const std::string& what) {
+  if (budget_ == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": an empty reservation cannot grow"));
+  }
+  absl::StatusOr<MemoryReservation> more = budget_->Reserve(bytes, what);
+  if (!more.ok()) return more.status();
+  bytes_ += std::exchange(more->bytes_, 0);
+  more->budget_ = nullptr;
+  return absl::OkStatus();
+}
+
+void MemoryReservation::Shrink(int64_t bytes) {
+  bytes = std::min(std::max<int64_t>(bytes, 0), bytes_);
+  if (budget_ == nullptr || bytes == 0) return;
+  budget_->Give(bytes);
+  bytes_ -= bytes;
+}
+
 void MemoryReservation::Release() {
   if (budget_ != nullptr) budget_->Give(bytes_);
   budget_ = nullptr;
@@ -92,8 +111,8 @@ absl::StatusOr<MemoryReservation> MemoryBudget::Reserve(
     return absl::ResourceExhaustedError(absl::StrCat(
         what, ": needs ", bytes, " bytes of server memory; ", reserved_,
         " of the budget of ", limit_bytes_,
-        " bytes (max_memory_bytes) are held by requests in flight; retry "
-        "later"));
+        " bytes (max_memory_bytes) are held by requests in flight and "
+        "sessions; retry later"));
   }
   reserved_ += bytes;
   high_water_ = std::max(high_water_, reserved_);

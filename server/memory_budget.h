@@ -37,6 +37,13 @@ class MemoryReservation {
 
   int64_t bytes() const { return bytes_; }
   void Release();
+  // Adds `bytes` (>= 0) more to this reservation, or fails as
+  // MemoryBudget::Reserve does and nothing changes. A session's memory grows
+  // and shrinks with it: one reservation, not one per block. An empty
+  // (default-constructed) reservation cannot grow: start from Reserve(0).
+  absl::Status Grow(int64_t bytes, const std::string& what);
+  // Gives back `bytes` (at most what is held) now.
+  void Shrink(int64_t bytes);
 
  private:
   friend class MemoryBudget;

@@ -58,6 +58,16 @@ const Histogram::BucketBoundaries& BatchBuckets() {
   return *b;
 }
 
+// Session steps, 10 us .. 10 s (1-2.5-5 steps): an incremental decode step
+// takes well under a millisecond; a prefill or exact step over a long
+// context takes seconds.
+const Histogram::BucketBoundaries& StepBuckets() {
+  static const auto* b = new Histogram::BucketBoundaries{
+      1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+      2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0};
+  return *b;
+}
+
 // Clock skew or a caller bug must not poison a histogram's _sum (NaN stays
 // NaN forever) or count a negative duration.
 bool Observable(double v) { return std::isfinite(v) && v >= 0; }
@@ -193,7 +203,61 @@ struct Metrics::Impl {
        &stopped_family.Add(
            {{"reason", "deadline_exceeded"}, {"stage", "running"}})}};
 
+  Family<Gauge>& sessions_open_family =
+      prometheus::BuildGauge()
+          .Name("scatterbrain_sessions_open")
+          .Help("Server-held K/V sessions open now.")
+          .Register(*registry);
+  Family<Gauge>& session_kv_family =
+      prometheus::BuildGauge()
+          .Name("scatterbrain_session_kv_bytes")
+          .Help("Keys and values all sessions hold, as stored.")
+          .Register(*registry);
+  Family<Gauge>& session_state_family =
+      prometheus::BuildGauge()
+          .Name("scatterbrain_session_state_bytes")
+          .Help(
+              "Incremental state all sessions hold: running low-rank sums, "
+              "LSH indexes and centroids, calibration rows.")
+          .Register(*registry);
+  Family<Counter>& session_evictions_family =
+      prometheus::BuildCounter()
+          .Name("scatterbrain_session_evictions_total")
+          .Help(
+              "Sessions evicted idle past their TTL: by the periodic sweep "
+              "(reason=ttl) or to make room for a new session or new bytes "
+              "(reason=memory).")
+          .Register(*registry);
+  Family<Counter>& session_appends_family =
+      prometheus::BuildCounter()
+          .Name("scatterbrain_session_appends_total")
+          .Help("Appends applied to sessions (AppendKV and appending steps).")
+          .Register(*registry);
+  Family<Histogram>& session_step_family =
+      prometheus::BuildHistogram()
+          .Name("scatterbrain_session_step_seconds")
+          .Help(
+              "Compute time of Attend requests on sessions, by whether they "
+              "ran on the incremental state (O(budget) per query row).")
+          .Register(*registry);
+  Family<Counter>& session_refits_family =
+      prometheus::BuildCounter()
+          .Name("scatterbrain_session_refits_total")
+          .Help("k-means refits of sessions' LSH indexes (all heads, rounds).")
+          .Register(*registry);
+
   // Unlabelled series exist from the start, so a scrape shows them as 0.
+  Gauge& sessions_open = sessions_open_family.Add({});
+  Gauge& session_kv_bytes = session_kv_family.Add({});
+  Gauge& session_state_bytes = session_state_family.Add({});
+  Counter* session_evictions[2] = {
+      &session_evictions_family.Add({{"reason", "ttl"}}),
+      &session_evictions_family.Add({{"reason", "memory"}})};
+  Counter& session_appends = session_appends_family.Add({});
+  Histogram* session_step[2] = {
+      &session_step_family.Add({{"incremental", "false"}}, StepBuckets()),
+      &session_step_family.Add({{"incremental", "true"}}, StepBuckets())};
+  Counter& session_refits = session_refits_family.Add({});
   Histogram& batch_size = batch_size_family.Add({}, BatchBuckets());
   Counter& memory_saved = memory_saved_family.Add({});
   Counter& denominator_guards = denominator_guard_family.Add({});
@@ -390,6 +454,32 @@ void Metrics::RequestStopped(StopReason reason, StopStage stage) {
       ->stopped[reason == StopReason::kDeadlineExceeded ? 1 : 0]
                [stage == StopStage::kRunning ? 1 : 0]
       ->Increment();
+}
+
+void Metrics::SetSessionsOpen(int64_t sessions) {
+  impl_->sessions_open.Set(static_cast<double>(sessions));
+}
+
+void Metrics::SetSessionBytes(int64_t kv_bytes, int64_t state_bytes) {
+  impl_->session_kv_bytes.Set(static_cast<double>(kv_bytes));
+  impl_->session_state_bytes.Set(static_cast<double>(state_bytes));
+}
+
+void Metrics::SessionEvicted(SessionEviction reason) {
+  impl_->session_evictions[reason == SessionEviction::kMemory ? 1 : 0]
+      ->Increment();
+}
+
+void Metrics::SessionAppended() { impl_->session_appends.Increment(); }
+
+void Metrics::SessionStep(bool incremental, double seconds) {
+  if (!Observable(seconds)) return;
+  impl_->session_step[incremental ? 1 : 0]->Observe(seconds);
+}
+
+void Metrics::SessionRefits(int64_t refits) {
+  if (refits <= 0) return;
+  impl_->session_refits.Increment(static_cast<double>(refits));
 }
 
 std::string Metrics::Serialize() const {

@@ -67,6 +67,17 @@ enum class AuthRefusal { kMissing, kMalformed, kInvalid };
 // scatterbrain_requests_stopped_total: a fixed set, never client data).
 enum class StopReason { kCancelled, kDeadlineExceeded };
 enum class StopStage { kQueued, kRunning };
+//   scatterbrain_sessions_open                      gauge
+//   scatterbrain_session_kv_bytes                   gauge (K/V as stored)
+//   scatterbrain_session_state_bytes                gauge (incremental state)
+//   scatterbrain_session_evictions_total{reason}    ttl | memory
+//   scatterbrain_session_appends_total              AppendKV + appending steps
+//   scatterbrain_session_step_seconds{incremental}  histogram ("true"|"false")
+//   scatterbrain_session_refits_total               k-means refits
+
+// Why a session was evicted: idle past its TTL (the sweep), or idle past
+// its TTL and in the way of a new session or new bytes (memory).
+enum class SessionEviction { kTtl, kMemory };
 
 class Metrics {
  public:
@@ -96,6 +107,16 @@ class Metrics {
   // A request dropped by its caller or its deadline: before it ran
   // (kQueued) or while it computed (kRunning: the backend stopped it).
   void RequestStopped(StopReason reason, StopStage stage);
+  // Sessions (server/session_registry.h): the open count and the bytes all
+  // of them hold, set whenever they change.
+  void SetSessionsOpen(int64_t sessions);
+  void SetSessionBytes(int64_t kv_bytes, int64_t state_bytes);
+  void SessionEvicted(SessionEviction reason);
+  void SessionAppended();
+  // One Attend on a session: the batch's compute time, by whether it ran on
+  // the incremental state.
+  void SessionStep(bool incremental, double seconds);
+  void SessionRefits(int64_t refits);
 
   // The text exposition format of everything registered (for tests).
   std::string Serialize() const;

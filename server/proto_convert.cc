@@ -97,6 +97,90 @@ absl::StatusOr<RequestSpec> SpecFromHeader(const v1::RequestHeader& header,
   return spec;
 }
 
+absl::Status CheckSessionHeader(const v1::RequestHeader& header,
+                                bool require_id) {
+  const std::string& id = header.request_id();
+  if ((require_id && id.empty()) || id.size() > kMaxRequestIdBytes) {
+    return Invalid("header.request_id",
+                   absl::StrCat("must be 1 to ", kMaxRequestIdBytes,
+                                " bytes, got ", id.size()));
+  }
+  if (header.session().session_id().empty()) {
+    return Invalid("header.session.session_id",
+                   "must be set (CreateSession's session_id)");
+  }
+  if (header.has_settings()) {
+    return Invalid("header.settings",
+                   "must be unset with header.session (the session's "
+                   "settings are used)");
+  }
+  DType dtype;
+  absl::Status st = DTypeField(
+      header.dtype(), "header.dtype",
+      "must be DTYPE_FLOAT32, DTYPE_FLOAT16 or DTYPE_BFLOAT16", &dtype);
+  if (!st.ok()) return st;
+  if (header.output_dtype() != v1::DTYPE_UNSPECIFIED) {
+    st = DTypeField(header.output_dtype(), "header.output_dtype",
+                    "must be unset or DTYPE_FLOAT32, DTYPE_FLOAT16 or "
+                    "DTYPE_BFLOAT16",
+                    &dtype);
+    if (!st.ok()) return st;
+  }
+  if (header.key_lengths_size() > 0) {
+    return Invalid("header.key_lengths",
+                   "must be empty with header.session (the session's "
+                   "lengths are the keys)");
+  }
+  if (header.shape().seq_k() != 0) {
+    return Invalid("header.shape.seq_k",
+                   absl::StrCat("must be 0 with header.session (the "
+                                "session's lengths are the keys), got ",
+                                header.shape().seq_k()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RequestSpec> SessionSpecFromHeader(
+    const v1::RequestHeader& header, const KvSession& session,
+    const RequestLimits& limits) {
+  const SessionConfig& c = session.config();
+  const v1::Shape& shape = header.shape();
+  const struct {
+    const char* field;
+    uint32_t got;
+    int64_t want;
+  } sizes[] = {{"batch", shape.batch(), c.batch},
+               {"heads", shape.heads(), c.heads},
+               {"dim", shape.dim(), c.dim},
+               {"dim_v", shape.dim_v(), c.dim_v}};
+  for (const auto& f : sizes) {
+    if (f.got != 0 && f.got != f.want) {
+      return Invalid(absl::StrCat("header.shape.", f.field),
+                     absl::StrCat("must be 0 or the session's ", f.want,
+                                  ", got ", f.got));
+    }
+  }
+  DType dtype, output_dtype;
+  wire::DTypeFromProto(header.dtype(), &dtype);
+  output_dtype = dtype;
+  if (header.output_dtype() != v1::DTYPE_UNSPECIFIED) {
+    wire::DTypeFromProto(header.output_dtype(), &output_dtype);
+  }
+  AttentionParams p = c.settings;
+  p.batch = c.batch;
+  p.heads = c.heads;
+  p.dim = c.dim;
+  p.dim_v = c.dim_v;
+  const int64_t seq_q = shape.seq_q();
+  const bool append = header.session().append();
+  absl::StatusOr<RequestSpec> spec = MakeSessionRequestSpec(
+      header.request_id(), header.session().session_id(), p, seq_q, append,
+      header.session().see_all(), dtype, output_dtype,
+      session.EstimateFlops(seq_q, append ? seq_q : 0), limits);
+  if (!spec.ok()) return WithProtoPath(spec.status());
+  return spec;
+}
+
 void FillResponseHeader(const RequestSpec& spec, const RequestStats& stats,
                         v1::ResponseHeader* out) {
   *out->mutable_shape() = wire::ShapeToProto(spec.shape());

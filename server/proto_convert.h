@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "proto/convert/settings.h"
 #include "proto/convert/wire.h"
+#include "kernels/session/kv_session.h"
 #include "scatterbrain/v1/attention.pb.h"
 #include "server/request.h"
 
@@ -27,6 +28,19 @@ namespace server {
 absl::StatusOr<RequestSpec> SpecFromHeader(const v1::RequestHeader& header,
                                            const RequestLimits& limits,
                                            bool require_id);
+
+// A header with `session` set (a request on a server-held session), in two
+// steps around the session's lookup. First what needs no session:
+// request_id, settings unset, dtypes, key_lengths empty, shape.seq_k 0,
+// session.session_id set (INVALID_ARGUMENT naming the field).
+absl::Status CheckSessionHeader(const v1::RequestHeader& header,
+                                bool require_id);
+// Then the spec on `session`: shape.batch, heads, dim and dim_v 0 or the
+// session's, seq_q >= 1, the server's limits (the flops are the session's
+// estimate). Errors named by field path as SpecFromHeader's.
+absl::StatusOr<RequestSpec> SessionSpecFromHeader(
+    const v1::RequestHeader& header, const KvSession& session,
+    const RequestLimits& limits);
 
 // The response header of a computed request: its shape, output dtype and
 // stats.

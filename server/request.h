@@ -66,8 +66,18 @@ struct RequestSpec {
   // EstimateFlops of the request (checked against max_request_flops).
   int64_t estimated_flops = 0;
   std::string method_label;  // metrics label ("exact", "scatterbrain", ...)
+  // A request on a server-held session (kernels/session/kv_session.h): the
+  // session's id; then q holds the request's seq_q query rows, k and v its
+  // own rows to append first (session_append) or nothing, and
+  // params.seq_k is 0 (the session's lengths are the keys).
+  std::string session_id;
+  bool session_append = false;
+  // Every query row sees all of its sequence's keys (else causal relative
+  // to the session's length).
+  bool session_see_all = false;
 
   AttentionShape shape() const { return ShapeOf(params); }
+  bool on_session() const { return !session_id.empty(); }
 };
 
 // Checks `params` (shape and settings, ValidateParams without values) and
@@ -82,6 +92,20 @@ absl::StatusOr<RequestSpec> MakeRequestSpec(std::string request_id,
                                             std::vector<int32_t> key_lengths,
                                             DType dtype, DType output_dtype,
                                             const RequestLimits& limits);
+
+// A request on a session whose settings, batch, heads and head sizes are
+// `session` (AttentionParams with those set): `seq_q` query rows, and as
+// many key/value rows when `append`. Checks seq_q, then the server's limits
+// (max_seq, max_request_bytes, and max_request_flops against
+// `estimated_flops`, the session's estimate). Errors name the core's fields
+// ("seq_q: ...", "shape: ..."), as MakeRequestSpec's. Batch key
+// "session|<settings>": steps of every session with these settings share
+// batches.
+absl::StatusOr<RequestSpec> MakeSessionRequestSpec(
+    std::string request_id, std::string session_id,
+    const AttentionParams& session, int64_t seq_q, bool append, bool see_all,
+    DType dtype, DType output_dtype, int64_t estimated_flops,
+    const RequestLimits& limits);
 
 // The server memory one request holds from its header to its answer, what
 // memory admission reserves: q, k and v as they are stored (float32, or the

@@ -56,6 +56,18 @@ v1::ServerInfo MakeInfo(const ServerOptions& o, const std::string& backend) {
   l->set_error_sample_rows(static_cast<uint32_t>(o.executor.error_sample_rows));
   l->set_max_request_flops(
       static_cast<uint64_t>(o.service.limits.max_request_flops));
+  // Sessions: the limits as the registry resolves them against the budget.
+  const SessionOptions so = ResolveSessionOptions(
+      o.service.sessions, o.service.max_memory_bytes > 0
+                              ? o.service.max_memory_bytes
+                              : DefaultMaxMemoryBytes());
+  l->set_max_session_bytes(static_cast<uint64_t>(so.max_session_bytes));
+  l->set_max_bytes_per_session(static_cast<uint64_t>(so.max_bytes_per_session));
+  l->set_max_sessions(static_cast<uint32_t>(so.max_sessions));
+  l->set_kv_block_tokens(static_cast<uint32_t>(so.kv_block_tokens));
+  l->set_max_session_tokens(static_cast<uint64_t>(so.max_session_tokens));
+  l->set_default_session_ttl_seconds(so.default_ttl_s);
+  l->set_max_session_ttl_seconds(so.max_ttl_s);
   return info;
 }
 
@@ -166,6 +178,7 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
                absl::StrCat("must be >= 0, got ",
                             o.connections.transport_memory_bytes));
   SB_RETURN_IF_ERROR(ValidateSecurityOptions(o.security));
+  SB_RETURN_IF_ERROR(ValidateSessionOptions(o.service.sessions));
   if (o.service.limits.max_request_flops < RequestLimits::kBackendDefault)
     return Bad("max_request_flops",
                absl::StrCat("must be >= 0 (0: no limit; -1: the backend's "

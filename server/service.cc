@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "proto/convert/wire.h"
+#include "server/append_reactor.h"
 #include "server/attend_reactor.h"
 #include "server/unary_reactor.h"
 
@@ -80,7 +81,9 @@ AttentionServiceImpl::AttentionServiceImpl(const ServiceOptions& options,
                                            : DefaultMaxMemoryBytes(),
               [metrics](int64_t reserved) {
                 metrics->SetMemoryReserved(reserved);
-              }) {
+              }),
+      sessions_(std::make_unique<SessionRegistry>(options.sessions, &budget_,
+                                                  metrics, clock)) {
   metrics_->SetMemoryBudget(budget_.limit_bytes());
   timer_ = std::thread([this] { TimerLoop(); });
 }
@@ -128,6 +131,19 @@ void AttentionServiceImpl::ForEachStream(F f) {
 void AttentionServiceImpl::CheckTimeouts() {
   const int64_t now = clock_->NowMicros();
   ForEachStream([now](AttendReactor* r) { r->CheckTimeouts(now); });
+  std::vector<AppendReactor*> appends;
+  {
+    absl::MutexLock lock(&mu_);
+    for (AppendReactor* r : appends_) {
+      r->Ref();  // alive until checked, even past its OnDone
+      appends.push_back(r);
+    }
+  }
+  for (AppendReactor* r : appends) {
+    r->CheckTimeouts(now);
+    r->Unref();
+  }
+  sessions_->Sweep();
 }
 
 absl::StatusOr<MemoryReservation> AttentionServiceImpl::ReserveMemory(

@@ -27,6 +27,8 @@
 #define SCATTERBRAIN_SERVER_SERVICE_H_
 
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -43,6 +45,7 @@
 #include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/request.h"
+#include "server/session_registry.h"
 
 namespace scatterbrain {
 namespace server {
@@ -75,13 +78,21 @@ struct ServiceOptions {
   // How often the timeouts are checked (real time; the deadlines themselves
   // use the injected clock).
   int64_t timeout_check_interval_ms = 100;
+  // Server-held K/V sessions: block size, memory and count limits, TTLs
+  // (defaults: SessionOptions).
+  SessionOptions sessions;
 };
 
-// Attend and AttendUnary raw (see the file comment), GetServerInfo typed.
+// Attend and AttendUnary raw (see the file comment), GetServerInfo and the
+// session RPCs typed.
 using AttentionServiceBase = v1::AttentionService::WithRawCallbackMethod_Attend<
     v1::AttentionService::WithRawCallbackMethod_AttendUnary<
         v1::AttentionService::WithCallbackMethod_GetServerInfo<
-            v1::AttentionService::Service>>>;
+            v1::AttentionService::WithCallbackMethod_CreateSession<
+                v1::AttentionService::WithCallbackMethod_AppendKV<
+                    v1::AttentionService::WithCallbackMethod_GetSession<
+                        v1::AttentionService::WithCallbackMethod_DeleteSession<
+                            v1::AttentionService::Service>>>>>>>;
 
 class AttentionServiceImpl final : public AttentionServiceBase {
  public:
@@ -104,6 +115,22 @@ class AttentionServiceImpl final : public AttentionServiceBase {
       const v1::GetServerInfoRequest* request,
       v1::ServerInfo* response) override;
 
+  // Sessions (session_service.cc; append_reactor.h for AppendKV), each
+  // scoped by the caller's identity: another caller's session is NOT_FOUND.
+  grpc::ServerUnaryReactor* CreateSession(
+      grpc::CallbackServerContext* context,
+      const v1::CreateSessionRequest* request,
+      v1::SessionInfo* response) override;
+  grpc::ServerReadReactor<v1::AppendKVRequest>* AppendKV(
+      grpc::CallbackServerContext* context, v1::SessionInfo* response) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
+                                       const v1::GetSessionRequest* request,
+                                       v1::SessionInfo* response) override;
+  grpc::ServerUnaryReactor* DeleteSession(
+      grpc::CallbackServerContext* context,
+      const v1::DeleteSessionRequest* request,
+      v1::DeleteSessionResponse* response) override;
+
   // From now on new requests get UNAVAILABLE; requests already accepted
   // (including ones still uploading) run to completion; streams with
   // nothing in flight end with UNAVAILABLE, so idle clients do not hold
@@ -116,16 +143,33 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   // Accepted requests whose last response has not been sent yet.
   int64_t inflight() const;
   const MemoryBudget& memory_budget() const { return budget_; }
-  // Checks every stream's timeouts now (the timer thread calls it; tests
-  // with a fake clock may too).
+  SessionRegistry& sessions() { return *sessions_; }
+  // Checks every stream's and append's timeouts and evicts sessions idle
+  // past their TTL, now (the timer thread calls it; tests with a fake clock
+  // may too).
   void CheckTimeouts();
 
  private:
   class AttendReactor;
   class UnaryReactor;
+  class AppendReactor;
 
   // OK, or UNAUTHENTICATED when the call lacks an accepted token.
   grpc::Status Authorize(const grpc::CallbackServerContext& ctx);
+  // Who the caller is (auth.h's Identity; "anonymous" without an
+  // authenticator): sessions are scoped by it.
+  std::string IdentityOf(const grpc::CallbackServerContext& ctx) const;
+  // A request header's spec: SpecFromHeader's, or for `header.session` the
+  // session's (looked up for the caller: NOT_FOUND), returned in `session`;
+  // an appending step makes room for its bytes first.
+  absl::StatusOr<RequestSpec> SpecFor(const v1::RequestHeader& header,
+                                      const grpc::CallbackServerContext& ctx,
+                                      bool require_id,
+                                      std::shared_ptr<KvSession>* session);
+  // After a job on a session is done: its last use, the bytes gauges.
+  void SessionUsed(const Job& job);
+  // The SessionInfo of `view`'s session.
+  void FillSessionInfo(const SessionView& view, v1::SessionInfo* out) const;
   // UNAVAILABLE for requests refused while draining.
   static absl::Status DrainingError();
   // Whether a cancellation is the call's deadline.
@@ -145,6 +189,9 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   // (alive even past its OnDone) and with no lock held.
   template <typename F>
   void ForEachStream(F f);
+  // AppendKV calls register for the upload timeout.
+  void RegisterAppend(AppendReactor* reactor);
+  void UnregisterAppend(AppendReactor* reactor);
   // Reserves a request's buffer bytes; RESOURCE_EXHAUSTED naming the budget.
   absl::StatusOr<MemoryReservation> ReserveMemory(const RequestSpec& spec,
                                                   int64_t unary_bytes);
@@ -161,9 +208,11 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   int64_t inflight_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_set<AttendReactor*> reactors_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<AppendReactor*> appends_ ABSL_GUARDED_BY(mu_);
   bool stop_timer_ ABSL_GUARDED_BY(mu_) = false;
 
   MemoryBudget budget_;
+  std::unique_ptr<SessionRegistry> sessions_;  // draws on budget_
   std::thread timer_;  // last: started when everything else exists
 };
 

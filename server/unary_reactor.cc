@@ -40,8 +40,9 @@ void AttentionServiceImpl::UnaryReactor::Start() {
   }
   method_ = MethodLabel(request_.header().settings().method());
   if (svc_->draining()) return Reject(DrainingError());
-  absl::StatusOr<RequestSpec> spec = SpecFromHeader(
-      request_.header(), svc_->options_.limits, /*require_id=*/false);
+  std::shared_ptr<KvSession> session;  // set for header.session
+  absl::StatusOr<RequestSpec> spec =
+      svc_->SpecFor(request_.header(), *ctx_, /*require_id=*/false, &session);
   if (!spec.ok()) return Reject(spec.status());
   const struct {
     const char* name;
@@ -78,6 +79,7 @@ void AttentionServiceImpl::UnaryReactor::Start() {
   method_ = spec->method_label;
   job->spec = *std::move(spec);
   job->memory = *std::move(memory);
+  job->session = std::move(session);
   if (!svc_->TryAccept()) return Reject(DrainingError());
   job->done = [this](const JobPtr& j, JobResult r) {
     OnJobDone(j, std::move(r));
@@ -110,6 +112,7 @@ void AttentionServiceImpl::UnaryReactor::Reject(const absl::Status& st) {
 
 void AttentionServiceImpl::UnaryReactor::OnJobDone(const JobPtr& job,
                                                    JobResult result) {
+  svc_->SessionUsed(*job);
   absl::Status status = result.status;
   if (status.ok()) {
     v1::AttendUnaryResponse response;
