@@ -42,6 +42,12 @@ class IncrementalState {
   virtual void Append(const PagedKv& kv, int64_t b, int64_t old_len,
                       int64_t new_len, int threads) = 0;
 
+  // Query rows q (n x dim, row r seeing keys [0, lims[r])) of (b, h) that a
+  // prefill computed without this state: offered as calibration rows.
+  virtual void Observe(const PagedKv& kv, int64_t b, int64_t h, int64_t length,
+                       const float* q, int64_t n, const int64_t* lims,
+                       AttentionStats* stats) = 0;
+
   // Output rows of (b, h) for query rows q (n x dim), row r seeing keys
   // [0, lims[r]) of the sequence's `length` stored ones; out is n x dim_v.
   // May update the head's calibration (re-chosen when due).

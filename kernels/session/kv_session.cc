@@ -309,6 +309,17 @@ void KvSession::Impl::GatherAttend(SessionCall& call, Backend* backend) {
     call.stats.denominator_guards += st->denominator_guards;
     call.stats.fallbacks += st->fallbacks;
   }
+  if (state_ != nullptr && call.status.ok()) {
+    std::vector<int64_t> lims(n);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t L = kv_.length(b);
+      for (int64_t r = 0; r < n; ++r)
+        lims[r] = call.see_all ? L : std::clamp<int64_t>(L - n + r + 1, 0, L);
+      for (int64_t h = 0; h < H; ++h)
+        state_->Observe(kv_, b, h, L, call.q + (b * H + h) * n * d, n,
+                        lims.data(), &call.stats);
+    }
+  }
 }
 
 void KvSession::Impl::AttendLocked(SessionCall& call, Backend* backend,
