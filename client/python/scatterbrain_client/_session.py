@@ -30,7 +30,7 @@ sent.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import grpc
 import numpy as np
@@ -67,8 +67,10 @@ class Session:
     """A session on the server; see the module docstring.
 
     Made by Client.create_session / Client.session (or Session.create).
-    Use as a context manager, or call close(); calls after close() raise
-    AttendError(FAILED_PRECONDITION). Not thread-safe: one call at a time.
+    Use as a context manager (which closes it; a session already gone on
+    the server, NOT_FOUND, is no error there), or call close(); calls after
+    close() raise AttendError(FAILED_PRECONDITION). Not thread-safe: one
+    call at a time.
     """
 
     def __init__(self, client, info, dtype: int, output_dtype: Optional[int],
@@ -136,11 +138,12 @@ class Session:
             ks = [_array(f"k[{b}]", x, 3) for b, x in enumerate(k)]
             vs = [_array(f"v[{b}]", x, 3) for b, x in enumerate(v)]
             if len(ks) != batch or len(vs) != batch:
-                raise ValueError(f"k, v: need {batch} per-sequence arrays, got "
-                                 f"{len(ks)} and {len(vs)}")
+                raise ValueError(f"k, v: need {batch} per-sequence arrays, "
+                                 f"got {len(ks)} and {len(vs)}")
             got = [x.shape[1] for x in ks]
             if counts is not None and list(counts) != got:
-                raise ValueError(f"counts: {list(counts)} != the arrays' {got}")
+                raise ValueError(
+                    f"counts: {list(counts)} != the arrays' {got}")
             counts = got
             for b in range(batch):
                 if (ks[b].shape != (heads, got[b], dim)
@@ -261,7 +264,13 @@ class Session:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        # A session already gone (evicted past its TTL, deleted elsewhere)
+        # is the state close() wants: not an error of the block.
+        try:
+            self.close()
+        except AttendError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
 
     def __repr__(self) -> str:
         return (f"Session(id={self.id!r}, shape={self.shape}, "
@@ -279,8 +288,8 @@ class Session:
         q = _array("q", q, 4)
         n = q.shape[2]
         if q.shape != (batch, heads, n, dim) or n == 0:
-            raise ValueError(f"q {q.shape}: need ({batch}, {heads}, seq_q > 0, "
-                             f"{dim})")
+            raise ValueError(f"q {q.shape}: need ({batch}, {heads}, "
+                             f"seq_q > 0, {dim})")
         header = pb.RequestHeader(dtype=self._dtype)
         if self._output_dtype is not None:
             header.output_dtype = self._output_dtype
@@ -316,7 +325,8 @@ class Session:
             if result is None:  # a stream that ended without a word
                 result_error = AttendError(
                     grpc.StatusCode.UNAVAILABLE,
-                    "the Attend stream ended before the response", enc.request_id)
+                    "the Attend stream ended before the response",
+                    enc.request_id)
             else:
                 result_error = result.error
             if result_error is None:
