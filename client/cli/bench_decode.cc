@@ -10,7 +10,8 @@
 // K/V of the context so far (causal), with the same figures and the ratios.
 // The outputs of the two are compared (equal to rounding for exact,
 // performer and local; lsh and scatterbrain cluster differently), and each
-// --compare_method adds a session run of another method on the same data.
+// --compare_method adds a session run of another method on the same data;
+// with exact among them, both runs' errors against it are printed.
 // Inputs are random N(0, 1), generated once from --seed.
 #include <algorithm>
 #include <chrono>
@@ -100,6 +101,22 @@ struct Run {
 };
 
 double Ms(double s) { return s * 1e3; }
+
+// ||a - ref|| / ||ref|| (Frobenius) over the first `steps` steps' outputs.
+double RelativeError(const std::vector<std::vector<float>>& a,
+                     const std::vector<std::vector<float>>& ref,
+                     int64_t steps) {
+  double num = 0, den = 0;
+  for (size_t t = 0;
+       t < static_cast<size_t>(steps) && t < a.size() && t < ref.size(); ++t) {
+    for (size_t i = 0; i < std::min(a[t].size(), ref[t].size()); ++i) {
+      const double e = static_cast<double>(a[t][i]) - ref[t][i];
+      num += e * e;
+      den += static_cast<double>(ref[t][i]) * ref[t][i];
+    }
+  }
+  return den > 0 ? std::sqrt(num / den) : 0;
+}
 
 void Sort(Run* r) {
   for (auto* v : {&r->latency_s, &r->compute_s, &r->queue_s}) {
@@ -334,6 +351,11 @@ int BenchDecode(const std::vector<std::string>& args) {
   if (!session.ok()) return FailRemote(options->target, session.status());
   Sort(&*session);
   PrintRun(*session, batch);
+  // Exact outputs of the steps, when a run computed them: the reference
+  // of the error lines below.
+  std::vector<std::vector<float>> exact_out;
+  if (p.method == Method::kExact) exact_out = session->out;
+  std::vector<Run> others;
   for (const auto& [name, cs] : compare) {
     spec.settings = cs;
     absl::StatusOr<Run> r =
@@ -341,6 +363,18 @@ int BenchDecode(const std::vector<std::string>& args) {
     if (!r.ok()) return FailRemote(options->target, r.status());
     Sort(&*r);
     PrintRun(*r, batch);
+    if (cs.method() == v1::METHOD_EXACT) exact_out = r->out;
+    others.push_back(*std::move(r));
+  }
+  if (!exact_out.empty()) {
+    others.insert(others.begin(), *session);
+    for (const Run& r : others) {
+      if (r.out != exact_out) {
+        std::printf("%s error vs exact: %.4g over %lld steps\n", r.name.c_str(),
+                    RelativeError(r.out, exact_out, steps),
+                    static_cast<long long>(steps));
+      }
+    }
   }
   if (resend > 0) {
     absl::StatusOr<Run> rs = RunResend(**c, *settings, *dtype, d, resend);
@@ -361,6 +395,18 @@ int BenchDecode(const std::vector<std::string>& args) {
         "check: session vs resend outputs over %lld steps: max abs diff %.3g "
         "(max |out| %.3g)\n",
         static_cast<long long>(resend), diff, norm);
+    if (!exact_out.empty() && p.method != Method::kExact) {
+      // The same steps: does the session's incremental state cost accuracy
+      // against the one-shot call's?
+      std::printf(
+          "error vs exact over %lld steps: session %.4g, resend %.4g "
+          "(session / resend = %.3f)\n",
+          static_cast<long long>(resend),
+          RelativeError(session->out, exact_out, resend),
+          RelativeError(rs->out, exact_out, resend),
+          RelativeError(session->out, exact_out, resend) /
+              std::max(1e-30, RelativeError(rs->out, exact_out, resend)));
+    }
     // The last column: how many times the session does better.
     std::printf(
         "\n| per step | session | resend K/V | session's advantage |\n"

@@ -116,7 +116,9 @@ local); and a table of the two with the session's advantage.
   --prefill_chunk=C     tokens per append while building the context [4096]
   --batch=B --heads=H --dim=D   session shape (dim_v = dim) [1, 8, 64]
   --kv_dtype=float32|float16|bfloat16   K/V storage on the server [float32]
-  --compare_method=M1,M2   also run a session of each method (same data)
+  --compare_method=M1,M2   also run a session of each method (same data);
+                        with exact: the relative error of the session and
+                        of the resend steps against it
   --method=... and the settings above, --dtype, --chunk_bytes, --timeout_s,
   --retry_budget_s, security options: as bench
 
