@@ -146,7 +146,8 @@ absl::Status AttentionServiceImpl::AppendReactor::HandleHeader(
   }
   have_header_ = true;
   if (svc_->draining()) return DrainingError();
-  if (h.session_id().empty()) return Invalid("header.session_id", "must be set");
+  if (h.session_id().empty())
+    return Invalid("header.session_id", "must be set");
   if (!wire::DTypeFromProto(h.dtype(), &dtype_)) {
     return Invalid("header.dtype",
                    absl::StrCat("must be DTYPE_FLOAT32, DTYPE_FLOAT16 or "
@@ -172,9 +173,10 @@ absl::Status AttentionServiceImpl::AppendReactor::HandleHeader(
     const int i = h.counts_size() == 1 ? 0 : static_cast<int>(b);
     const int64_t n = h.counts(i);
     if (n > max_tokens) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "header.counts[", i, "]: ", n, " tokens is over the server's limit of ",
-          max_tokens, " per sequence (max_session_tokens)"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("header.counts[", i, "]: ", n,
+                       " tokens is over the server's limit of ", max_tokens,
+                       " per sequence (max_session_tokens)"));
     }
     counts_[b] = n;
     k_elements += c.heads * n * c.dim;
@@ -213,9 +215,10 @@ absl::Status AttentionServiceImpl::AppendReactor::HandleChunk(
     case v1::TENSOR_NAME_V:
       return v_.Append(chunk.offset(), chunk.data());
     default:
-      return Invalid("chunk.tensor",
-                     absl::StrCat("must be TENSOR_NAME_K or TENSOR_NAME_V, got ",
-                                  TensorLabel(chunk.tensor())));
+      return Invalid(
+          "chunk.tensor",
+          absl::StrCat("must be TENSOR_NAME_K or TENSOR_NAME_V, got ",
+                       TensorLabel(chunk.tensor())));
   }
 }
 
@@ -229,12 +232,12 @@ absl::Status AttentionServiceImpl::AppendReactor::AtEndOfReads() {
   }
   for (const TensorAssembler* t : {&k_, &v_}) {
     if (!t->complete()) {
-      return Invalid("chunk",
-                     absl::StrCat("the call ended before K and V were complete "
-                                  "(tensor ",
-                                  t->name(), ": ", t->received_bytes(), " of ",
-                                  t->total_bytes(),
-                                  " bytes); nothing was appended"));
+      return Invalid(
+          "chunk",
+          absl::StrCat("the call ended before K and V were complete "
+                       "(tensor ",
+                       t->name(), ": ", t->received_bytes(), " of ",
+                       t->total_bytes(), " bytes); nothing was appended"));
     }
   }
   {

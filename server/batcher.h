@@ -53,7 +53,12 @@ class Batcher {
 
   // Queues `item` under `key`. UNAVAILABLE when max_queue_requests items
   // are waiting or after Drain(); INVALID_ARGUMENT for tokens < 0.
-  absl::Status Enqueue(const std::string& key, T item, int64_t tokens);
+  // `max_delay_us` >= 0 replaces max_queue_delay_us for this item (a queue
+  // is due when its oldest item has waited its own delay): decode steps use
+  // 0, so a lone step never waits and steps that arrive while a batch runs
+  // form the next one (continuous batching).
+  absl::Status Enqueue(const std::string& key, T item, int64_t tokens,
+                       int64_t max_delay_us = -1);
 
   // Removes and returns every batch that is ready now: full queues (by
   // requests or tokens, possibly several batches from one queue) and queues
@@ -80,13 +85,14 @@ class Batcher {
     T item;
     int64_t enqueue_us;
     int64_t tokens;
+    int64_t delay_us;  // how long it may wait for its batch to fill
   };
   struct Queue {
     std::deque<Entry> entries;  // oldest first
   };
 
   // Whether the front of `q` may be taken now: draining, or its oldest item
-  // has waited max_queue_delay_us.
+  // has waited its delay (max_queue_delay_us unless Enqueue gave one).
   bool DueLocked(const Queue& q, int64_t now_us) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // How many items from the front of `q` form the next batch under the

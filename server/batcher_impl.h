@@ -25,7 +25,7 @@ Batcher<T>::Batcher(BatcherOptions options, const Clock* clock)
 
 template <typename T>
 absl::Status Batcher<T>::Enqueue(const std::string& key, T item,
-                                 int64_t tokens) {
+                                 int64_t tokens, int64_t max_delay_us) {
   if (tokens < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("tokens must be >= 0, got ", tokens));
@@ -46,7 +46,9 @@ absl::Status Batcher<T>::Enqueue(const std::string& key, T item,
   const int64_t t = q.entries.empty()
                         ? now_us
                         : std::max(now_us, q.entries.back().enqueue_us);
-  q.entries.push_back(Entry{std::move(item), t, tokens});
+  q.entries.push_back(Entry{std::move(item), t, tokens,
+                            max_delay_us >= 0 ? max_delay_us
+                                              : options_.max_queue_delay_us});
   ++queued_;
   return absl::OkStatus();
 }
@@ -55,7 +57,7 @@ template <typename T>
 bool Batcher<T>::DueLocked(const Queue& q, int64_t now_us) const {
   if (q.entries.empty()) return false;
   if (draining_) return true;
-  return now_us - q.entries.front().enqueue_us >= options_.max_queue_delay_us;
+  return now_us - q.entries.front().enqueue_us >= q.entries.front().delay_us;
 }
 
 template <typename T>
@@ -138,7 +140,7 @@ std::optional<int64_t> Batcher<T>::NextDeadlineMicros() const {
     // (a time <= now), so the owner does not sleep on it.
     const int64_t due =
         draining_ ? q.entries.front().enqueue_us
-                  : q.entries.front().enqueue_us + options_.max_queue_delay_us;
+                  : q.entries.front().enqueue_us + q.entries.front().delay_us;
     if (!deadline || due < *deadline) deadline = due;
   }
   return deadline;

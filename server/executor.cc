@@ -385,7 +385,8 @@ void Executor::RunSessionBatch(Batch<JobPtr>& batch) {
     c.see_all = job.spec.session_see_all;
     c.out = results[i].out.data();
     tokens[i].cancelled = &job.cancelled;
-    tokens[i].deadline = SteadyDeadline(job.deadline_us, start_us, steady_start);
+    tokens[i].deadline =
+        SteadyDeadline(job.deadline_us, start_us, steady_start);
     c.cancel = &tokens[i];
   }
   {

@@ -155,8 +155,7 @@ class Executor {
   bool StartJob(const JobPtr& job, int64_t enqueued_us, int64_t start_us,
                 int batch_size, JobResult* result);
   // Counts a job that stopped (cancelled, deadline) while running.
-  void CountStopped(const Job& job, const absl::Status& status,
-                    int64_t end_us);
+  void CountStopped(const Job& job, const absl::Status& status, int64_t end_us);
   void FinishBatch(RunningBatch& run);
   void FillStats(const Job& job, const AttentionCall& call, JobResult* result);
   void Complete(const JobPtr& job, JobResult result);

@@ -157,8 +157,7 @@ ABSL_FLAG(int64_t, max_request_flops,
           "its tensors are received. -1: the backend's default (1e12 on "
           "cpu, about a minute of a 2-core machine; 1e14 on cuda); 0: no "
           "limit.");
-ABSL_FLAG(int64_t, kv_block_tokens,
-          kDefaults.service.sessions.kv_block_tokens,
+ABSL_FLAG(int64_t, kv_block_tokens, kDefaults.service.sessions.kv_block_tokens,
           "Sessions: tokens per K/V storage block (the unit of allocation), "
           "1 to 65536.");
 ABSL_FLAG(int64_t, max_session_bytes,

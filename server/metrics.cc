@@ -63,8 +63,8 @@ const Histogram::BucketBoundaries& BatchBuckets() {
 // context takes seconds.
 const Histogram::BucketBoundaries& StepBuckets() {
   static const auto* b = new Histogram::BucketBoundaries{
-      1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
-      2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0};
+      1e-5,   2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+      2.5e-2, 5e-2,   0.1,  0.25, 0.5,    1.0,  2.5,  5.0,    10.0};
   return *b;
 }
 

@@ -155,9 +155,9 @@ absl::StatusOr<RequestSpec> SessionSpecFromHeader(
                {"dim_v", shape.dim_v(), c.dim_v}};
   for (const auto& f : sizes) {
     if (f.got != 0 && f.got != f.want) {
-      return Invalid(absl::StrCat("header.shape.", f.field),
-                     absl::StrCat("must be 0 or the session's ", f.want,
-                                  ", got ", f.got));
+      return Invalid(
+          absl::StrCat("header.shape.", f.field),
+          absl::StrCat("must be 0 or the session's ", f.want, ", got ", f.got));
     }
   }
   DType dtype, output_dtype;

@@ -11,9 +11,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/session/kv_session.h"
 #include "proto/convert/settings.h"
 #include "proto/convert/wire.h"
-#include "kernels/session/kv_session.h"
 #include "scatterbrain/v1/attention.pb.h"
 #include "server/request.h"
 

@@ -57,10 +57,10 @@ v1::ServerInfo MakeInfo(const ServerOptions& o, const std::string& backend) {
   l->set_max_request_flops(
       static_cast<uint64_t>(o.service.limits.max_request_flops));
   // Sessions: the limits as the registry resolves them against the budget.
-  const SessionOptions so = ResolveSessionOptions(
-      o.service.sessions, o.service.max_memory_bytes > 0
-                              ? o.service.max_memory_bytes
-                              : DefaultMaxMemoryBytes());
+  const SessionOptions so =
+      ResolveSessionOptions(o.service.sessions, o.service.max_memory_bytes > 0
+                                                    ? o.service.max_memory_bytes
+                                                    : DefaultMaxMemoryBytes());
   l->set_max_session_bytes(static_cast<uint64_t>(so.max_session_bytes));
   l->set_max_bytes_per_session(static_cast<uint64_t>(so.max_bytes_per_session));
   l->set_max_sessions(static_cast<uint32_t>(so.max_sessions));

@@ -39,8 +39,8 @@ int64_t SecondsToMicros(double s) {
 
 absl::Status ValidateSessionOptions(const SessionOptions& o) {
   if (o.kv_block_tokens < 1 || o.kv_block_tokens > 65536) {
-    return Bad("kv_block_tokens", absl::StrCat("must be in [1, 65536], got ",
-                                               o.kv_block_tokens));
+    return Bad("kv_block_tokens",
+               absl::StrCat("must be in [1, 65536], got ", o.kv_block_tokens));
   }
   if (o.max_session_bytes < 0) {
     return Bad("max_session_bytes",
@@ -53,21 +53,21 @@ absl::Status ValidateSessionOptions(const SessionOptions& o) {
                             o.max_bytes_per_session));
   }
   if (o.max_sessions < 0) {
-    return Bad("max_sessions",
-               absl::StrCat("must be >= 0 (0: no sessions), got ",
-                            o.max_sessions));
+    return Bad(
+        "max_sessions",
+        absl::StrCat("must be >= 0 (0: no sessions), got ", o.max_sessions));
   }
   // Bounded so that microseconds cannot overflow.
   if (!std::isfinite(o.default_ttl_s) || o.default_ttl_s <= 0 ||
       o.default_ttl_s > 1e9) {
-    return Bad("session_ttl_s", absl::StrCat("must be in (0, 1e9], got ",
-                                             o.default_ttl_s));
+    return Bad("session_ttl_s",
+               absl::StrCat("must be in (0, 1e9], got ", o.default_ttl_s));
   }
   if (!std::isfinite(o.max_ttl_s) || o.max_ttl_s < o.default_ttl_s ||
       o.max_ttl_s > 1e9) {
-    return Bad("max_session_ttl_s",
-               absl::StrCat("must be in [session_ttl_s, 1e9], got ",
-                            o.max_ttl_s));
+    return Bad(
+        "max_session_ttl_s",
+        absl::StrCat("must be in [session_ttl_s, 1e9], got ", o.max_ttl_s));
   }
   if (o.max_session_tokens < 1) {
     return Bad("max_session_tokens",
@@ -80,7 +80,8 @@ SessionOptions ResolveSessionOptions(const SessionOptions& options,
                                      int64_t memory_budget_bytes) {
   SessionOptions o = options;
   if (o.max_session_bytes == 0) o.max_session_bytes = memory_budget_bytes / 2;
-  if (o.max_bytes_per_session == 0) o.max_bytes_per_session = o.max_session_bytes;
+  if (o.max_bytes_per_session == 0)
+    o.max_bytes_per_session = o.max_session_bytes;
   return o;
 }
 
@@ -107,8 +108,8 @@ absl::StatusOr<std::string> NewSessionId() {
         "the server cannot get random bytes for a session id (getrandom and "
         "/dev/urandom failed)");
   }
-  return absl::BytesToHexString(absl::string_view(
-      reinterpret_cast<const char*>(bytes), sizeof(bytes)));
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes)));
 }
 
 // The bytes all sessions hold, against max_session_bytes.
@@ -179,10 +180,10 @@ class SessionRegistry::Memory final : public SessionMemory {
     absl::MutexLock lock(&mu_);
     if (held_ + bytes > max_bytes_) {
       // Eviction cannot help a session over its own limit.
-      return absl::ResourceExhaustedError(absl::StrCat(
-          kWhat, ": holds ", held_, " bytes; ", bytes,
-          " more would pass the limit of ", max_bytes_,
-          " bytes per session (max_bytes_per_session)"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat(kWhat, ": holds ", held_, " bytes; ", bytes,
+                       " more would pass the limit of ", max_bytes_,
+                       " bytes per session (max_bytes_per_session)"));
     }
     absl::Status st = accounting_->Add(bytes);
     if (st.ok()) {
@@ -359,9 +360,9 @@ absl::StatusOr<SessionView> SessionRegistry::Create(SessionConfig config,
     std::vector<EntryPtr> evicted;
     absl::MutexLock lock(&mu_);
     if (full()) {
-      EvictExpiredLocked(
-          [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return full(); },
-          SessionEviction::kMemory, &evicted);
+      EvictExpiredLocked([&]()
+                             ABSL_NO_THREAD_SAFETY_ANALYSIS { return full(); },
+                         SessionEviction::kMemory, &evicted);
       if (full()) return too_many();
     }
   }

@@ -76,8 +76,8 @@ struct SessionView {
   std::string id;
   std::shared_ptr<KvSession> session;
   double ttl_s = 0;
-  double idle_s = 0;          // since its last use
-  int64_t max_bytes = 0;      // the most it may hold
+  double idle_s = 0;      // since its last use
+  int64_t max_bytes = 0;  // the most it may hold
 };
 
 class SessionRegistry {

@@ -17,7 +17,8 @@ namespace {
 
 // An AppendKV call refused before it starts (UNAUTHENTICATED): finished at
 // once, nothing read.
-class RefusedAppend final : public grpc::ServerReadReactor<v1::AppendKVRequest> {
+class RefusedAppend final
+    : public grpc::ServerReadReactor<v1::AppendKVRequest> {
  public:
   explicit RefusedAppend(const grpc::Status& status) { Finish(status); }
   void OnDone() override { delete this; }

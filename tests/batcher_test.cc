@@ -130,6 +130,31 @@ TEST(BatcherTest, ZeroDelayIsReadyAtOnce) {
   EXPECT_THAT(Values(batches[0]), ElementsAre(1));
 }
 
+// Items enqueued with their own delay (decode steps: 0) are due at once
+// while other keys keep the default; steps queued together leave together.
+TEST(BatcherTest, PerItemDelayOverridesTheDefault) {
+  FakeClock clock(100);
+  Batcher<int> b(Opts(8, 1 << 20, 1000), &clock);
+  ASSERT_TRUE(b.Enqueue("attend", 1, 1).ok());
+  ASSERT_TRUE(b.Enqueue("step", 2, 1, /*max_delay_us=*/0).ok());
+  ASSERT_TRUE(b.Enqueue("step", 3, 1, /*max_delay_us=*/0).ok());
+  ASSERT_TRUE(b.Enqueue("slow", 4, 1, /*max_delay_us=*/300).ok());
+  EXPECT_EQ(b.NextDeadlineMicros(), std::optional<int64_t>(100));
+  auto batches = b.TakeReadyBatches();
+  ASSERT_THAT(batches, SizeIs(1));
+  EXPECT_EQ(batches[0].key, "step");
+  EXPECT_THAT(Values(batches[0]), ElementsAre(2, 3));
+  EXPECT_EQ(b.NextDeadlineMicros(), std::optional<int64_t>(400));
+  clock.AdvanceMicros(300);
+  batches = b.TakeReadyBatches();
+  ASSERT_THAT(batches, SizeIs(1));
+  EXPECT_EQ(batches[0].key, "slow");
+  clock.AdvanceMicros(700);
+  batches = b.TakeReadyBatches();
+  ASSERT_THAT(batches, SizeIs(1));
+  EXPECT_EQ(batches[0].key, "attend");
+}
+
 TEST(BatcherTest, DueQueueSplitsAtLimitsAndKeepsYoungerRest) {
   FakeClock clock;
   Batcher<int> b(Opts(2, 1 << 20, 1000), &clock);

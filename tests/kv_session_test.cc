@@ -380,3 +380,84 @@ TEST(KvSession, RefusesWhatItCannotDo) {
 
 }  // namespace
 }  // namespace scatterbrain
+
+namespace scatterbrain {
+namespace {
+
+// A Scatterbrain session's state: refits as the context grows (counted),
+// steps on the incremental path, and memory held within 5% of the K/V
+// bytes plus the state at a realistic block size.
+TEST(KvSessionIncremental, RefitsCalibratesAndHoldsWhatItReports) {
+  const Problem pr(1, 2, 4096, 32, 32, 41);
+  SessionConfig c = pr.Config(Method::kScatterbrain);
+  c.settings.bucket_size = 32;
+  c.settings.num_features = 32;
+  c.block_tokens = 64;
+  CountingMemory mem(int64_t{1} << 30);
+  auto s = KvSession::Create(c, &mem);
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(AppendRows(**s, pr, 0, 1024).ok());
+  EXPECT_EQ((*s)->Info().refits, 2);  // one fit per head
+  // Appends in pieces up to 4000 tokens: the index refits as it grows.
+  for (int64_t r = 1024; r < 4000; r += 500)
+    ASSERT_TRUE(AppendRows(**s, pr, r, std::min<int64_t>(4000, r + 500)).ok());
+  const SessionInfo grown = (*s)->Info();
+  EXPECT_GT(grown.refits, 2 + 2 * 4);  // several refits per head
+  EXPECT_GT(grown.refit_seconds, 0.0);
+  for (int64_t r = 4000; r < 4096; ++r) {
+    SessionCall call;
+    const std::vector<float> out = Call(**s, pr, r, r + 1, true, &call);
+    EXPECT_TRUE(call.incremental);
+    for (float x : out) ASSERT_TRUE(std::isfinite(x));
+  }
+  const SessionInfo info = (*s)->Info();
+  EXPECT_EQ(info.lengths[0], 4096);
+  EXPECT_EQ(info.kv_bytes, 2 * 4096 * 64 * 4);
+  EXPECT_GT(info.state_bytes, 0);
+  EXPECT_GT(info.calibrations, 0);
+  EXPECT_EQ(info.steps, 96);
+  EXPECT_LE(info.held_bytes, 1.05 * (info.kv_bytes + info.state_bytes));
+  // What the session reserved covers what it holds; deleting it returns
+  // everything.
+  EXPECT_GE(mem.held(), info.held_bytes);
+  s->reset();
+  EXPECT_EQ(mem.held(), 0);
+}
+
+// Sessions of a batch run together: two sessions' steps in one call of
+// AttendSessions equal each alone.
+TEST(KvSessionIncremental, StepsOfManySessionsInOneBatch) {
+  const Problem pr(1, 2, 300, 16, 16, 43);
+  const SessionConfig c = pr.Config(Method::kScatterbrain);
+  auto a = KvSession::Create(c, nullptr);
+  auto b = KvSession::Create(c, nullptr);
+  auto solo = KvSession::Create(c, nullptr);
+  ASSERT_TRUE(a.ok() && b.ok() && solo.ok());
+  for (auto* s : {a->get(), b->get(), solo->get()})
+    ASSERT_TRUE(AppendRows(*s, pr, 0, 250).ok());
+  for (int64_t r = 250; r < 300; ++r) {
+    const std::vector<float> want = Call(**solo, pr, r, r + 1, true);
+    std::vector<float> q = Rows(pr.q, 2, pr.N, 16, r, r + 1);
+    std::vector<float> k = Rows(pr.k, 2, pr.N, 16, r, r + 1);
+    std::vector<float> v = Rows(pr.v, 2, pr.N, 16, r, r + 1);
+    std::vector<float> out_a(32), out_b(32);
+    SessionCall calls[2];
+    KvSession* ss[2] = {a->get(), b->get()};
+    float* outs[2] = {out_a.data(), out_b.data()};
+    for (int i = 0; i < 2; ++i) {
+      calls[i].session = ss[i];
+      calls[i].q = q.data();
+      calls[i].k = k.data();
+      calls[i].v = v.data();
+      calls[i].seq_q = 1;
+      calls[i].out = outs[i];
+    }
+    AttendSessions(absl::MakeSpan(calls, 2), nullptr, 2);
+    ASSERT_TRUE(calls[0].status.ok() && calls[1].status.ok());
+    EXPECT_EQ(out_a, want) << "step " << r;
+    EXPECT_EQ(out_b, want) << "step " << r;
+  }
+}
+
+}  // namespace
+}  // namespace scatterbrain

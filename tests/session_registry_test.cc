@@ -56,8 +56,8 @@ class SessionRegistryTest : public ::testing::Test {
     ASSERT_EQ(registry_, nullptr);
     o.kv_block_tokens = 4;
     budget_ = std::make_unique<MemoryBudget>(budget_bytes);
-    registry_ = std::make_unique<SessionRegistry>(o, budget_.get(), &metrics_,
-                                                  &clock_);
+    registry_ =
+        std::make_unique<SessionRegistry>(o, budget_.get(), &metrics_, &clock_);
   }
 
   // Appends `tokens` random tokens through the registry (eviction and
@@ -124,8 +124,7 @@ TEST_F(SessionRegistryTest, DeleteFreesAndForgets) {
   ASSERT_THAT(AppendTokens(s, 6), testutil::IsOk());  // 2 blocks
   EXPECT_EQ(registry_->held_bytes(), 2 * kBlockBytes);
   EXPECT_EQ(budget_->reserved_bytes(), 2 * kBlockBytes);
-  EXPECT_EQ(Metric(metrics_, "scatterbrain_session_kv_bytes"),
-            6 * 2 * 16 * 4);
+  EXPECT_EQ(Metric(metrics_, "scatterbrain_session_kv_bytes"), 6 * 2 * 16 * 4);
   EXPECT_EQ(Metric(metrics_, "scatterbrain_session_appends_total"), 1);
   absl::StatusOr<int64_t> freed = registry_->Delete(s.id, "me", "session_id");
   ASSERT_TRUE(freed.ok()) << freed.status();
@@ -162,13 +161,12 @@ TEST_F(SessionRegistryTest, SessionsAndRequestsShareTheServersBudget) {
   SessionOptions o;
   o.max_session_bytes = 3 * kBlockBytes;  // not the limit here
   Make(o, /*budget_bytes=*/3 * kBlockBytes);
-  absl::StatusOr<MemoryReservation> request = budget_->Reserve(
-      2 * kBlockBytes, "a request");
+  absl::StatusOr<MemoryReservation> request =
+      budget_->Reserve(2 * kBlockBytes, "a request");
   ASSERT_TRUE(request.ok());
   SessionView c = MustCreate("me");
-  EXPECT_THAT(AppendTokens(c, 8),
-              StatusIs(absl::StatusCode::kResourceExhausted,
-                       HasSubstr("max_memory_bytes")));
+  EXPECT_THAT(AppendTokens(c, 8), StatusIs(absl::StatusCode::kResourceExhausted,
+                                           HasSubstr("max_memory_bytes")));
   request->Release();
   EXPECT_THAT(AppendTokens(c, 8), testutil::IsOk());
   EXPECT_EQ(budget_->reserved_bytes(), 2 * kBlockBytes);
@@ -179,8 +177,8 @@ TEST_F(SessionRegistryTest, SweepEvictsIdlePastTtl) {
   o.default_ttl_s = 60;
   o.max_ttl_s = 120;
   Make(o);
-  const std::string idle = MustCreate("me").id;            // 60 s
-  const std::string longer = MustCreate("me", 1000).id;    // capped: 120 s
+  const std::string idle = MustCreate("me").id;          // 60 s
+  const std::string longer = MustCreate("me", 1000).id;  // capped: 120 s
   const std::string used = MustCreate("me").id;
   clock_.AdvanceMicros(59'000'000);
   ASSERT_THAT(registry_->Lookup(used, "me", "session_id"), testutil::IsOk());
@@ -195,15 +193,15 @@ TEST_F(SessionRegistryTest, SweepEvictsIdlePastTtl) {
       registry_->Lookup(longer, "me", "session_id", /*touch=*/false);
   ASSERT_TRUE(l.ok());
   EXPECT_EQ(l->ttl_s, 120);
-  EXPECT_EQ(Metric(metrics_,
-                   "scatterbrain_session_evictions_total{reason=\"ttl\"}"),
-            1);
+  EXPECT_EQ(
+      Metric(metrics_, "scatterbrain_session_evictions_total{reason=\"ttl\"}"),
+      1);
   clock_.AdvanceMicros(60'000'000);  // longer: 120 s idle
   registry_->Sweep();
   EXPECT_EQ(registry_->open_sessions(), 0);
-  EXPECT_EQ(Metric(metrics_,
-                   "scatterbrain_session_evictions_total{reason=\"ttl\"}"),
-            3);
+  EXPECT_EQ(
+      Metric(metrics_, "scatterbrain_session_evictions_total{reason=\"ttl\"}"),
+      3);
 }
 
 TEST_F(SessionRegistryTest, ExpiredEvictedLeastRecentlyUsedFirstForRoom) {
@@ -254,8 +252,7 @@ TEST_F(SessionRegistryTest, MaxSessionsThenExpiredMakeRoom) {
                        HasSubstr("max_sessions")));
   clock_.AdvanceMicros(5'000'000);  // both expired; `first` the older
   EXPECT_THAT(registry_->Create(SmallConfig(), 0, "me"), testutil::IsOk());
-  EXPECT_THAT(registry_->Lookup(second, "you", "session_id"),
-              testutil::IsOk());
+  EXPECT_THAT(registry_->Lookup(second, "you", "session_id"), testutil::IsOk());
   EXPECT_EQ(registry_->open_sessions(), 2);
   EXPECT_THAT(registry_->Lookup(first, "me", "session_id").status(),
               StatusIs(absl::StatusCode::kNotFound));
@@ -267,9 +264,9 @@ TEST_F(SessionRegistryTest, BadConfigAndOptions) {
   c.dim = 0;
   EXPECT_THAT(registry_->Create(c, 0, "me").status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dim")));
-  EXPECT_THAT(registry_->Create(SmallConfig(), -1, "me").status(),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("ttl_seconds")));
+  EXPECT_THAT(
+      registry_->Create(SmallConfig(), -1, "me").status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ttl_seconds")));
   SessionOptions o;
   o.kv_block_tokens = 0;
   EXPECT_THAT(ValidateSessionOptions(o),

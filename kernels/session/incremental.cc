@@ -38,6 +38,9 @@ namespace sm = cuda::sparse;
 
 // Rows of an append processed at once into the running sums.
 constexpr int64_t kAppendChunk = 4096;
+// Appends of at least this many tokens per sequence run their heads in
+// parallel.
+constexpr int64_t kParallelAppendTokens = 256;
 // Recent queries a head needs before its calibrated choice is trusted;
 // until then its rows are computed exactly (as one-shot calibration rows).
 constexpr int64_t kMinCalibrationRows = 4;
@@ -89,7 +92,6 @@ class State final : public IncrementalState {
     heads_.resize(c.batch * c.heads);
     for (int64_t bh = 0; bh < c.batch * c.heads; ++bh) {
       Head& hd = heads_[bh];
-      hd.index = bh;
       hd.vsum.assign(dv_, 0.0);
       if (lowrank_) {
         hd.z.assign(static_cast<size_t>(m_) * dv_, 0.0);
@@ -126,7 +128,12 @@ class State final : public IncrementalState {
 
   void Append(const PagedKv& kv, int64_t b, int64_t old_len, int64_t new_len,
               int threads) override {
-    cpu::ParallelFor(c_.heads, cpu::ResolveThreads(threads), [&](int64_t h) {
+    // A decode step's token is microseconds of work per head: threads
+    // would cost more than they save.
+    const int t = new_len - old_len >= kParallelAppendTokens
+                      ? cpu::ResolveThreads(threads)
+                      : 1;
+    cpu::ParallelFor(c_.heads, t, [&](int64_t h) {
       AppendHead(kv, b, h, old_len, new_len);
     });
   }
@@ -167,7 +174,6 @@ class State final : public IncrementalState {
     std::vector<double> co, cc, oo;  // [slot][candidate], [slot]
     std::vector<uint8_t> used;       // [slot]
     int64_t filled = 0, seen = 0;
-    int64_t index = 0;  // b * heads + h: the reservoir's draw stream
     bool chosen = false;
     sm::CalibrationChoice choice;
   };
@@ -329,6 +335,9 @@ void State::Row(const PagedKv& kv, int64_t b, int64_t h, int64_t length,
   w->in.e1 = 0.0f;
   w->ks.resize(static_cast<size_t>(std::max<int64_t>(ns, 1) * d_));
   w->vs.resize(static_cast<size_t>(std::max<int64_t>(ns, 1) * dv_));
+  // The support is scattered over the whole context (cache misses to main
+  // memory): ask for every row first so the misses overlap.
+  for (int64_t a = 0; a < ns; ++a) kv.Prefetch(b, h, S[a]);
   for (int64_t a = 0; a < ns; ++a) {
     kv.ReadKey(b, h, S[a], w->ks.data() + a * d_);
     kv.ReadValue(b, h, S[a], w->vs.data() + a * dv_);
@@ -413,9 +422,10 @@ bool State::Remember(const PagedKv& kv, int64_t b, int64_t h, int64_t length,
   const int64_t C = p_.calibration_rows;
   int64_t slot = hd.seen;
   if (hd.seen >= C) {
+    // The same draw for every head and sequence: a step scores all of them
+    // or none, so the O(context) exact rows land on few steps.
     DrawRng rng(p_.seed, static_cast<uint64_t>(DrawPurpose::kCalibration),
-                static_cast<uint64_t>(hd.seen),
-                static_cast<uint64_t>(hd.index));
+                static_cast<uint64_t>(hd.seen), 0);
     slot = static_cast<int64_t>(rng.Below(static_cast<uint64_t>(hd.seen) + 1));
   }
   ++hd.seen;

@@ -335,6 +335,9 @@ absl::StatusOr<std::unique_ptr<KvSession>> KvSession::Create(
     const SessionConfig& config, SessionMemory* memory) {
   absl::Status st = ValidateSessionConfig(config);
   if (!st.ok()) return st;
+  // Sessions parallelise over (call, sequence, head) themselves; a threaded
+  // BLAS would spin its pool for every small GEMM of a decode step.
+  cpu::PinBlasToOneThread();
   auto impl = std::make_unique<Impl>(config, memory);
   st = impl->ReserveInitial();
   if (!st.ok()) return st;

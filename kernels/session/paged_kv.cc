@@ -88,6 +88,13 @@ void PagedKv::ReadValue(int64_t b, int64_t h, int64_t j, float* dst) const {
   DecodeToFloat(dtype_, ValuePtr(b, h, j), dim_v_, dst);
 }
 
+void PagedKv::Prefetch(int64_t b, int64_t h, int64_t j) const {
+  const char* k = KeyPtr(b, h, j);
+  const char* v = ValuePtr(b, h, j);
+  for (int64_t o = 0; o < dim_ * esize_; o += 64) __builtin_prefetch(k + o);
+  for (int64_t o = 0; o < dim_v_ * esize_; o += 64) __builtin_prefetch(v + o);
+}
+
 const float* PagedKv::KeyRows(int64_t b, int64_t h, int64_t j0, int64_t j1,
                               float* scratch) const {
   const char* src = KeyPtr(b, h, j0);

@@ -59,6 +59,9 @@ class PagedKv {
   // Key / value j of (b, h) as float32.
   void ReadKey(int64_t b, int64_t h, int64_t j, float* dst) const;
   void ReadValue(int64_t b, int64_t h, int64_t j, float* dst) const;
+  // Hints the cache to load key and value j of (b, h) (a gather of
+  // scattered rows issues these first, so their misses overlap).
+  void Prefetch(int64_t b, int64_t h, int64_t j) const;
   // Tokens [j0, j1) of (b, h), which must lie in one block, as float32 rows
   // (dst rows of dim / dim_v): no copy when stored as float32 (the block's
   // own memory is returned and `scratch` unused), else decoded into

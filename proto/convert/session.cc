@@ -17,7 +17,8 @@ absl::Status SessionConfigFromProto(const v1::CreateSessionRequest& r,
   absl::Status st = SettingsToParams(r.settings(), "settings", &p);
   if (!st.ok()) return st;
   DType kv = DType::kFloat32;
-  if (r.kv_dtype() != v1::DTYPE_UNSPECIFIED && !DTypeFromProto(r.kv_dtype(), &kv)) {
+  if (r.kv_dtype() != v1::DTYPE_UNSPECIFIED &&
+      !DTypeFromProto(r.kv_dtype(), &kv)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "kv_dtype: must be unset or DTYPE_FLOAT32, DTYPE_FLOAT16 or "
         "DTYPE_BFLOAT16, got ",

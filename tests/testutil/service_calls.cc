@@ -244,5 +244,86 @@ double MetricValue(const std::string& text, const std::string& series) {
   return -1;
 }
 
+// --- sessions ---------------------------------------------------------------
+
+void WithToken(grpc::ClientContext* ctx, const std::string& token) {
+  if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+}
+
+grpc::Status CreateSession(pb::AttentionService::Stub* stub,
+                           const pb::MethodSettings& settings, int b, int h,
+                           int d, int dv, pb::SessionInfo* out,
+                           const std::string& token, pb::DType kv_dtype) {
+  pb::CreateSessionRequest r;
+  *r.mutable_settings() = settings;
+  r.set_batch(b);
+  r.set_heads(h);
+  r.set_dim(d);
+  r.set_dim_v(dv);
+  r.set_kv_dtype(kv_dtype);
+  grpc::ClientContext ctx;
+  WithToken(&ctx, token);
+  return stub->CreateSession(&ctx, r, out);
+}
+
+grpc::Status AppendKV(pb::AttentionService::Stub* stub, const std::string& id,
+                      const std::vector<uint32_t>& counts, pb::DType dtype,
+                      const std::string& k, const std::string& v, size_t chunk,
+                      pb::SessionInfo* out, const std::string& token) {
+  grpc::ClientContext ctx;
+  WithToken(&ctx, token);
+  std::unique_ptr<grpc::ClientWriter<pb::AppendKVRequest>> w =
+      stub->AppendKV(&ctx, out);
+  pb::AppendKVRequest m;
+  pb::AppendKVHeader* h = m.mutable_header();
+  h->set_session_id(id);
+  h->set_dtype(dtype);
+  for (uint32_t c : counts) h->add_counts(c);
+  bool ok = w->Write(m);
+  const std::pair<pb::TensorName, const std::string*> tensors[] = {
+      {pb::TENSOR_NAME_K, &k}, {pb::TENSOR_NAME_V, &v}};
+  for (const auto& [name, bytes] : tensors) {
+    for (size_t at = 0; ok && at < bytes->size(); at += chunk) {
+      pb::AppendKVRequest c;
+      c.mutable_chunk()->set_tensor(name);
+      c.mutable_chunk()->set_offset(at);
+      c.mutable_chunk()->set_data(bytes->substr(at, chunk));
+      ok = w->Write(c);
+    }
+  }
+  if (ok) w->WritesDone();
+  return w->Finish();
+}
+
+Req SessionReq(const std::string& request_id, const std::string& id, int seq_q,
+               bool append, bool see_all, std::string q, std::string k,
+               std::string v, pb::DType dtype) {
+  Req r;
+  r.header.set_request_id(request_id);
+  r.header.set_dtype(dtype);
+  r.header.mutable_shape()->set_seq_q(seq_q);
+  pb::SessionAttend* s = r.header.mutable_session();
+  s->set_session_id(id);
+  s->set_append(append);
+  s->set_see_all(see_all);
+  r.q = std::move(q);
+  r.k = std::move(k);
+  r.v = std::move(v);
+  return r;
+}
+
+Reply AttendOnce(pb::AttentionService::Stub* stub, const Req& r,
+                 const std::string& token) {
+  grpc::ClientContext ctx;
+  WithToken(&ctx, token);
+  Stream s = stub->Attend(&ctx);
+  SendRequest(s.get(), r, 1 << 16);
+  s->WritesDone();
+  Reply reply = ReadAll(s.get())[r.header.request_id()];
+  const grpc::Status st = s->Finish();
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return reply;
+}
+
 }  // namespace testutil
 }  // namespace scatterbrain

@@ -82,6 +82,31 @@ std::map<std::string, Reply> ReadUntilDone(StreamRW* s,
                                            const std::vector<std::string>& ids);
 // The reply is req's output, computed locally, with sane stats.
 void ExpectOutput(const Reply& r, const Req& req, const std::string& what);
+// --- sessions ---------------------------------------------------------------
+
+// CreateSession with `settings`, shape and storage dtype; `token` (if not
+// empty) as the bearer token.
+grpc::Status CreateSession(pb::AttentionService::Stub* stub,
+                           const pb::MethodSettings& settings, int b, int h,
+                           int d, int dv, pb::SessionInfo* out,
+                           const std::string& token = "",
+                           pb::DType kv_dtype = pb::DTYPE_UNSPECIFIED);
+// AppendKV: the header, then K's and V's bytes in `chunk`-byte chunks.
+grpc::Status AppendKV(pb::AttentionService::Stub* stub, const std::string& id,
+                      const std::vector<uint32_t>& counts, pb::DType dtype,
+                      const std::string& k, const std::string& v, size_t chunk,
+                      pb::SessionInfo* out, const std::string& token = "");
+// A request on session `id`: q of `seq_q` rows ([b, h, seq_q, d]) and, with
+// `append`, its own k and v.
+Req SessionReq(const std::string& request_id, const std::string& id, int seq_q,
+               bool append, bool see_all, std::string q, std::string k = "",
+               std::string v = "", pb::DType dtype = pb::DTYPE_FLOAT32);
+// One request on its own Attend stream; its reply.
+Reply AttendOnce(pb::AttentionService::Stub* stub, const Req& r,
+                 const std::string& token = "");
+// Sets `authorization: Bearer <token>` on `ctx` when `token` is not empty.
+void WithToken(grpc::ClientContext* ctx, const std::string& token);
+
 // The value of one sample line of the text exposition ("name{labels} v");
 // -1 when absent.
 double MetricValue(const std::string& text, const std::string& series);
