@@ -30,15 +30,22 @@ using testutil::StatusIs;
 // Sets every singular field of `msg` to a value other than its default:
 // field i (1-based) gets i + 1 for integers, the largest value its enum
 // defines, true, or (i + 1) / 4 for floating point. Optional fields become
-// present. Returns how many fields were set.
+// present; repeated uint64 fields (Stats.session_lengths) get two values.
+// Returns how many fields were set.
 int SetEveryField(gpb::Message* msg) {
   const gpb::Descriptor* d = msg->GetDescriptor();
   const gpb::Reflection* r = msg->GetReflection();
   int set = 0;
   for (int i = 0; i < d->field_count(); ++i) {
     const gpb::FieldDescriptor* f = d->field(i);
-    if (f->is_repeated()) continue;
     const int v = i + 2;
+    if (f->is_repeated()) {
+      if (f->cpp_type() != gpb::FieldDescriptor::CPPTYPE_UINT64) continue;
+      r->AddUInt64(msg, f, (uint64_t{1} << 40) + static_cast<uint64_t>(v));
+      r->AddUInt64(msg, f, static_cast<uint64_t>(v));
+      ++set;
+      continue;
+    }
     switch (f->cpp_type()) {
       case gpb::FieldDescriptor::CPPTYPE_UINT32:
         r->SetUInt32(msg, f, static_cast<uint32_t>(v));
