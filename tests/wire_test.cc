@@ -30,7 +30,8 @@ using testutil::StatusIs;
 // Sets every singular field of `msg` to a value other than its default:
 // field i (1-based) gets i + 1 for integers, the largest value its enum
 // defines, true, or (i + 1) / 4 for floating point. Optional fields become
-// present. Returns how many fields were set.
+// present; repeated uint64 fields (Stats.session_lengths) get two values.
+// Returns how many fields were set.
 int SetEveryField(gpb::Message* msg) {
   const gpb::Descriptor* d = msg->GetDescriptor();
   const gpb::Reflection* r = msg->GetReflection();

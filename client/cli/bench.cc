@@ -57,14 +57,6 @@ const FlagSpecs& BenchFlags() {
   return *flags;
 }
 
-// Nearest-rank percentile of sorted values (q in (0, 1]).
-double Percentile(const std::vector<double>& sorted, double q) {
-  if (sorted.empty()) return 0;
-  size_t rank = static_cast<size_t>(std::ceil(q * sorted.size()));
-  rank = std::min(std::max<size_t>(rank, 1), sorted.size());
-  return sorted[rank - 1];
-}
-
 // What one client thread saw.
 struct ClientTally {
   std::vector<double> latency_s;
@@ -76,7 +68,19 @@ struct ClientTally {
 
 }  // namespace
 
+double Percentile(const std::vector<double>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  size_t rank = static_cast<size_t>(std::ceil(q * sorted.size()));
+  rank = std::min(std::max<size_t>(rank, 1), sorted.size());
+  return sorted[rank - 1];
+}
+
 int Bench(const std::vector<std::string>& args) {
+  for (const std::string& a : args) {
+    if (a == "--decode" || a == "--decode=true" || a == "--decode=1") {
+      return BenchDecode(args);
+    }
+  }
   absl::StatusOr<FlagValues> flags = ParseFlags(args, BenchFlags());
   if (!flags.ok()) return Fail(2, flags.status().message());
   const FlagValues& f = *flags;

@@ -18,8 +18,14 @@ namespace cli {
 // Each takes the arguments after the command's name; returns the exit code.
 int Attend(const std::vector<std::string>& args);  // attend.cc
 int Bench(const std::vector<std::string>& args);   // bench.cc
+// bench --decode (bench_decode.cc); Bench hands over to it.
+int BenchDecode(const std::vector<std::string>& args);
 int Info(const std::vector<std::string>& args);    // info.cc
 int Health(const std::vector<std::string>& args);  // info.cc
+
+// Nearest-rank percentile of sorted values (q in (0, 1]); 0 when empty
+// (bench.cc, for both benches).
+double Percentile(const std::vector<double>& sorted, double q);
 
 // --- failures (main.cc) ------------------------------------------------------
 

@@ -30,6 +30,8 @@ constexpr char kUsage[] =
       [security options]
   scatterbrain_cli bench --server=HOST:PORT [--clients=N] [--requests=M]
       [--seq=N] [--heads=H] [--dim=D] [--method=...] [options]
+  scatterbrain_cli bench --decode --server=HOST:PORT [--context=N]
+      [--steps=T] [--resend_steps=R] [--method=...] [options]
   scatterbrain_cli --help
 
 attend computes attention on [batch, heads, seq, dim] float32 ('<f4') or
@@ -99,6 +101,26 @@ p50/p90/p99 and the batch sizes the server reported.
   --batch=B --heads=H --seq=N --dim=D   request shape [1, 8, 1024, 64]
   --seq_k=N             keys per sequence [= --seq]
   --method=...          as attend [scatterbrain]; every setting above applies
+
+bench --decode: a server-held K/V session against re-sending K/V. Builds a
+context of N tokens in a session (appends), runs T decode steps (each one
+message with the token's q, k, v; its output back), then R of the same
+steps as one-shot causal Attends carrying the whole K/V so far. Prints per
+step: latency p50/p90/p99, server compute and queue p50, bytes on the wire
+(sent + received), tokens/s; the session's memory (K/V, state); the largest
+difference between the two runs' outputs (rounding for exact, performer and
+local); and a table of the two with the session's advantage.
+  --context=N           tokens stored before the steps [4096]
+  --steps=T             decode steps on the session [100]
+  --resend_steps=R      steps re-sending K/V (each is slow); 0 = none [20]
+  --prefill_chunk=C     tokens per append while building the context [4096]
+  --batch=B --heads=H --dim=D   session shape (dim_v = dim) [1, 8, 64]
+  --kv_dtype=float32|float16|bfloat16   K/V storage on the server [float32]
+  --compare_method=M1,M2   also run a session of each method (same data);
+                        with exact: the relative error of the session and
+                        of the resend steps against it
+  --method=... and the settings above, --dtype, --chunk_bytes, --timeout_s,
+  --retry_budget_s, security options: as bench
 
 exit codes: 0 ok, 2 bad usage or input (no output written), 1 other errors.
 )";

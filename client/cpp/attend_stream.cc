@@ -106,6 +106,14 @@ class AttendStream::Impl {
     return static_cast<int64_t>(pending_.size());
   }
 
+  // Sums `count` over every call of this stream.
+  int64_t SumOverCalls(int64_t (StreamCall::*count)() const) const {
+    absl::MutexLock lock(&mu_);
+    int64_t n = (current_.get()->*count)();
+    for (const auto& r : old_) n += (r.get()->*count)();
+    return n;
+  }
+
   absl::Status Finish() {
     std::vector<StreamCall*> calls;
     {
@@ -366,6 +374,14 @@ void AttendStream::Cancel(const std::string& request_id) {
 }
 
 int64_t AttendStream::inflight() const { return impl_->inflight(); }
+
+int64_t AttendStream::bytes_sent() const {
+  return impl_->SumOverCalls(&StreamCall::bytes_sent);
+}
+
+int64_t AttendStream::bytes_received() const {
+  return impl_->SumOverCalls(&StreamCall::bytes_received);
+}
 
 absl::Status AttendStream::Finish() { return impl_->Finish(); }
 

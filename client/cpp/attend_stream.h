@@ -60,6 +60,11 @@ class AttendStream {
   void Cancel(const std::string& request_id);
   // Requests submitted and not completed (waiting to be sent included).
   int64_t inflight() const;
+  // Serialized bytes of the messages written to and read from the server
+  // on every call of this stream so far (protobuf encoding plus gRPC's
+  // 5-byte message prefix; HTTP/2 framing not counted).
+  int64_t bytes_sent() const;
+  int64_t bytes_received() const;
   // Half-closes the stream and waits for every request in flight to
   // complete and the stream to end; returns the stream's final status.
   absl::Status Finish();

@@ -71,18 +71,9 @@ absl::StatusOr<AttendResult> AttentionClient::Attend(const AttendInput& in) {
 
 absl::StatusOr<AttendResult> AttentionClient::AttendUnary(
     const AttendInput& in) {
-  absl::StatusOr<AttendResult> result;
-  absl::Time first_failure;
-  for (int attempt = 1;; ++attempt) {
-    result = AttendUnaryOnce(in);
-    if (result.ok()) return result;
-    if (attempt == 1) first_failure = absl::Now();
-    // This client never cancels a unary call: a CANCELLED is the server's.
-    const std::optional<absl::Duration> wait =
-        internal::RetryDelay(options_, result.status(), attempt, first_failure);
-    if (!wait.has_value()) return result;
-    absl::SleepFor(*wait);
-  }
+  // This client never cancels a unary call: a CANCELLED is the server's.
+  return internal::CallWithRetries<AttendResult>(
+      options_, [&](bool*) { return AttendUnaryOnce(in); });
 }
 
 absl::StatusOr<AttendResult> AttentionClient::AttendUnaryOnce(

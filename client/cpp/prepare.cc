@@ -1,6 +1,7 @@
 // scatterbrain/client/cpp/prepare.cc — see prepare.h.
 #include "client/cpp/prepare.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
@@ -83,19 +84,51 @@ absl::Status PrepareInto(const AttendInput& in, PreparedRequest* req) {
   h.set_output_dtype(in.output_dtype);
   for (int32_t len : in.key_lengths) h.add_key_lengths(len);
   // The one conversion of the tensors: float32 -> wire bytes.
+  for (const auto& [dst, span] :
+       {std::pair<std::string*, absl::Span<const float>>{&req->q, in.q},
+        {&req->k, in.k},
+        {&req->v, in.v}}) {
+    absl::Status s = EncodeTensor(dtype, span, dst);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EncodeTensor(DType dtype, absl::Span<const float> values,
+                          std::string* out) {
   try {
-    for (const auto& [dst, span] :
-         {std::pair<std::string*, absl::Span<const float>>{&req->q, in.q},
-          {&req->k, in.k},
-          {&req->v, in.v}}) {
-      dst->resize(span.size() * DTypeBytes(dtype));
-      EncodeFromFloat(dtype, span.data(), static_cast<int64_t>(span.size()),
-                      dst->data());
-    }
+    out->resize(values.size() * DTypeBytes(dtype));
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError("out of memory encoding the tensors");
   }
+  EncodeFromFloat(dtype, values.data(), static_cast<int64_t>(values.size()),
+                  out->data());
   return absl::OkStatus();
+}
+
+TensorChunker::TensorChunker(std::vector<Tensor> tensors, int64_t chunk_bytes)
+    : tensors_(std::move(tensors)),
+      chunk_bytes_(std::max<int64_t>(1, chunk_bytes)) {}
+
+bool TensorChunker::done() {
+  while (tensor_ < tensors_.size() &&
+         offset_ >= static_cast<int64_t>(tensors_[tensor_].bytes->size())) {
+    ++tensor_;
+    offset_ = 0;
+  }
+  return tensor_ == tensors_.size();
+}
+
+bool TensorChunker::Next(v1::TensorChunk* c) {
+  if (done()) return false;
+  const Tensor& t = tensors_[tensor_];
+  const int64_t n = std::min<int64_t>(
+      chunk_bytes_, static_cast<int64_t>(t.bytes->size()) - offset_);
+  c->set_tensor(t.name);
+  c->set_offset(static_cast<uint64_t>(offset_));
+  c->set_data(t.bytes->data() + offset_, static_cast<size_t>(n));
+  offset_ += n;
+  return true;
 }
 
 absl::StatusOr<OutputFormat> ReadResponseHeader(const v1::ResponseHeader& h,

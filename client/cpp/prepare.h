@@ -77,6 +77,36 @@ namespace internal {
 // its one message).
 absl::Status PrepareInto(const AttendInput& in, PreparedRequest* req);
 
+// `values` as wire bytes of `dtype` into *out (the one float32 -> wire
+// conversion, common/dtype.h); RESOURCE_EXHAUSTED when out of memory.
+absl::Status EncodeTensor(DType dtype, absl::Span<const float> values,
+                          std::string* out);
+
+// Cuts the tensors of one upload into TensorChunks of at most `chunk_bytes`,
+// tensor after tensor in the given order, each tensor's chunks in order
+// (offset = bytes of it cut before); empty tensors send nothing. Shared by
+// the Attend stream (q, k, v of a request) and AppendKV (k, v), so both cut
+// their uploads alike. The tensors' bytes must outlive the chunker.
+class TensorChunker {
+ public:
+  struct Tensor {
+    v1::TensorName name;
+    const std::string* bytes;
+  };
+  TensorChunker(std::vector<Tensor> tensors, int64_t chunk_bytes);
+  // Fills *c (request_id left as it is) with the next chunk; false when
+  // every byte has been cut.
+  bool Next(v1::TensorChunk* c);
+  // Every byte has been cut.
+  bool done();
+
+ private:
+  std::vector<Tensor> tensors_;
+  int64_t chunk_bytes_;
+  size_t tensor_ = 0;   // index into tensors_
+  int64_t offset_ = 0;  // in that tensor
+};
+
 // The output a response header announces.
 struct OutputFormat {
   DType dtype = DType::kFloat32;

@@ -11,6 +11,8 @@
 #include <optional>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/cpp/options.h"
 
@@ -40,6 +42,26 @@ std::optional<absl::Duration> RetryDelay(const ClientOptions& options,
 
 // Sets the deadline of one try (each try has its own); none when infinite.
 void SetDeadline(grpc::ClientContext* ctx, absl::Duration deadline);
+
+// Calls `attempt` (absl::StatusOr<T>(bool* final)) until it succeeds or
+// fails for good, sleeping RetryDelay between tries: the unary calls'
+// loop. A try sets *final when its failure must not be retried (it may
+// have changed the server's state: a session's append).
+template <typename T, typename Attempt>
+absl::StatusOr<T> CallWithRetries(const ClientOptions& options,
+                                  Attempt attempt) {
+  absl::Time first_failure;
+  for (int tries = 1;; ++tries) {
+    bool final = false;
+    absl::StatusOr<T> r = attempt(&final);
+    if (r.ok() || final) return r;
+    if (tries == 1) first_failure = absl::Now();
+    const std::optional<absl::Duration> wait =
+        RetryDelay(options, r.status(), tries, first_failure);
+    if (!wait.has_value()) return r;
+    absl::SleepFor(*wait);
+  }
+}
 
 }  // namespace internal
 }  // namespace client

@@ -14,6 +14,13 @@
 namespace scatterbrain {
 namespace client {
 namespace internal {
+namespace {
+
+// gRPC's length-prefixed message framing: a compressed flag and a 4-byte
+// length before each message.
+constexpr int64_t kMessagePrefixBytes = 5;
+
+}  // namespace
 
 StreamCall::StreamCall(v1::AttentionService::Stub* stub, int64_t chunk_bytes,
                        int max_on_wire, absl::Duration deadline)
@@ -120,6 +127,16 @@ bool StreamCall::Broken() const {
   return finished_ || read_closed_ || write_failed_;
 }
 
+int64_t StreamCall::bytes_sent() const {
+  absl::MutexLock lock(&mu_);
+  return bytes_sent_;
+}
+
+int64_t StreamCall::bytes_received() const {
+  absl::MutexLock lock(&mu_);
+  return bytes_received_;
+}
+
 void StreamCall::Close() {
   absl::MutexLock lock(&mu_);
   if (!closing_) {
@@ -197,34 +214,22 @@ bool StreamCall::FillNextLocked() {
       *h = o.req->header;
       h->set_request_id(o.id);
       o.header_sent = true;
+      o.chunks.emplace(
+          std::vector<TensorChunker::Tensor>{{v1::TENSOR_NAME_Q, &o.req->q},
+                                             {v1::TENSOR_NAME_K, &o.req->k},
+                                             {v1::TENSOR_NAME_V, &o.req->v}},
+          chunk_bytes_);
       return true;
     }
-    const std::string* tensors[3] = {&o.req->q, &o.req->k, &o.req->v};
-    while (o.tensor < 3 &&
-           o.offset >= static_cast<int64_t>(tensors[o.tensor]->size())) {
-      ++o.tensor;
-      o.offset = 0;
-    }
-    if (o.tensor == 3) {
+    write_msg_.Clear();
+    v1::TensorChunk* c = write_msg_.mutable_chunk();
+    if (!o.chunks->Next(c)) {
       sending_.pop_front();
       continue;
     }
-    const std::string& t = *tensors[o.tensor];
-    const int64_t n = std::min<int64_t>(
-        chunk_bytes_, static_cast<int64_t>(t.size()) - o.offset);
-    write_msg_.Clear();
-    v1::TensorChunk* c = write_msg_.mutable_chunk();
     c->set_request_id(o.id);
-    static constexpr v1::TensorName kNames[3] = {
-        v1::TENSOR_NAME_Q, v1::TENSOR_NAME_K, v1::TENSOR_NAME_V};
-    c->set_tensor(kNames[o.tensor]);
-    c->set_offset(static_cast<uint64_t>(o.offset));
-    c->set_data(t.data() + o.offset, static_cast<size_t>(n));
-    o.offset += n;
     // Release the request's bytes as soon as its last chunk is cut.
-    if (o.tensor == 2 && o.offset >= static_cast<int64_t>(t.size())) {
-      sending_.pop_front();
-    }
+    if (o.chunks->done()) sending_.pop_front();
     return true;
   }
   return false;
@@ -236,6 +241,8 @@ void StreamCall::MaybeStartWriteLocked() {
   }
   if (FillNextLocked()) {
     writing_ = true;
+    bytes_sent_ +=
+        kMessagePrefixBytes + static_cast<int64_t>(write_msg_.ByteSizeLong());
     StartWrite(&write_msg_);
   } else if (closing_ && sending_.empty() && control_.empty()) {
     writes_done_ = true;
@@ -246,6 +253,8 @@ void StreamCall::MaybeStartWriteLocked() {
 std::optional<absl::StatusOr<AttendResult>> StreamCall::HandleResponse(
     Callback* done) {
   absl::MutexLock lock(&mu_);
+  bytes_received_ +=
+      kMessagePrefixBytes + static_cast<int64_t>(read_msg_.ByteSizeLong());
   const std::string& id = read_msg_.request_id();
   auto it = inflight_.find(id);
   if (it == inflight_.end()) {

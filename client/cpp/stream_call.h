@@ -67,6 +67,11 @@ class StreamCall
   void TryCancel() { ctx_.TryCancel(); }
   // The call failed or ended: a new request here would fail too.
   bool Broken() const;
+  // Serialized bytes of the messages written and read so far (protobuf
+  // encoding plus gRPC's 5-byte message prefix; HTTP/2 framing not
+  // counted): what the benchmarks report per request.
+  int64_t bytes_sent() const;
+  int64_t bytes_received() const;
   // Half-closes without waiting (a stream replaced after a failure).
   void Close();
 
@@ -82,8 +87,8 @@ class StreamCall
     std::shared_ptr<const PreparedRequest> req;
     bool header_sent = false;
     bool abandoned = false;  // cancelled while its chunks were being sent
-    int tensor = 0;          // 0 q, 1 k, 2 v
-    int64_t offset = 0;      // in that tensor
+    // Cuts q, k, v (set when the header is sent).
+    std::optional<TensorChunker> chunks = std::nullopt;
   };
   struct Incoming {
     Callback done;
@@ -124,6 +129,8 @@ class StreamCall
   // Touched only by OnReadDone (one read in flight) and under mu_.
   v1::AttendResponse read_msg_;
   grpc::Status final_status_ ABSL_GUARDED_BY(mu_);  // set by OnDone
+  int64_t bytes_sent_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t bytes_received_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Notification done_;
 };
 

@@ -156,4 +156,8 @@ def stats_to_dict(stats) -> Dict[str, Any]:
         "denominator_guards": stats.denominator_guards,
         "fallbacks": stats.fallbacks,
         "backend": stats.backend,
+        # Session requests: the session's lengths after the request, and
+        # whether it ran on the incremental state (O(budget) per row).
+        "session_lengths": list(stats.session_lengths),
+        "incremental": stats.incremental,
     }

@@ -6,10 +6,11 @@ most `chunk_bytes` on the Attend stream, so any size fits. Outputs come
 back as float32 arrays [batch, heads, seq_q, dim_v].
 
 This module holds the Client (its channel, the retries of UNAVAILABLE
-with backoff, attend, attend_many, health, info) and the module-level
+with backoff, attend, attend_many, health, info, sessions) and the module-level
 attend() on a shared Client per target. The pieces it drives live beside
 it: _wire (conversions), _request (Request, encoding, AttendResult),
-_stream (one Attend stream), _health, _errors; the public names are
+_stream (one Attend stream), _session (server-held K/V sessions),
+_health, _errors; the public names are
 imported here too, so `scatterbrain_client.client` still offers them.
 """
 
@@ -28,6 +29,7 @@ from . import _channel, _stubs
 from ._errors import AttendError, _error_from_rpc
 from ._health import _health_check
 from ._request import AttendResult, Request, _Encoded
+from ._session import Session
 from ._stream import _attend_stream, _Source
 from ._wire import _from_wire, stats_to_dict
 
@@ -182,6 +184,21 @@ class Client:
         """The server's v1.ServerInfo (version, backends, devices, limits)."""
         return self._stub.GetServerInfo(pb.GetServerInfoRequest(),
                                         timeout=timeout)
+
+    def create_session(self, *, dim: int, heads: int = 1, batch: int = 1,
+                       method: str = "scatterbrain", **kwargs) -> Session:
+        """A server-held K/V session (Session.create's arguments: dim_v,
+        kv_dtype, ttl, dtype, output_dtype, timeout and the method's
+        settings). Close it, or use Client.session in a `with` block."""
+        return Session.create(self, dim=dim, heads=heads, batch=batch,
+                              method=method, **kwargs)
+
+    def session(self, *, dim: int, heads: int = 1, batch: int = 1,
+                method: str = "scatterbrain", **kwargs) -> Session:
+        """create_session, for `with client.session(...) as s:` (the
+        session is deleted on the server when the block ends)."""
+        return self.create_session(dim=dim, heads=heads, batch=batch,
+                                   method=method, **kwargs)
 
     def attend(self, q, k, v, method: str = "scatterbrain", *,
                dtype: str = "float32", output_dtype: Optional[str] = None,
