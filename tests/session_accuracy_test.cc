@@ -49,7 +49,7 @@ AttentionParams Params(const Inputs& in, const AttentionParams& settings,
 
 // Relative Frobenius error over rows [P, N) of every (b, h); `got` is
 // [B, H, N - P, dv], `ref` ExactAttentionDoubleRows' answer for those rows.
-double RowsError(const Inputs& in, int64_t P, const std::vector<float>& got,
+double RowsError(const std::vector<float>& got,
                  const std::vector<double>& ref) {
   double e = 0, o = 0;
   for (size_t i = 0; i < ref.size(); ++i) {
@@ -150,7 +150,7 @@ Errors Compare(const Inputs& in, const AttentionParams& settings, bool causal,
                 out.begin() + (bh + 1) * step * in.dv,
                 got.begin() + (bh * n + (i - P)) * in.dv);
   }
-  return Errors{RowsError(in, P, one, ref), RowsError(in, P, got, ref)};
+  return Errors{RowsError(one, ref), RowsError(got, ref)};
 }
 
 AttentionParams Settings(Method method, SparseSupport sparse, int budget) {

@@ -113,7 +113,9 @@ class ServerEnvironment : public ::testing::Environment {
     start_status_ = server_.Start(o);
   }
   void TearDown() override {
-    if (start_status_.ok()) EXPECT_THAT(server_.Stop(), IsOk());
+    if (start_status_.ok()) {
+      EXPECT_THAT(server_.Stop(), IsOk());
+    }
   }
   static ServerEnvironment* Get() { return env_; }
   const absl::Status& start_status() const { return start_status_; }
