@@ -3,6 +3,10 @@
 
 #include <cblas.h>
 
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
 #include <thread>
 
 // OpenBLAS and BLIS expose these; a reference CBLAS does not (weak: absent
@@ -42,6 +46,77 @@ int ResolveThreads(int requested) {
   return hc == 0 ? 1 : static_cast<int>(hc);
 }
 
+namespace {
+
+// Worker threads kept for the process's life: a decode step's parallel
+// pass is a few hundred microseconds, which spawning and joining threads
+// for every call (~50 us each) would visibly add to. Tasks never block on
+// each other (no ParallelFor runs inside another's task), and a caller
+// always works through its own items, so a busy pool delays no one.
+class WorkerPool {
+ public:
+  static WorkerPool& Get() {
+    // Leaked on purpose: workers may still wait on the queue at exit.
+    static WorkerPool* pool = new WorkerPool(
+        std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - 1));
+    return *pool;
+  }
+  int size() const { return static_cast<int>(threads_.size()); }
+  void Post(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      tasks_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  explicit WorkerPool(int n) {
+    for (int i = 0; i < n; ++i)
+      threads_.emplace_back([this] {
+        for (;;) {
+          std::function<void()> task;
+          {
+            std::unique_lock<std::mutex> lock(mu_);
+            cv_.wait(lock, [this] { return !tasks_.empty(); });
+            task = std::move(tasks_.front());
+            tasks_.pop_front();
+          }
+          task();
+        }
+      });
+    for (std::thread& t : threads_) t.detach();
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  std::vector<std::thread> threads_;
+};
+
+// What the caller and its helpers share. A helper that starts after every
+// item was taken touches neither `fn` nor `cancel` (both the caller's, gone
+// once it returns); one that took an item is counted in `active`, which the
+// caller waits to see at zero.
+struct ForState {
+  std::atomic<int64_t> next{0};
+  std::mutex mu;
+  std::condition_variable idle;
+  int active = 0;
+};
+
+void RunItems(ForState& st, int64_t n, const std::function<void(int64_t)>& fn,
+              const CancelToken* cancel) {
+  for (int64_t i = st.next.fetch_add(1); i < n; i = st.next.fetch_add(1)) {
+    if (Stopped(cancel)) {
+      st.next.store(n);
+      break;
+    }
+    fn(i);
+  }
+}
+
+}  // namespace
+
 void ParallelFor(int64_t n, int threads, const std::function<void(int64_t)>& fn,
                  const CancelToken* cancel) {
   if (n <= 0) return;
@@ -50,17 +125,31 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t)>& fn,
     for (int64_t i = 0; i < n && !Stopped(cancel); ++i) fn(i);
     return;
   }
-  std::atomic<int64_t> next{0};
-  auto worker = [&]() {
-    for (int64_t i = next.fetch_add(1); i < n && !Stopped(cancel);
-         i = next.fetch_add(1))
-      fn(i);
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(t - 1);
-  for (int i = 0; i < t - 1; ++i) pool.emplace_back(worker);
-  worker();
-  for (auto& th : pool) th.join();
+  auto st = std::make_shared<ForState>();
+  WorkerPool& pool = WorkerPool::Get();
+  const int pooled = std::min(t - 1, pool.size());
+  for (int w = 0; w < pooled; ++w) {
+    pool.Post([st, n, &fn, cancel] {
+      {
+        std::lock_guard<std::mutex> lock(st->mu);
+        // Every item taken: the caller may be gone, touch nothing of it.
+        if (st->next.load() >= n) return;
+        ++st->active;
+      }
+      RunItems(*st, n, fn, cancel);
+      std::lock_guard<std::mutex> lock(st->mu);
+      if (--st->active == 0) st->idle.notify_all();
+    });
+  }
+  // More threads asked for than the pool has (an explicit --threads above
+  // the core count): the rest as plain threads, as before.
+  std::vector<std::thread> extra;
+  for (int w = pooled; w < t - 1; ++w)
+    extra.emplace_back([&] { RunItems(*st, n, fn, cancel); });
+  RunItems(*st, n, fn, cancel);
+  for (std::thread& th : extra) th.join();
+  std::unique_lock<std::mutex> lock(st->mu);
+  st->idle.wait(lock, [&] { return st->active == 0; });
 }
 
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,

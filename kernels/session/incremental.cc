@@ -187,6 +187,8 @@ class State final : public IncrementalState {
     double den = 0;
     std::vector<int64_t> support;
     std::vector<float> ks, vs, proj, logit, fs;
+    // Scratch reused row after row.
+    std::vector<float> tail_k, tail_v, pq, fq, kproj, kbase, fk, ft;
   };
 
   // Offers one query row (seeing keys [0, lim), at position pos) to the
@@ -301,7 +303,8 @@ void State::Row(const PagedKv& kv, int64_t b, int64_t h, int64_t length,
   if (lim <= 0) return;
   // The mean visible value.
   w->vbar.assign(hd.vsum.begin(), hd.vsum.end());
-  std::vector<float> tail_k, tail_v;
+  std::vector<float>& tail_k = w->tail_k;
+  std::vector<float>& tail_v = w->tail_v;
   if (lim < length) {
     tail_k.resize(static_cast<size_t>((length - lim) * d_));
     tail_v.resize(static_cast<size_t>((length - lim) * dv_));
@@ -356,7 +359,10 @@ void State::Row(const PagedKv& kv, int64_t b, int64_t h, int64_t length,
   if (!lowrank_) return;
 
   // Low-rank part: phi(q), then phi(q) . [Z, z1] less the unseen keys.
-  std::vector<float> pq(r_), fq(m_);
+  std::vector<float>& pq = w->pq;
+  std::vector<float>& fq = w->fq;
+  pq.resize(r_);
+  fq.resize(m_);
   float qbase = 0;
   Project(h, q, 1, pq.data(), &qbase);
   float pmax = 0.0f;
@@ -379,8 +385,12 @@ void State::Row(const PagedKv& kv, int64_t b, int64_t h, int64_t length,
   // phi(q) . phi(k_j) of n keys in `keys` (their values in `vals`), taken
   // from num/den (sign -1) or gathered into fs.
   auto pair_mass = [&](const float* keys, int64_t n, std::vector<float>* fs) {
-    std::vector<float> proj(static_cast<size_t>(n * r_)), base(n),
-        fk(static_cast<size_t>(n * m_));
+    std::vector<float>& proj = w->kproj;
+    std::vector<float>& base = w->kbase;
+    std::vector<float>& fk = w->fk;
+    proj.resize(static_cast<size_t>(n * r_));
+    base.resize(n);
+    fk.resize(static_cast<size_t>(n * m_));
     Project(h, keys, n, proj.data(), base.data());
     KeyFeatures(proj.data(), base.data(), n, hd.kscale, fk.data());
     fs->assign(n, 0.0f);
@@ -388,7 +398,7 @@ void State::Row(const PagedKv& kv, int64_t b, int64_t h, int64_t length,
               fs->data(), n);
   };
   if (lim < length) {
-    std::vector<float> ft;
+    std::vector<float>& ft = w->ft;
     pair_mass(tail_k.data(), length - lim, &ft);
     for (int64_t j = 0; j < length - lim; ++j) {
       den -= ft[j];

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <string>
 #include <utility>
 
@@ -482,16 +483,28 @@ void AttendSessions(absl::Span<SessionCall> calls, Backend* backend,
         items.emplace_back(call, bh);
     }
     std::vector<AttentionStats> item_stats(items.size());
+    std::vector<absl::Status> item_status(items.size());
     cpu::ParallelFor(static_cast<int64_t>(items.size()),
                      cpu::ResolveThreads(threads), [&](int64_t i) {
                        SessionCall* call = items[i].first;
                        if (Stopped(call->cancel)) return;
                        const int64_t H = call->session->config().heads;
-                       call->session->impl_->AttendHeadLocked(
-                           *call, items[i].second / H, items[i].second % H,
-                           &item_stats[i]);
+                       // Nothing escapes a worker: a failure is this call's
+                       // status.
+                       try {
+                         call->session->impl_->AttendHeadLocked(
+                             *call, items[i].second / H, items[i].second % H,
+                             &item_stats[i]);
+                       } catch (const std::bad_alloc&) {
+                         item_status[i] = absl::ResourceExhaustedError(
+                             "out of memory in a session step");
+                       } catch (const std::exception& e) {
+                         item_status[i] = absl::InternalError(e.what());
+                       }
                      });
     for (size_t i = 0; i < items.size(); ++i) {
+      if (!item_status[i].ok() && items[i].first->status.ok())
+        items[i].first->status = item_status[i];
       AttentionStats& st = items[i].first->stats;
       st.workspace_bytes += item_stats[i].workspace_bytes;
       st.denominator_guards += item_stats[i].denominator_guards;
