@@ -2,7 +2,6 @@
 #include "server/append_reactor.h"
 
 #include <thread>
-
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -260,10 +259,17 @@ absl::Status AttentionServiceImpl::AppendReactor::AtEndOfReads() {
     return session->Append(counts_, k.raw(), v.raw(), dtype_, &token);
   });
   staging_.Release();
-  if (!st.ok()) return WithHeaderPath(st);
+  if (!st.ok()) {
+    view_.session.reset();
+    return WithHeaderPath(st);
+  }
   absl::StatusOr<SessionView> now = svc_->sessions_->Lookup(
       view_.id, identity_, "header.session_id", /*touch=*/false);
   svc_->FillSessionInfo(now.ok() ? *now : view_, response_);
+  // Let the session go before the answer leaves: a DeleteSession the client
+  // sends next frees it at once, not when this reactor is destroyed.
+  view_.session.reset();
+  if (now.ok()) now->session.reset();
   return absl::OkStatus();
 }
 
