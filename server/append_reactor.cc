@@ -1,6 +1,8 @@
 // scatterbrain/server/append_reactor.cc — see append_reactor.h.
 #include "server/append_reactor.h"
 
+#include <thread>
+
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -69,21 +71,25 @@ void AttentionServiceImpl::AppendReactor::OnReadDone(bool ok) {
     if (finished_) return;
     ++busy_;
   }
-  absl::Status st;
-  bool more = false;
   if (!ok) {
-    st = AtEndOfReads();
-  } else {
-    st = Process();
-    more = st.ok();
+    // Applying the append is real work (conversion, the incremental state,
+    // maybe a k-means refit: seconds at long contexts), so it never runs on
+    // a gRPC callback thread. busy_ holds the call open until Leave.
+    std::thread([this] {
+      EndWith(AtEndOfReads());
+      Leave();
+    }).detach();
+    return;
   }
+  absl::Status st = Process();
+  bool more = st.ok();
   if (more) {
     absl::MutexLock lock(&mu_);
     more = !end_decided_;  // the timer ended it meanwhile
   }
   if (more) {
     StartRead(&msg_);
-  } else if (!ok || !st.ok()) {
+  } else if (!st.ok()) {
     EndWith(st);
   }
   Leave();
