@@ -18,12 +18,26 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-import conftest
+import kserve_server  # also puts client/python on sys.path
 import scatterbrain_client as sb
 
 _NP = {"FP16": np.float16, "BF16": ml_dtypes.bfloat16}
 MODELS = ["scatterbrain", "exact", "performer", "lsh", "local"]
 B, H, N, D = 2, 2, 64, 16
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = kserve_server.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(server):
+    c = grpcclient.InferenceServerClient(server.target)
+    yield c
+    c.close()
 
 
 def _qkv(seed=0, shape=(B, H, N, D)):
@@ -347,7 +361,7 @@ def test_both_protocols_batch_together():
     """A batch closes at 2 requests or after 20 s: a v1 and a KServe
     request with the same settings sent together run as one batch (the
     20 s bound only matters if the two arrive that far apart)."""
-    s = conftest.start(["--max_batch_requests=2",
+    s = kserve_server.start(["--max_batch_requests=2",
                         "--max_queue_delay_us=20000000"])
     try:
         q, k, v = _qkv(10)
@@ -372,7 +386,7 @@ def test_both_protocols_batch_together():
 def test_tokens_and_region_owners(tmp_path):
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("tok-a\ntok-b\n")
-    s = conftest.start([f"--auth_token_file={tokens}"], auth_token="tok-a")
+    s = kserve_server.start([f"--auth_token_file={tokens}"])
     tag = f"sbo{os.getpid()}"
     h = shm.create_shared_memory_region(tag, f"/{tag}", 64)
     try:
