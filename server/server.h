@@ -19,6 +19,7 @@
 #include "server/clock.h"
 #include "server/executor.h"
 #include "server/http_exposer.h"
+#include "server/kserve_service.h"
 #include "server/metrics.h"
 #include "server/security.h"
 #include "server/service.h"
@@ -144,6 +145,8 @@ class Server {
   std::unique_ptr<Executor> executor_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<AttentionServiceImpl> service_;
+  // inference.GRPCInferenceService (KServe v2) on the same port.
+  std::unique_ptr<KServeServiceImpl> kserve_;
   std::unique_ptr<UnknownMethodService> unknown_methods_;
   std::unique_ptr<grpc::Server> grpc_server_;
 

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "proto/convert/wire.h"
 #include "server/append_reactor.h"
 #include "server/attend_reactor.h"
@@ -151,6 +152,49 @@ absl::StatusOr<MemoryReservation> AttentionServiceImpl::ReserveMemory(
   return budget_.Reserve(
       RequestMemoryBytes(spec, executor_->inputs_in_wire_dtype(), unary_bytes),
       "header");
+}
+
+absl::StatusOr<JobPtr> AttentionServiceImpl::AdmitWhole(
+    RequestSpec spec, const WholeTensor (&tensors)[3],
+    absl::string_view expected_for, int64_t message_bytes,
+    const grpc::CallbackServerContext& ctx) {
+  const int64_t want[] = {spec.q_bytes, spec.k_bytes, spec.v_bytes};
+  const int64_t elements[] = {spec.q_elements, spec.k_elements,
+                              spec.v_elements};
+  for (int i = 0; i < 3; ++i) {
+    if (static_cast<int64_t>(tensors[i].bytes.size()) != want[i]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          tensors[i].name, ": ", tensors[i].bytes.size(), " bytes, expected ",
+          want[i], " for ", expected_for, " ", DTypeName(spec.dtype)));
+    }
+  }
+  // gRPC's copy of the message and the parsed one, until converted.
+  absl::StatusOr<MemoryReservation> memory =
+      ReserveMemory(spec, 2 * std::max<int64_t>(message_bytes, 1));
+  if (!memory.ok()) return memory.status();
+  auto job = std::make_shared<Job>();
+  TensorBuffer* dst[] = {&job->q, &job->k, &job->v};
+  const HostAllocator alloc = executor_->host_allocator();
+  const bool wire = executor_->inputs_in_wire_dtype();
+  for (int i = 0; i < 3; ++i) {
+    TensorAssembler a;
+    absl::Status st =
+        a.Init(tensors[i].name, spec.dtype, elements[i], alloc, wire);
+    if (st.ok()) st = a.Append(0, tensors[i].bytes);
+    if (!st.ok()) return st;
+    *dst[i] = a.Take();
+  }
+  job->spec = std::move(spec);
+  job->memory = *std::move(memory);
+  if (!TryAccept()) return DrainingError();
+  job->deadline_us = DeadlineMicros(ctx);
+  return job;
+}
+
+absl::Status AttentionServiceImpl::SubmitAdmitted(const JobPtr& job) {
+  const absl::Status st = executor_->Submit(job);
+  if (!st.ok()) Finished();
+  return st;
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*

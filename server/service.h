@@ -144,6 +144,26 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   int64_t inflight() const;
   const MemoryBudget& memory_budget() const { return budget_; }
   SessionRegistry& sessions() { return *sessions_; }
+  // One request whose tensors are whole in memory (AttendUnary's and the
+  // KServe ModelInfer's path; attend_reactor.cc assembles chunks itself):
+  // checks each tensor's bytes against `spec` (the error names the tensor
+  // and "for <expected_for>"), reserves the memory (`message_bytes`: the
+  // request message, held twice until converted), converts the tensors into
+  // a job's buffers and counts it in flight. The caller sets job->done and
+  // submits it with SubmitAdmitted.
+  struct WholeTensor {
+    const char* name;
+    absl::string_view bytes;
+  };
+  absl::StatusOr<JobPtr> AdmitWhole(RequestSpec spec,
+                                    const WholeTensor (&tensors)[3],
+                                    absl::string_view expected_for,
+                                    int64_t message_bytes,
+                                    const grpc::CallbackServerContext& ctx);
+  // Submits an admitted job; on failure it is no longer counted in flight
+  // and `done` will not be called.
+  absl::Status SubmitAdmitted(const JobPtr& job);
+
   // Checks every stream's and append's timeouts and evicts sessions idle
   // past their TTL, now (the timer thread calls it; tests with a fake clock
   // may too).
@@ -153,6 +173,9 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   class AttendReactor;
   class UnaryReactor;
   class AppendReactor;
+  // The KServe v2 front end (kserve_service.h) shares admission, the
+  // executor, the drain and the caller's identity.
+  friend class KServeServiceImpl;
 
   // OK, or UNAUTHENTICATED when the call lacks an accepted token.
   grpc::Status Authorize(const grpc::CallbackServerContext& ctx);

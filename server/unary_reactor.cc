@@ -44,54 +44,23 @@ void AttentionServiceImpl::UnaryReactor::Start() {
   absl::StatusOr<RequestSpec> spec =
       svc_->SpecFor(request_.header(), *ctx_, /*require_id=*/false, &session);
   if (!spec.ok()) return Reject(spec.status());
-  const struct {
-    const char* name;
-    const std::string& bytes;
-    int64_t want;
-    int64_t elements;
-  } tensors[] = {{"q", request_.q(), spec->q_bytes, spec->q_elements},
-                 {"k", request_.k(), spec->k_bytes, spec->k_elements},
-                 {"v", request_.v(), spec->v_bytes, spec->v_elements}};
-  for (const auto& t : tensors) {
-    if (static_cast<int64_t>(t.bytes.size()) != t.want) {
-      return Reject(absl::InvalidArgumentError(absl::StrCat(
-          t.name, ": ", t.bytes.size(), " bytes, expected ", t.want,
-          " for header.shape and header.dtype ", DTypeName(spec->dtype))));
-    }
-  }
-  // gRPC's copy of the message and the parsed one, until converted.
-  absl::StatusOr<MemoryReservation> memory = svc_->ReserveMemory(
-      *spec, 2 * static_cast<int64_t>(std::max<size_t>(message_bytes, 1)));
-  if (!memory.ok()) return Reject(memory.status());
-  auto job = std::make_shared<Job>();
-  TensorBuffer* dst[] = {&job->q, &job->k, &job->v};
-  const HostAllocator alloc = svc_->executor_->host_allocator();
-  const bool wire = svc_->executor_->inputs_in_wire_dtype();
-  for (int i = 0; i < 3; ++i) {
-    TensorAssembler a;
-    absl::Status st =
-        a.Init(tensors[i].name, spec->dtype, tensors[i].elements, alloc, wire);
-    if (st.ok()) st = a.Append(0, tensors[i].bytes);
-    if (!st.ok()) return Reject(st);
-    *dst[i] = a.Take();
-  }
-  request_.Clear();  // the tensors are in the job's buffers now
+  const WholeTensor tensors[3] = {
+      {"q", request_.q()}, {"k", request_.k()}, {"v", request_.v()}};
   method_ = spec->method_label;
-  job->spec = *std::move(spec);
-  job->memory = *std::move(memory);
-  job->session = std::move(session);
-  if (!svc_->TryAccept()) return Reject(DrainingError());
-  job->done = [this](const JobPtr& j, JobResult r) {
+  absl::StatusOr<JobPtr> job = svc_->AdmitWhole(
+      *std::move(spec), tensors, "header.shape and header.dtype",
+      static_cast<int64_t>(message_bytes), *ctx_);
+  if (!job.ok()) return Reject(job.status());
+  request_.Clear();  // the tensors are in the job's buffers now
+  (*job)->session = std::move(session);
+  (*job)->done = [this](const JobPtr& j, JobResult r) {
     OnJobDone(j, std::move(r));
   };
-  job->deadline_us = svc_->DeadlineMicros(*ctx_);
   {
     absl::MutexLock lock(&mu_);
-    job_ = job;
+    job_ = *job;
   }
-  const absl::Status st = svc_->executor_->Submit(job);
-  if (!st.ok()) {
-    svc_->Finished();
+  if (const absl::Status st = svc_->SubmitAdmitted(*job); !st.ok()) {
     Reject(st);
   }
 }

@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 files=$(ls kernels/*.h kernels/*.cc kernels/cpu/* kernels/cuda/* common/* \
   server/executor* server/batcher* server/request* server/tensor_assembler* \
   server/stream_requests* server/metrics* server/clock* server/http_exposer* \
-  server/backend_select* \
+  server/backend_select* server/shm_registry* \
   2>/dev/null)
 bad=$(grep -lE '#include ["<](scatterbrain/v1/|grpcpp/|grpc/|google/protobuf/|server/(proto_convert|service|answer_writer|attend_reactor|unary_reactor|server)\.h|proto/convert/)' $files || true)
 if [[ -n "${bad}" ]]; then
