@@ -21,8 +21,8 @@ namespace {
 using google::protobuf::FieldDescriptor;
 using Params = google::protobuf::Map<std::string, inference::InferParameter>;
 
-constexpr char kQ[] = "Q", kK[] = "K", kV[] = "V", kKeyLengths[] = "KEY_LENGTHS",
-               kOut[] = "OUT";
+constexpr char kQ[] = "Q", kK[] = "K", kV[] = "V",
+               kKeyLengths[] = "KEY_LENGTHS", kOut[] = "OUT";
 constexpr char kRegion[] = "shared_memory_region";
 constexpr char kRegionBytes[] = "shared_memory_byte_size";
 constexpr char kRegionOffset[] = "shared_memory_offset";
@@ -103,7 +103,8 @@ std::string SettingNames() {
   std::vector<std::string> names;
   const auto* d = v1::MethodSettings::descriptor();
   for (int i = 0; i < d->field_count(); ++i) {
-    if (d->field(i)->name() != "method") names.emplace_back(d->field(i)->name());
+    if (d->field(i)->name() != "method")
+      names.emplace_back(d->field(i)->name());
   }
   names.emplace_back("output_dtype");
   return absl::StrJoin(names, ", ");
@@ -134,8 +135,8 @@ absl::Status SetSetting(const FieldDescriptor* f,
         return absl::OkStatus();
       }
       if (!AsInteger(p, &i) || i < 0) {
-        return Invalid(what, absl::StrCat("must be an integer >= 0, got ",
-                                          Describe(p)));
+        return Invalid(
+            what, absl::StrCat("must be an integer >= 0, got ", Describe(p)));
       }
       r->SetUInt64(s, f, static_cast<uint64_t>(i));
       return absl::OkStatus();
@@ -185,9 +186,9 @@ absl::Status SetSetting(const FieldDescriptor* f,
           return absl::OkStatus();
         }
       }
-      return Invalid(what, absl::StrCat("must be one of ",
-                                        absl::StrJoin(accepted, ", "),
-                                        ", got ", Describe(p)));
+      return Invalid(
+          what, absl::StrCat("must be one of ", absl::StrJoin(accepted, ", "),
+                             ", got ", Describe(p)));
     }
     default:
       return Invalid(what, "is not a setting");
@@ -208,13 +209,13 @@ absl::StatusOr<std::optional<ShmSpan>> SharedMemoryOf(
   int64_t bytes = 0, offset = 0;
   const auto size = params.find(kRegionBytes);
   if (size == params.end() || !AsInteger(size->second, &bytes) || bytes < 0) {
-    return Invalid(what, absl::StrCat(kRegionBytes,
-                                      " must be set to an integer >= 0"));
+    return Invalid(
+        what, absl::StrCat(kRegionBytes, " must be set to an integer >= 0"));
   }
   if (const auto off = params.find(kRegionOffset); off != params.end()) {
     if (!AsInteger(off->second, &offset) || offset < 0) {
-      return Invalid(what, absl::StrCat(kRegionOffset,
-                                        " must be an integer >= 0"));
+      return Invalid(what,
+                     absl::StrCat(kRegionOffset, " must be an integer >= 0"));
     }
   }
   absl::StatusOr<ShmSpan> span =
@@ -257,9 +258,9 @@ bool MethodOfModel(absl::string_view model, v1::Method* out) {
 absl::Status CheckModel(absl::string_view model, absl::string_view version) {
   v1::Method m;
   if (!MethodOfModel(model, &m)) {
-    return absl::NotFoundError(
-        absl::StrCat("model '", model, "' is not served; models: ",
-                     absl::StrJoin(ModelNames(), ", ")));
+    return absl::NotFoundError(absl::StrCat(
+        "model '", model,
+        "' is not served; models: ", absl::StrJoin(ModelNames(), ", ")));
   }
   if (!version.empty() && version != "1") {
     return absl::NotFoundError(absl::StrCat(
@@ -321,9 +322,9 @@ absl::Status ApplyParameters(const Params& params, v1::RequestHeader* header) {
       if (value.parameter_choice_case() !=
               inference::InferParameter::kStringParam ||
           !FromKServeName(value.string_param(), &d)) {
-        return Invalid(ParamName(name),
-                       absl::StrCat("must be FP32, FP16 or BF16, got ",
-                                    Describe(value)));
+        return Invalid(
+            ParamName(name),
+            absl::StrCat("must be FP32, FP16 or BF16, got ", Describe(value)));
       }
       header->set_output_dtype(wire::DTypeToProto(d));
       continue;
@@ -415,10 +416,10 @@ absl::Status ParseInferRequest(const inference::ModelInferRequest& request,
     }
   }
   if (raw_used != request.raw_input_contents_size()) {
-    return Invalid("raw_input_contents",
-                   absl::StrCat(request.raw_input_contents_size(),
-                                " entries for ", raw_used,
-                                " inputs without contents or shared memory"));
+    return Invalid(
+        "raw_input_contents",
+        absl::StrCat(request.raw_input_contents_size(), " entries for ",
+                     raw_used, " inputs without contents or shared memory"));
   }
   for (int i = 0; i < 3; ++i) {
     if (tensors[i] == nullptr) {
@@ -434,10 +435,10 @@ absl::Status ParseInferRequest(const inference::ModelInferRequest& request,
   }
   for (int i = 1; i < 3; ++i) {
     if (tensors[i]->datatype() != tensors[0]->datatype()) {
-      return Invalid(absl::StrCat("input '", names[i], "'"),
-                     absl::StrCat("datatype ", tensors[i]->datatype(),
-                                  " differs from Q's ",
-                                  tensors[0]->datatype()));
+      return Invalid(
+          absl::StrCat("input '", names[i], "'"),
+          absl::StrCat("datatype ", tensors[i]->datatype(),
+                       " differs from Q's ", tensors[0]->datatype()));
     }
   }
   h.set_dtype(wire::DTypeToProto(dtype));
@@ -462,18 +463,18 @@ absl::Status ParseInferRequest(const inference::ModelInferRequest& request,
   const auto& k = dims[1];
   const auto& v = dims[2];
   if (k[0] != q[0] || k[1] != q[1] || k[3] != q[3]) {
-    return Invalid("input 'K'",
-                   absl::StrCat("shape ", ShapeText(tensors[1]->shape()),
-                                " must match Q's ",
-                                ShapeText(tensors[0]->shape()),
-                                " in batch, heads and dim"));
+    return Invalid(
+        "input 'K'",
+        absl::StrCat("shape ", ShapeText(tensors[1]->shape()),
+                     " must match Q's ", ShapeText(tensors[0]->shape()),
+                     " in batch, heads and dim"));
   }
   if (v[0] != k[0] || v[1] != k[1] || v[2] != k[2]) {
-    return Invalid("input 'V'",
-                   absl::StrCat("shape ", ShapeText(tensors[2]->shape()),
-                                " must match K's ",
-                                ShapeText(tensors[1]->shape()),
-                                " in batch, heads and seq"));
+    return Invalid(
+        "input 'V'",
+        absl::StrCat("shape ", ShapeText(tensors[2]->shape()),
+                     " must match K's ", ShapeText(tensors[1]->shape()),
+                     " in batch, heads and seq"));
   }
   v1::Shape* s = h.mutable_shape();
   s->set_batch(static_cast<uint32_t>(q[0]));
@@ -484,9 +485,9 @@ absl::Status ParseInferRequest(const inference::ModelInferRequest& request,
   s->set_dim_v(static_cast<uint32_t>(v[3]));
   if (const auto* kl = tensors[3]; kl != nullptr) {
     if (kl->datatype() != "INT32") {
-      return Invalid("input 'KEY_LENGTHS'",
-                     absl::StrCat("datatype must be INT32, got '",
-                                  kl->datatype(), "'"));
+      return Invalid(
+          "input 'KEY_LENGTHS'",
+          absl::StrCat("datatype must be INT32, got '", kl->datatype(), "'"));
     }
     if (kl->shape().size() != 1 || kl->shape(0) != q[0]) {
       return Invalid("input 'KEY_LENGTHS'",
@@ -552,10 +553,10 @@ absl::Status WithKServeNames(const absl::Status& st) {
 absl::Status CheckOutputRoom(const InferInputs& in, const RequestSpec& spec) {
   if (!in.out_shm.has_value()) return absl::OkStatus();
   if (in.out_shm->size < static_cast<uint64_t>(spec.out_bytes)) {
-    return Invalid("output 'OUT'",
-                   absl::StrCat(kRegionBytes, " ", in.out_shm->size,
-                                " is less than the output's ", spec.out_bytes,
-                                " bytes"));
+    return Invalid(
+        "output 'OUT'",
+        absl::StrCat(kRegionBytes, " ", in.out_shm->size,
+                     " is less than the output's ", spec.out_bytes, " bytes"));
   }
   return absl::OkStatus();
 }
@@ -581,8 +582,7 @@ void FillInferResponse(const InferInputs& in, const RequestSpec& spec,
     raw->resize(static_cast<size_t>(spec.out_bytes));
     dst = raw->data();
   }
-  EncodeFromFloat(spec.output_dtype, result.out.data(), spec.out_elements,
-                  dst);
+  EncodeFromFloat(spec.output_dtype, result.out.data(), spec.out_elements, dst);
   result.out.Release();
   auto& params = *out->mutable_parameters();
   const RequestStats& stats = result.stats;

@@ -83,8 +83,8 @@ void KServeServiceImpl::Count(const std::string& model, bool ok,
       std::chrono::duration_cast<std::chrono::milliseconds>(
           std::chrono::system_clock::now().time_since_epoch())
           .count());
-  const uint64_t ns = static_cast<uint64_t>(std::max<int64_t>(elapsed_us, 0)) *
-                      1000;
+  const uint64_t ns =
+      static_cast<uint64_t>(std::max<int64_t>(elapsed_us, 0)) * 1000;
   absl::MutexLock lock(&mu_);
   ModelCounters& c = counters_[model];
   c.last_inference_ms = now_ms;
@@ -137,9 +137,9 @@ void KServeServiceImpl::Infer(const Ctx& ctx,
   if (st = kserve::CheckOutputRoom(*in, *spec); !st.ok()) return reject(st);
   const AttentionServiceImpl::WholeTensor tensors[3] = {
       {"input 'Q'", in->q}, {"input 'K'", in->k}, {"input 'V'", in->v}};
-  absl::StatusOr<JobPtr> job = a->AdmitWhole(
-      *std::move(spec), tensors, "its shape and datatype",
-      static_cast<int64_t>(request.ByteSizeLong()), ctx);
+  absl::StatusOr<JobPtr> job =
+      a->AdmitWhole(*std::move(spec), tensors, "its shape and datatype",
+                    static_cast<int64_t>(request.ByteSizeLong()), ctx);
   if (!job.ok()) return reject(job.status());
   in->held.clear();  // the inputs are in the job's buffers now
   in->q = in->k = in->v = absl::string_view();

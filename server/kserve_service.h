@@ -60,9 +60,9 @@ class KServeServiceImpl final
                        inference::ModelMetadataResponse* response) override;
   Unary* ModelConfig(Ctx* ctx, const inference::ModelConfigRequest* request,
                      inference::ModelConfigResponse* response) override;
-  Unary* ModelStatistics(
-      Ctx* ctx, const inference::ModelStatisticsRequest* request,
-      inference::ModelStatisticsResponse* response) override;
+  Unary* ModelStatistics(Ctx* ctx,
+                         const inference::ModelStatisticsRequest* request,
+                         inference::ModelStatisticsResponse* response) override;
   Unary* ModelInfer(Ctx* ctx, const inference::ModelInferRequest* request,
                     inference::ModelInferResponse* response) override;
   grpc::ServerBidiReactor<inference::ModelInferRequest,

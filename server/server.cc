@@ -296,10 +296,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
       s->service_.get(), ShmRegistryOptions{}, SB_VERSION);
   builder.RegisterService(s->kserve_.get());
   s->unknown_methods_ = std::make_unique<UnknownMethodService>(
-      std::vector<std::string>{v1::AttentionService::service_full_name(),
-                               inference::GRPCInferenceService::service_full_name(),
-                               "grpc.health.v1.Health",
-                               "grpc.reflection.v1alpha.ServerReflection"},
+      std::vector<std::string>{
+          v1::AttentionService::service_full_name(),
+          inference::GRPCInferenceService::service_full_name(),
+          "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"},
       s->metrics_.get());
   builder.RegisterCallbackGenericService(s->unknown_methods_.get());
   s->grpc_server_ = builder.BuildAndStart();

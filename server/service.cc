@@ -169,8 +169,8 @@ absl::StatusOr<JobPtr> AttentionServiceImpl::AdmitWhole(
     }
   }
   // gRPC's copy of the message and the parsed one, until converted.
-  absl::StatusOr<MemoryReservation> memory = ReserveMemory(
-      spec, 2 * std::max<int64_t>(message_bytes, 1));
+  absl::StatusOr<MemoryReservation> memory =
+      ReserveMemory(spec, 2 * std::max<int64_t>(message_bytes, 1));
   if (!memory.ok()) return memory.status();
   auto job = std::make_shared<Job>();
   TensorBuffer* dst[] = {&job->q, &job->k, &job->v};

@@ -47,9 +47,9 @@ void AttentionServiceImpl::UnaryReactor::Start() {
   const WholeTensor tensors[3] = {
       {"q", request_.q()}, {"k", request_.k()}, {"v", request_.v()}};
   method_ = spec->method_label;
-  absl::StatusOr<JobPtr> job =
-      svc_->AdmitWhole(*std::move(spec), tensors, "header.shape and header.dtype",
-                       static_cast<int64_t>(message_bytes), *ctx_);
+  absl::StatusOr<JobPtr> job = svc_->AdmitWhole(
+      *std::move(spec), tensors, "header.shape and header.dtype",
+      static_cast<int64_t>(message_bytes), *ctx_);
   if (!job.ok()) return Reject(job.status());
   request_.Clear();  // the tensors are in the job's buffers now
   (*job)->session = std::move(session);
