@@ -228,8 +228,13 @@ bool Executor::StartJob(const JobPtr& job, int64_t enqueued_us,
   result->stats.queue_seconds = (start_us - enqueued_us) * 1e-6;
   metrics_->QueueTime(job->spec.method_label, result->stats.queue_seconds);
   // A request whose output cannot be had fails alone.
-  const absl::Status st =
-      result->out.Allocate(job->spec.out_elements, "output", host_allocator());
+  absl::Status st;
+  if (job->out_view && job->out_view.size >= job->spec.out_elements) {
+    result->out = std::move(job->out_view);
+  } else {
+    st = result->out.Allocate(job->spec.out_elements, "output",
+                              host_allocator());
+  }
   if (!st.ok()) {
     result->status = st;
     job->q.Release();

@@ -89,6 +89,11 @@ struct Job {
   // Its share of the server's memory budget (memory_budget.h), held until
   // the last owner (upload, executor, answer) lets the job go.
   MemoryReservation memory;
+  // Optional: where the float32 output goes (a caller's buffer that stays
+  // valid as long as this one holds it, e.g. a view of a client's shared-
+  // memory region, so the backend writes the answer in place). Empty: the
+  // executor allocates the output.
+  TensorBuffer out_view;
 };
 
 class Executor {

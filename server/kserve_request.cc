@@ -389,6 +389,7 @@ absl::Status ParseInferRequest(const inference::ModelInferRequest& request,
     if (!span.ok()) return span.status();
     if (span->has_value()) {
       *bytes = absl::string_view((*span)->data, (*span)->size);
+      if (slot < 3) out->in_shm[slot] = (*span)->keep_alive;
       out->held.push_back(**std::move(span));
     } else if (in.has_contents()) {
       const auto& c = in.contents();
@@ -577,12 +578,20 @@ void FillInferResponse(const InferInputs& in, const RequestSpec& spec,
   if (in.out_shm.has_value()) {
     *o->mutable_parameters() = in.out_params;
     dst = in.out_shm->data;
+    // Computed in place (the job's output was a view of the region).
+    if (static_cast<void*>(dst) == result.out.raw()) {
+      result.out.Release();
+      dst = nullptr;
+    }
   } else {
     std::string* raw = out->add_raw_output_contents();
     raw->resize(static_cast<size_t>(spec.out_bytes));
     dst = raw->data();
   }
-  EncodeFromFloat(spec.output_dtype, result.out.data(), spec.out_elements, dst);
+  if (dst != nullptr) {
+    EncodeFromFloat(spec.output_dtype, result.out.data(), spec.out_elements,
+                    dst);
+  }
   result.out.Release();
   auto& params = *out->mutable_parameters();
   const RequestStats& stats = result.stats;

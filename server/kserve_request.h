@@ -63,6 +63,9 @@ struct InferInputs {
   v1::RequestHeader header;
   absl::string_view q, k, v;
   std::vector<ShmSpan> held;
+  // Q, K, V's regions when they are in shared memory (null otherwise): the
+  // job reads float32 inputs there in place, holding the mapping.
+  std::shared_ptr<const ShmMapping> in_shm[3];
   // OUT goes into this region instead of raw_output_contents.
   std::optional<ShmSpan> out_shm;
   // The requested output's parameters (echoed for a shared-memory output).

@@ -136,13 +136,23 @@ void KServeServiceImpl::Infer(const Ctx& ctx,
   label = spec->method_label;
   if (st = kserve::CheckOutputRoom(*in, *spec); !st.ok()) return reject(st);
   const AttentionServiceImpl::WholeTensor tensors[3] = {
-      {"input 'Q'", in->q}, {"input 'K'", in->k}, {"input 'V'", in->v}};
+      {"input 'Q'", in->q, in->in_shm[0]},
+      {"input 'K'", in->k, in->in_shm[1]},
+      {"input 'V'", in->v, in->in_shm[2]}};
   absl::StatusOr<JobPtr> job =
       a->AdmitWhole(*std::move(spec), tensors, "its shape and datatype",
                     static_cast<int64_t>(request.ByteSizeLong()), ctx);
   if (!job.ok()) return reject(job.status());
-  in->held.clear();  // the inputs are in the job's buffers now
+  in->held.clear();  // the job's buffers hold (or hold views of) the inputs
+  for (auto& m : in->in_shm) m.reset();
   in->q = in->k = in->v = absl::string_view();
+  // A float32 output into shared memory is written there by the backend.
+  if (in->out_shm.has_value() && (*job)->spec.output_dtype == DType::kFloat32 &&
+      reinterpret_cast<uintptr_t>(in->out_shm->data) % alignof(float) == 0) {
+    (*job)->out_view =
+        TensorBuffer::View(reinterpret_cast<float*>(in->out_shm->data),
+                           (*job)->spec.out_elements, in->out_shm->keep_alive);
+  }
   const int64_t batch = (*job)->spec.params.batch;
   (*job)->done = [this, a, in, done, start_us, label, batch, ctx = &ctx](
                      const JobPtr& j, JobResult result) {

@@ -177,6 +177,16 @@ absl::StatusOr<JobPtr> AttentionServiceImpl::AdmitWhole(
   const HostAllocator alloc = executor_->host_allocator();
   const bool wire = executor_->inputs_in_wire_dtype();
   for (int i = 0; i < 3; ++i) {
+    // In place: the bytes are float32 where the backend reads float32, and
+    // outlive the job (a shared-memory region held by its owner).
+    const char* p = tensors[i].bytes.data();
+    if (tensors[i].owner && spec.dtype == DType::kFloat32 &&
+        reinterpret_cast<uintptr_t>(p) % alignof(float) == 0) {
+      *dst[i] = TensorBuffer::View(
+          const_cast<float*>(reinterpret_cast<const float*>(p)), elements[i],
+          tensors[i].owner);
+      continue;
+    }
     TensorAssembler a;
     absl::Status st =
         a.Init(tensors[i].name, spec.dtype, elements[i], alloc, wire);

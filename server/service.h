@@ -154,6 +154,10 @@ class AttentionServiceImpl final : public AttentionServiceBase {
   struct WholeTensor {
     const char* name;
     absl::string_view bytes;
+    // Set when `bytes` live in memory the caller keeps valid for as long as
+    // this is held (a shared-memory region): float32 bytes, suitably
+    // aligned, are then used in place instead of copied.
+    std::shared_ptr<const void> owner = nullptr;
   };
   absl::StatusOr<JobPtr> AdmitWhole(RequestSpec spec,
                                     const WholeTensor (&tensors)[3],

@@ -45,6 +45,18 @@ struct TensorBuffer {
     buffer.Reset();
     size = 0;
   }
+  // `n` float32 elements at `data`, owned elsewhere: `owner` is held until
+  // the buffer is released (nothing is freed or copied).
+  static TensorBuffer View(float* data, int64_t n,
+                           std::shared_ptr<const void> owner) {
+    TensorBuffer t;
+    t.buffer = HostBuffer(
+        data, n * static_cast<int64_t>(sizeof(float)), MemorySpace::kHost,
+        [owner = std::move(owner)](void*) mutable { owner.reset(); });
+    t.size = n;
+    t.dtype = DType::kFloat32;
+    return t;
+  }
 };
 
 // Collects one tensor from in-order chunks, converting to float32 as the
