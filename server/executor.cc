@@ -407,16 +407,9 @@ void Executor::RunSessionBatch(Batch<JobPtr>& batch) {
     mu_.Await(absl::Condition(&idle));
     ++batches_in_flight_;
   }
-  try {
-    AttendSessions(absl::MakeSpan(calls), backend_.get(),
-                   options_.backend_options.threads);
-  } catch (const std::exception& e) {
-    // Nothing may abort the server (an allocation inside can throw).
-    for (SessionCall& c : calls) {
-      c.status = absl::ResourceExhaustedError(absl::StrCat(
-          "the server could not compute this session request: ", e.what()));
-    }
-  }
+  // Never throws: a failure (an allocation included) is its call's status.
+  AttendSessions(absl::MakeSpan(calls), backend_.get(),
+                 options_.backend_options.threads);
   {
     absl::MutexLock lock(&mu_);
     --batches_in_flight_;

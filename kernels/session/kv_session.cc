@@ -26,6 +26,20 @@ absl::Status Bad(const std::string& field, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
 }
 
+// Runs `fn` (returning a Status) so that no exception leaves the core: an
+// allocation that fails is RESOURCE_EXHAUSTED, anything else INTERNAL.
+template <typename F>
+absl::Status Guarded(F&& fn) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        "out of memory in a session call (nothing was kept of it)");
+  } catch (const std::exception& e) {
+    return absl::InternalError(e.what());
+  }
+}
+
 bool AllFinite(const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(x[i])) return false;
@@ -82,8 +96,6 @@ class KvSession::Impl {
                             const void* v, DType dtype,
                             const CancelToken* cancel, int threads)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void AttendLocked(SessionCall& call, Backend* backend, int threads)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The incremental (or in-place exact) rows of one (b, h) of `call`.
   void AttendHeadLocked(SessionCall& call, int64_t b, int64_t h,
                         AttentionStats* stats)
@@ -97,6 +109,11 @@ class KvSession::Impl {
     return seq_q <= kMaxIncrementalRows && state_ != nullptr;
   }
 
+  // A prefill (or exact call beyond the per-head path): the sequences
+  // gathered and run through `backend` as one-shot calls; the call's stats
+  // are filled.
+  absl::Status GatherAttend(SessionCall& call, Backend* backend)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   SessionInfo InfoLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   std::vector<int64_t> LengthsLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     std::vector<int64_t> l(config_.batch);
@@ -121,8 +138,6 @@ class KvSession::Impl {
     if (memory_ != nullptr) memory_->Release(bytes);
     reserved_ -= bytes;
   }
-  void GatherAttend(SessionCall& call, Backend* backend)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SessionConfig config_;
   SessionMemory* const memory_;
@@ -131,7 +146,6 @@ class KvSession::Impl {
   std::unique_ptr<session::IncrementalState> state_ ABSL_GUARDED_BY(mu_);
   // Bytes reserved from memory_: blocks plus state capacity.
   int64_t reserved_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t state_reserved_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t appends_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
 };
@@ -180,37 +194,40 @@ absl::Status KvSession::Impl::AppendLocked(absl::Span<const int64_t> counts,
   const int64_t bytes = new_blocks * kv_.block_bytes() + state_growth;
   st = ReserveLocked(bytes);
   if (!st.ok()) return st;
-  for (int64_t b = 0; b < B; ++b) kv_.AddBlocks(b, kv_.BlocksNeeded(b, c[b]));
-  auto rollback = [&](absl::Status why) {
+  // Blocks, rows and checks; any failure (a NaN, a stop, an allocation)
+  // gives back every block past the committed lengths and the reservation.
+  st = Guarded([&]() -> absl::Status {
+    for (int64_t b = 0; b < B; ++b) kv_.AddBlocks(b, kv_.BlocksNeeded(b, c[b]));
+    const char* kb = static_cast<const char*>(k);
+    const char* vb = static_cast<const char*>(v);
+    const int64_t es = DTypeBytes(dtype);
+    std::vector<float> kf, vf;
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t h = 0; h < H; ++h) {
+        if (Stopped(cancel)) return CancelStatus(cancel);
+        kf.resize(static_cast<size_t>(c[b] * d));
+        vf.resize(static_cast<size_t>(c[b] * dv));
+        DecodeToFloat(dtype, kb, c[b] * d, kf.data());
+        DecodeToFloat(dtype, vb, c[b] * dv, vf.data());
+        if (!AllFinite(kf.data(), c[b] * d))
+          return Bad(absl::StrCat("k[", b, ", ", h, "]"),
+                     "holds a non-finite value");
+        if (!AllFinite(vf.data(), c[b] * dv))
+          return Bad(absl::StrCat("v[", b, ", ", h, "]"),
+                     "holds a non-finite value");
+        kv_.Write(b, h, kv_.length(b), c[b], kf.data(), vf.data());
+        kb += c[b] * d * es;
+        vb += c[b] * dv * es;
+      }
+    }
+    return CancelStatus(cancel);
+  });
+  if (!st.ok()) {
     int64_t freed = 0;
     for (int64_t b = 0; b < B; ++b) freed += kv_.TrimBlocks(b);
     ReleaseLocked(freed * kv_.block_bytes() + state_growth);
-    return why;
-  };
-
-  const char* kb = static_cast<const char*>(k);
-  const char* vb = static_cast<const char*>(v);
-  const int64_t es = DTypeBytes(dtype);
-  std::vector<float> kf, vf;
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t h = 0; h < H; ++h) {
-      if (Stopped(cancel)) return rollback(CancelStatus(cancel));
-      kf.resize(static_cast<size_t>(c[b] * d));
-      vf.resize(static_cast<size_t>(c[b] * dv));
-      DecodeToFloat(dtype, kb, c[b] * d, kf.data());
-      DecodeToFloat(dtype, vb, c[b] * dv, vf.data());
-      if (!AllFinite(kf.data(), c[b] * d))
-        return rollback(Bad(absl::StrCat("k[", b, ", ", h, "]"),
-                            "holds a non-finite value"));
-      if (!AllFinite(vf.data(), c[b] * dv))
-        return rollback(Bad(absl::StrCat("v[", b, ", ", h, "]"),
-                            "holds a non-finite value"));
-      kv_.Write(b, h, kv_.length(b), c[b], kf.data(), vf.data());
-      kb += c[b] * d * es;
-      vb += c[b] * dv * es;
-    }
+    return st;
   }
-  if (Stopped(cancel)) return rollback(CancelStatus(cancel));
   // From here the append completes: the state takes the new keys in.
   for (int64_t b = 0; b < B; ++b) {
     if (c[b] == 0) continue;
@@ -218,7 +235,6 @@ absl::Status KvSession::Impl::AppendLocked(absl::Span<const int64_t> counts,
       state_->Append(kv_, b, kv_.length(b), kv_.length(b) + c[b], threads);
     kv_.Commit(b, kv_.length(b) + c[b]);
   }
-  state_reserved_ += state_growth;
   ++appends_;
   return absl::OkStatus();
 }
@@ -259,7 +275,8 @@ void KvSession::Impl::AttendHeadLocked(SessionCall& call, int64_t b, int64_t h,
   state_->Attend(kv_, b, h, L, q, n, lims, out, stats);
 }
 
-void KvSession::Impl::GatherAttend(SessionCall& call, Backend* backend) {
+absl::Status KvSession::Impl::GatherAttend(SessionCall& call,
+                                           Backend* backend) {
   const int64_t B = config_.batch, H = config_.heads;
   const int64_t d = config_.dim, dv = config_.dim_v, n = call.seq_q;
   // Equal lengths: one call over every sequence (exactly what a one-shot
@@ -300,17 +317,14 @@ void KvSession::Impl::GatherAttend(SessionCall& call, Backend* backend) {
     p.out = out;
     SetContiguousStrides(p);
     absl::StatusOr<AttentionStats> st = backend->Forward(p);
-    if (!st.ok()) {
-      call.status = st.status();
-      return;
-    }
+    if (!st.ok()) return st.status();
     call.stats.workspace_bytes =
         std::max(call.stats.workspace_bytes, st->workspace_bytes);
     call.stats.dense_score_bytes += st->dense_score_bytes;
     call.stats.denominator_guards += st->denominator_guards;
     call.stats.fallbacks += st->fallbacks;
   }
-  if (state_ != nullptr && call.status.ok()) {
+  if (state_ != nullptr) {
     std::vector<int64_t> lims(n);
     for (int64_t b = 0; b < B; ++b) {
       const int64_t L = kv_.length(b);
@@ -321,12 +335,7 @@ void KvSession::Impl::GatherAttend(SessionCall& call, Backend* backend) {
                         lims.data(), &call.stats);
     }
   }
-}
-
-void KvSession::Impl::AttendLocked(SessionCall& call, Backend* backend,
-                                   int threads) {
-  (void)threads;
-  GatherAttend(call, backend);
+  return absl::OkStatus();
 }
 
 KvSession::KvSession(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -351,7 +360,9 @@ absl::Status KvSession::Append(absl::Span<const int64_t> counts, const void* k,
                                const void* v, DType dtype,
                                const CancelToken* cancel) {
   absl::MutexLock lock(&impl_->mu());
-  return impl_->AppendLocked(counts, k, v, dtype, cancel, /*threads=*/0);
+  return Guarded([&] {
+    return impl_->AppendLocked(counts, k, v, dtype, cancel, /*threads=*/0);
+  });
 }
 
 SessionInfo KvSession::Info() const {
@@ -460,9 +471,10 @@ void AttendSessions(absl::Span<SessionCall> calls, Backend* backend,
       locked.push_back(&s);
       if (call->k != nullptr) {
         const int64_t count = call->seq_q;
-        call->status =
-            s.AppendLocked(absl::MakeConstSpan(&count, 1), call->k, call->v,
-                           call->kv_dtype, call->cancel, threads);
+        call->status = Guarded([&] {
+          return s.AppendLocked(absl::MakeConstSpan(&count, 1), call->k,
+                                call->v, call->kv_dtype, call->cancel, threads);
+        });
       }
       call->lengths = s.LengthsLocked();
       if (call->status.ok()) {
@@ -484,23 +496,18 @@ void AttendSessions(absl::Span<SessionCall> calls, Backend* backend,
     }
     std::vector<AttentionStats> item_stats(items.size());
     std::vector<absl::Status> item_status(items.size());
+    // Nothing escapes a worker: a failure is its call's status.
     cpu::ParallelFor(static_cast<int64_t>(items.size()),
                      cpu::ResolveThreads(threads), [&](int64_t i) {
                        SessionCall* call = items[i].first;
                        if (Stopped(call->cancel)) return;
                        const int64_t H = call->session->config().heads;
-                       // Nothing escapes a worker: a failure is this call's
-                       // status.
-                       try {
+                       item_status[i] = Guarded([&] {
                          call->session->impl_->AttendHeadLocked(
                              *call, items[i].second / H, items[i].second % H,
                              &item_stats[i]);
-                       } catch (const std::bad_alloc&) {
-                         item_status[i] = absl::ResourceExhaustedError(
-                             "out of memory in a session step");
-                       } catch (const std::exception& e) {
-                         item_status[i] = absl::InternalError(e.what());
-                       }
+                         return absl::OkStatus();
+                       });
                      });
     for (size_t i = 0; i < items.size(); ++i) {
       if (!item_status[i].ok() && items[i].first->status.ok())
@@ -523,7 +530,8 @@ void AttendSessions(absl::Span<SessionCall> calls, Backend* backend,
         call->status = absl::InternalError("no backend to run a prefill on");
         continue;
       }
-      call->session->impl_->AttendLocked(*call, be, threads);
+      KvSession::Impl& s = *call->session->impl_;
+      call->status = Guarded([&] { return s.GatherAttend(*call, be); });
     }
     for (KvSession::Impl* s : locked) s->mu().Unlock();
   }

@@ -141,7 +141,8 @@ struct SessionCall {
 // (call, sequence, head) on up to `threads` threads (0: the hardware's);
 // the others read the stored keys, through `backend` for prefills (may be
 // null: the CPU computes). Each call gets its own status; a bad call fails
-// alone. Never aborts.
+// alone. Never throws or aborts: a failure, an allocation included, is its
+// call's status, and every session lock is released.
 void AttendSessions(absl::Span<SessionCall> calls, Backend* backend,
                     int threads);
 
