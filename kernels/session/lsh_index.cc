@@ -15,6 +15,8 @@ namespace {
 // quarter since the fit) makes the index refit: its queries would meet only
 // a sliver of their cluster.
 constexpr int64_t kUnbalancedFactor = 8;
+// What a bucket's map node costs besides its entries (an estimate).
+constexpr int64_t kNodeBytes = 64;
 }  // namespace
 
 LshIndex::LshIndex(const AttentionParams& settings, int64_t head, int round,
@@ -49,9 +51,14 @@ cpu::HashKey LshIndex::Key(const float* x) const {
 }
 
 void LshIndex::Insert(cpu::HashKey key, int64_t pos) {
+  const size_t before = buckets_.size();
   std::vector<Entry>& bucket = buckets_[key.bucket];
+  const size_t capacity = bucket.capacity();
   const Entry e{key.value, static_cast<int32_t>(pos)};
   bucket.insert(std::upper_bound(bucket.begin(), bucket.end(), e), e);
+  entry_bytes_ +=
+      static_cast<int64_t>((bucket.capacity() - capacity) * sizeof(Entry)) +
+      static_cast<int64_t>(buckets_.size() - before) * kNodeBytes;
   largest_ = std::max(largest_, bucket.size());
   ++count_;
 }
@@ -88,9 +95,11 @@ void LshIndex::Refit(const PagedKv& kv, int64_t b, int64_t length) {
     buckets_[hk[j].bucket].push_back(
         Entry{hk[j].value, static_cast<int32_t>(j)});
   largest_ = 0;
+  entry_bytes_ = static_cast<int64_t>(buckets_.size()) * kNodeBytes;
   for (auto& [id, entries] : buckets_) {
     std::sort(entries.begin(), entries.end());
     largest_ = std::max(largest_, entries.size());
+    entry_bytes_ += static_cast<int64_t>(entries.capacity() * sizeof(Entry));
   }
   count_ = length;
   fitted_length_ = length;
@@ -177,9 +186,8 @@ void LshIndex::Neighbours(const float* q, int64_t lim, int64_t skip_lo,
 }
 
 int64_t LshIndex::bytes() const {
-  int64_t n = static_cast<int64_t>(buckets_.size()) * 64;
-  for (const auto& [id, entries] : buckets_)
-    n += static_cast<int64_t>(entries.capacity() * sizeof(Entry));
+  // Kept as entries arrive: Info() asks after every step.
+  int64_t n = entry_bytes_;
   n += static_cast<int64_t>((model_.top.size() + model_.leaves.size() +
                              model_.dir.size() + dir_.size() + proj_.size()) *
                             sizeof(float));

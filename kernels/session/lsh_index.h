@@ -63,6 +63,8 @@ class LshIndex {
   const bool kmeans_;
   std::map<uint32_t, std::vector<Entry>> buckets_;
   size_t largest_ = 0;
+  // Bytes of the buckets' nodes and entry arrays (capacity), kept current.
+  int64_t entry_bytes_ = 0;
   int64_t count_ = 0;
   // k-means: the model (empty until the first fit) and when it was fitted.
   cpu::KMeansModel model_;
