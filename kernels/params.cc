@@ -61,11 +61,16 @@ bool ParseByName(const std::string& s, std::initializer_list<T> all,
 
 const char* MethodName(Method m) {
   switch (m) {
-    case Method::kExact: return "exact";
-    case Method::kPerformer: return "performer";
-    case Method::kLsh: return "lsh";
-    case Method::kLocal: return "local";
-    case Method::kScatterbrain: return "scatterbrain";
+    case Method::kExact:
+      return "exact";
+    case Method::kPerformer:
+      return "performer";
+    case Method::kLsh:
+      return "lsh";
+    case Method::kLocal:
+      return "local";
+    case Method::kScatterbrain:
+      return "scatterbrain";
   }
   return "unknown";
 }
@@ -79,17 +84,23 @@ bool ParseMethod(const std::string& s, Method* m) {
 
 const char* SparseName(SparseSupport s) {
   switch (s) {
-    case SparseSupport::kLsh: return "lsh";
-    case SparseSupport::kLocal: return "local";
-    case SparseSupport::kBoth: return "both";
+    case SparseSupport::kLsh:
+      return "lsh";
+    case SparseSupport::kLocal:
+      return "local";
+    case SparseSupport::kBoth:
+      return "both";
+    case SparseSupport::kAuto:
+      return "auto";
   }
   return "unknown";
 }
 
 bool ParseSparse(const std::string& s, SparseSupport* out) {
-  return ParseByName(
-      s, {SparseSupport::kLsh, SparseSupport::kLocal, SparseSupport::kBoth},
-      SparseName, out);
+  return ParseByName(s,
+                     {SparseSupport::kLsh, SparseSupport::kLocal,
+                      SparseSupport::kBoth, SparseSupport::kAuto},
+                     SparseName, out);
 }
 
 const char* EstimatorName(Estimator e) {
@@ -103,9 +114,12 @@ bool ParseEstimator(const std::string& s, Estimator* out) {
 
 const char* PrecisionName(Precision p) {
   switch (p) {
-    case Precision::kFp32: return "fp32";
-    case Precision::kTf32: return "tf32";
-    case Precision::kBf16: return "bf16";
+    case Precision::kFp32:
+      return "fp32";
+    case Precision::kTf32:
+      return "tf32";
+    case Precision::kBf16:
+      return "bf16";
   }
   return "unknown";
 }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace scatterbrain {
 
@@ -13,7 +14,14 @@ struct CancelToken;  // kernels/cancel.h
 
 enum class Method { kExact, kPerformer, kLsh, kLocal, kScatterbrain };
 // Which sparse support Scatterbrain uses on top of the low-rank part.
-enum class SparseSupport { kLsh, kLocal, kBoth };
+//  kLsh: LSH clusters of `bucket_size` keys. kLocal: a window of `window`.
+//  kBoth: both, at those sizes (a support about twice as large).
+//  kAuto: per (batch, head), one of lsh (bucket_size), local (window) or
+//    both at half each (bucket_size / 2 and window / 2: the same budget),
+//    whichever holds the most exact attention mass on the calibration rows
+//    (kernels/cpu/plan.cc). Needs calibration_rows > 0 (else lsh). Sessions'
+//    incremental decode steps use kBoth for it.
+enum class SparseSupport { kLsh, kLocal, kBoth, kAuto };
 // How Scatterbrain combines its sparse and low-rank parts.
 //  kCalibrated: (default) per-(batch, head) the combination of exact-on-support
 //    and low-rank-off-support is chosen on a few query rows computed exactly
@@ -103,6 +111,20 @@ struct AttentionParams {
   // exactly). Costs calibration_rows * seq_k score evaluations per slice.
   // 0: no calibration, a fixed combination (ratio estimate, lambda = 1/4).
   int calibration_rows = 16;
+  // Scatterbrain: up to this many "global" keys in every row's support, on
+  // top of the LSH / local support: the keys that hold the most attention
+  // mass on the calibration rows (a [CLS] or [SEP] column that every query
+  // attends to). Needs calibration_rows > 0; 0 turns them off.
+  int global_keys = 0;
+  // Scatterbrain: when > 0, an error target instead of a fixed budget. Per
+  // (batch, head) the cheapest configuration of a ladder (num_features and
+  // bucket_size / window both b / 2, b = 16, 32, 64, ... up to
+  // num_features + max(bucket_size, window)) whose relative output error,
+  // estimated on held-out rows computed exactly with an upper confidence
+  // bound, is at most target_error; exact attention for a slice where none
+  // is. The chosen configuration and its estimate come back in
+  // AttentionStats::head_plans. 0: off (the budget as given).
+  double target_error = 0.0;
   uint64_t seed = 0;
   Precision precision = Precision::kFp32;
 
@@ -111,6 +133,29 @@ struct AttentionParams {
   // different tokens share a batch. A stopped call returns CANCELLED or
   // DEADLINE_EXCEEDED and leaves its output unspecified.
   const CancelToken* cancel = nullptr;
+};
+
+// How one (batch, head) slice was computed, reported when Scatterbrain chose
+// per slice (sparse = kAuto, global_keys, or target_error).
+struct HeadPlan {
+  int64_t batch = 0;
+  int64_t head = 0;
+  // True when the error target made this slice exact attention (nothing
+  // cheaper met it); the fields below then describe the last one tried.
+  bool exact = false;
+  SparseSupport sparse = SparseSupport::kLsh;  // never kAuto
+  int num_features = 0;
+  int bucket_size = 0;  // 0 when the support has no LSH part
+  int window = 0;       // 0 when the support has no local part
+  int global_keys = 0;  // global keys actually added
+  // Share of the exact attention mass on the calibration rows that the
+  // chosen sparse support holds (-1: not measured).
+  double support_mass = -1.0;
+  // target_error only: the relative error estimated on held-out exact rows
+  // and its upper confidence bound (what was compared with the target); -1
+  // when not estimated. 0 for an exact slice.
+  double error_estimate = -1.0;
+  double error_bound = -1.0;
 };
 
 // What a call reports besides its output.
@@ -127,6 +172,18 @@ struct AttentionStats {
   // (batch, head) slices where calibration fell back to a shrunken or
   // mean-value answer because both estimates were unreliable.
   int64_t fallbacks = 0;
+  // Per (batch, head) choices (see HeadPlan); empty when nothing was chosen
+  // per slice.
+  std::vector<HeadPlan> head_plans;
+  // target_error only: the request's estimated relative error (the slices'
+  // upper bounds, combined weighted by their estimated output norms); -1
+  // otherwise.
+  double error_bound = -1.0;
+  // Cost actually spent, in query-key evaluations (a score or a feature
+  // product per pair or per feature), and what exact attention spends on
+  // the same call (its visible pairs); 0 when not counted.
+  int64_t score_evaluations = 0;
+  int64_t exact_score_evaluations = 0;
 };
 
 // The six sizes of a call, apart from its tensors and settings: q is

@@ -162,6 +162,17 @@ absl::Status ValidateParams(const AttentionParams& p, bool check_values) {
     return Bad("calibration_rows",
                absl::StrCat("must be in [0, ", kMaxCalibrationRows, "], got ",
                             p.calibration_rows));
+  if (p.method == Method::kScatterbrain &&
+      (p.global_keys < 0 || p.global_keys > kMaxGlobalKeys))
+    return Bad("global_keys", absl::StrCat("must be in [0, ", kMaxGlobalKeys,
+                                           "], got ", p.global_keys));
+  if (!std::isfinite(p.target_error) || p.target_error < 0.0 ||
+      p.target_error >= 1.0)
+    return Bad("target_error", absl::StrCat("must be in [0, 1) (0: off), got ",
+                                            p.target_error));
+  if (p.target_error > 0.0 && p.method != Method::kScatterbrain)
+    return Bad("target_error", absl::StrCat("is for method scatterbrain, not ",
+                                            MethodName(p.method)));
   if (check_values) {
     SB_RETURN_IF_ERROR(
         CheckFinite("q", p.q, p.q_strides, p.batch, p.heads, p.seq_q, p.dim));

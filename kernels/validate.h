@@ -15,6 +15,7 @@ inline constexpr int kMaxFeatures = 8192;
 inline constexpr int kMaxHashes = 32;
 inline constexpr int kMaxHashProjections = 64;
 inline constexpr int kMaxCalibrationRows = 1024;
+inline constexpr int kMaxGlobalKeys = 256;
 
 // Checks shapes, strides, settings, and (when check_values) that q, k and v
 // hold only finite numbers.

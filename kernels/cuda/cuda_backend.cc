@@ -227,6 +227,15 @@ absl::Status CudaBackend::Supports(const AttentionParams& p) const {
         "cuda backend: batch, heads, batch * heads and the sequence lengths "
         "must fit in int32");
   }
+  // Chosen per (batch, head) from exact rows on the host: the CPU
+  // backend's planner (kernels/cpu/plan.cc) has no device port yet.
+  if (p.method == Method::kScatterbrain &&
+      (p.sparse == SparseSupport::kAuto || p.target_error > 0.0 ||
+       p.global_keys > 0)) {
+    return absl::UnimplementedError(
+        "cuda backend: sparse=auto, global_keys and target_error run on the "
+        "cpu backend only");
+  }
   return absl::OkStatus();
 }
 
