@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/params.h"  // HeadPlan (a plain struct: nothing to link)
+
 namespace scatterbrain {
 
 struct RequestStats {
@@ -27,6 +29,15 @@ struct RequestStats {
   // and whether it ran on the incremental state.
   std::vector<int64_t> session_lengths;
   bool incremental = false;
+  // Scatterbrain's per (batch, head) choices (sparse=auto, global_keys,
+  // target_error; empty otherwise) and, with target_error, the request's
+  // estimated error bound (AttentionStats: kernels/params.h).
+  std::vector<HeadPlan> head_plans;
+  std::optional<double> error_bound;
+  // Query-key evaluations spent, and what exact attention would spend; 0
+  // when the backend does not count them.
+  int64_t score_evaluations = 0;
+  int64_t exact_score_evaluations = 0;
 };
 
 }  // namespace scatterbrain

@@ -49,6 +49,16 @@ CancelToken::Clock::time_point SteadyDeadline(
          std::chrono::microseconds(std::max<int64_t>(deadline_us - now_us, 0));
 }
 
+// The per-head choices, the error bound and the cost of a call, from the
+// backend's stats into the request's (both of a one-shot call and of a
+// session step, whose prefill goes through the backend).
+void CopyPlans(const AttentionStats& stats, RequestStats* rs) {
+  rs->head_plans = stats.head_plans;
+  if (stats.error_bound >= 0) rs->error_bound = stats.error_bound;
+  rs->score_evaluations = stats.score_evaluations;
+  rs->exact_score_evaluations = stats.exact_score_evaluations;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(
@@ -336,10 +346,17 @@ void Executor::FinishBatch(RunningBatch& run) {
                             result.stats.compute_seconds);
       metrics_->MemorySaved(result.stats.memory_saved_bytes);
       metrics_->DenominatorGuards(result.stats.denominator_guards);
-      if (result.stats.estimated_relative_error.has_value()) {
-        metrics_->ApproxError(job->spec.method_label,
-                              *result.stats.estimated_relative_error);
+      // One value per request: the planner's bound when the request had
+      // an error target (what the target was held to, an upper bound over
+      // every slice), else the sampled estimate; both stay in the stats.
+      const std::optional<double>& err =
+          result.stats.error_bound.has_value()
+              ? result.stats.error_bound
+              : result.stats.estimated_relative_error;
+      if (err.has_value()) {
+        metrics_->ApproxError(job->spec.method_label, *err);
       }
+      metrics_->HeadPlans(result.stats.head_plans);
     } else {
       result.out.Release();
       CountStopped(*job, result.status, end_us);
@@ -430,6 +447,8 @@ void Executor::RunSessionBatch(Batch<JobPtr>& batch) {
           call.stats.dense_score_bytes - call.stats.workspace_bytes, 0);
       result.stats.denominator_guards = call.stats.denominator_guards;
       result.stats.fallbacks = call.stats.fallbacks;
+      CopyPlans(call.stats, &result.stats);
+      metrics_->HeadPlans(result.stats.head_plans);
       metrics_->ComputeTime(job->spec.method_label,
                             result.stats.compute_seconds);
       metrics_->SessionStep(call.incremental, result.stats.compute_seconds);
@@ -456,6 +475,7 @@ void Executor::FillStats(const Job& job, const AttentionCall& call,
       std::max<int64_t>(stats.dense_score_bytes - stats.workspace_bytes, 0);
   rs.denominator_guards = stats.denominator_guards;
   rs.fallbacks = stats.fallbacks;
+  CopyPlans(stats, &rs);
   if (options_.error_sample_rows <= 0 ||
       job.spec.params.method == Method::kExact) {
     return;

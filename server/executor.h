@@ -140,6 +140,11 @@ class Executor {
   bool inputs_in_wire_dtype() const { return backend_->ConvertsOnDevice(); }
   // The backend's memory now.
   MemoryStats memory_stats() const { return backend_->GetMemoryStats(); }
+  // Whether the backend computes calls with these settings
+  // (Backend::Supports: UNIMPLEMENTED for what it does not run).
+  absl::Status Supports(const AttentionParams& p) const {
+    return backend_->Supports(p);
+  }
   int queued() const { return batcher_.queued(); }
 
  private:

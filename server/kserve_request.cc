@@ -152,7 +152,8 @@ absl::Status SetSetting(const FieldDescriptor* f,
       r->SetBool(s, f, b);
       return absl::OkStatus();
     }
-    case FieldDescriptor::CPPTYPE_FLOAT: {
+    case FieldDescriptor::CPPTYPE_FLOAT:
+    case FieldDescriptor::CPPTYPE_DOUBLE: {  // scale, target_error
       double d = 0;
       if (p.parameter_choice_case() ==
           inference::InferParameter::kDoubleParam) {
@@ -165,7 +166,11 @@ absl::Status SetSetting(const FieldDescriptor* f,
         return Invalid(what,
                        absl::StrCat("must be a number, got ", Describe(p)));
       }
-      r->SetFloat(s, f, static_cast<float>(d));
+      if (f->cpp_type() == FieldDescriptor::CPPTYPE_DOUBLE) {
+        r->SetDouble(s, f, d);
+      } else {
+        r->SetFloat(s, f, static_cast<float>(d));
+      }
       return absl::OkStatus();
     }
     case FieldDescriptor::CPPTYPE_ENUM: {

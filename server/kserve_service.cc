@@ -131,7 +131,8 @@ void KServeServiceImpl::Infer(const Ctx& ctx,
       kserve::ParseInferRequest(request, shm_, a->IdentityOf(ctx), in.get());
   if (!st.ok()) return reject(st);
   absl::StatusOr<RequestSpec> spec =
-      SpecFromHeader(in->header, a->options_.limits, /*require_id=*/false);
+      SpecFromHeader(in->header, a->options_.limits, /*require_id=*/false,
+                     a->options_.defaults);
   if (!spec.ok()) return reject(kserve::WithKServeNames(spec.status()));
   label = spec->method_label;
   if (st = kserve::CheckOutputRoom(*in, *spec); !st.ok()) return reject(st);

@@ -74,6 +74,12 @@ ABSL_FLAG(int64_t, chunk_bytes, kDefaults.service.chunk_bytes,
 ABSL_FLAG(int, error_sample_rows, kDefaults.executor.error_sample_rows,
           "Query rows per (batch, head) recomputed exactly to estimate each "
           "approximate request's error (0: off).");
+ABSL_FLAG(std::string, default_sparse,
+          scatterbrain::SparseName(kDefaults.service.defaults.sparse),
+          "Scatterbrain's support for requests that leave sparse unset: "
+          "lsh, local, both or auto (per head, the one holding the most "
+          "attention mass). auto falls back to lsh, with a line on stderr, "
+          "on a backend that cannot choose per head (cuda for now).");
 ABSL_FLAG(double, drain_timeout_s, kDefaults.drain_timeout_s,
           "On SIGTERM/SIGINT, seconds in-flight work may take before it is "
           "cancelled.");
@@ -212,6 +218,7 @@ constexpr const char* kFlagNames[] = {
     "max_message_bytes",
     "chunk_bytes",
     "error_sample_rows",
+    "default_sparse",
     "drain_timeout_s",
     "max_inflight_per_stream",
     "max_seq",
@@ -339,6 +346,12 @@ int main(int argc, char** argv) {
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   o.service.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
   o.executor.error_sample_rows = absl::GetFlag(FLAGS_error_sample_rows);
+  if (!scatterbrain::ParseSparse(absl::GetFlag(FLAGS_default_sparse),
+                                 &o.service.defaults.sparse)) {
+    return UsageError(absl::StrCat("flag --default_sparse='",
+                                   absl::GetFlag(FLAGS_default_sparse),
+                                   "': must be lsh, local, both or auto"));
+  }
   o.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
   o.service.max_inflight_per_stream =
       absl::GetFlag(FLAGS_max_inflight_per_stream);

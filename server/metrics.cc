@@ -128,6 +128,15 @@ struct Metrics::Impl {
               "Estimated relative error of approximate outputs (sampled "
               "rows against exact).")
           .Register(*registry);
+  Family<Counter>& head_plans_family =
+      prometheus::BuildCounter()
+          .Name("scatterbrain_head_plans_total")
+          .Help(
+              "Per (batch, head) choices of Scatterbrain requests that choose "
+              "per head (sparse=auto, global_keys, target_error), by the "
+              "support used, or exact where the error target fell back to "
+              "exact attention.")
+          .Register(*registry);
   Family<Counter>& denominator_guard_family =
       prometheus::BuildCounter()
           .Name("scatterbrain_denominator_guard_total")
@@ -261,6 +270,12 @@ struct Metrics::Impl {
   Histogram& batch_size = batch_size_family.Add({}, BatchBuckets());
   Counter& memory_saved = memory_saved_family.Add({});
   Counter& denominator_guards = denominator_guard_family.Add({});
+  // Every label value from the start (at 0), indexed by kLsh, kLocal,
+  // kBoth, then exact.
+  Counter* head_plans[4] = {&head_plans_family.Add({{"sparse", "lsh"}}),
+                            &head_plans_family.Add({{"sparse", "local"}}),
+                            &head_plans_family.Add({{"sparse", "both"}}),
+                            &head_plans_family.Add({{"sparse", "exact"}})};
   Gauge& inflight = inflight_family.Add({});
   Gauge& queue_depth = queue_depth_family.Add({});
   Counter& received = received_family.Add({});
@@ -401,6 +416,33 @@ void Metrics::MemorySaved(int64_t bytes) {
 void Metrics::ApproxError(const std::string& method, double relative_error) {
   if (!Observable(relative_error)) return;
   impl_->ForMethod(method).approx_error->Observe(relative_error);
+}
+
+void Metrics::HeadPlans(const std::vector<HeadPlan>& plans) {
+  int64_t counts[4] = {0, 0, 0, 0};
+  for (const HeadPlan& h : plans) {
+    int i = 3;  // exact
+    if (!h.exact) {
+      switch (h.sparse) {
+        case SparseSupport::kLsh:
+          i = 0;
+          break;
+        case SparseSupport::kLocal:
+          i = 1;
+          break;
+        case SparseSupport::kBoth:
+        case SparseSupport::kAuto:  // never reported; both is what runs
+          i = 2;
+          break;
+      }
+    }
+    ++counts[i];
+  }
+  for (int i = 0; i < 4; ++i) {
+    if (counts[i] > 0) {
+      impl_->head_plans[i]->Increment(static_cast<double>(counts[i]));
+    }
+  }
 }
 
 void Metrics::DenominatorGuards(int64_t count) {

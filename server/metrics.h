@@ -9,8 +9,10 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "kernels/params.h"
 #include "server/http_exposer.h"
 
 namespace prometheus {
@@ -27,7 +29,12 @@ namespace server {
 //   scatterbrain_compute_duration_seconds{method}   histogram
 //   scatterbrain_batch_size                         histogram (requests)
 //   scatterbrain_attention_memory_saved_bytes_total
-//   scatterbrain_approx_relative_error{method}      histogram
+//   scatterbrain_approx_relative_error{method}      histogram: a request's
+//                                                   error_bound when it has
+//                                                   one (target_error), else
+//                                                   the sampled estimate
+//   scatterbrain_head_plans_total{sparse}           per-head choices (lsh|
+//                                                   local|both|exact)
 //   scatterbrain_denominator_guard_total
 //   scatterbrain_inflight_requests                  gauge
 //   scatterbrain_queue_depth                        gauge
@@ -94,6 +101,10 @@ class Metrics {
   void BatchExecuted(int requests);
   void MemorySaved(int64_t bytes);
   void ApproxError(const std::string& method, double relative_error);
+  // A request's per (batch, head) choices (AttentionStats::head_plans):
+  // one count per plan, labelled by its support, or "exact" when the error
+  // target made the slice exact.
+  void HeadPlans(const std::vector<HeadPlan>& plans);
   void DenominatorGuards(int64_t count);
   void InflightAdd(int64_t delta);
   void SetQueueDepth(int64_t depth);

@@ -57,9 +57,19 @@ absl::Status DTypeField(v1::DType dtype, absl::string_view field,
 
 }  // namespace
 
+absl::Status RequestSettingsToParams(const v1::MethodSettings& s,
+                                     const RequestDefaults& defaults,
+                                     absl::string_view path,
+                                     AttentionParams* p) {
+  // An unset sparse keeps what `p` holds: the server's default.
+  if (s.method() == v1::METHOD_SCATTERBRAIN) p->sparse = defaults.sparse;
+  return wire::SettingsToParams(s, path, p);
+}
+
 absl::StatusOr<RequestSpec> SpecFromHeader(const v1::RequestHeader& header,
                                            const RequestLimits& limits,
-                                           bool require_id) {
+                                           bool require_id,
+                                           const RequestDefaults& defaults) {
   const std::string& id = header.request_id();
   if ((require_id && id.empty()) || id.size() > kMaxRequestIdBytes) {
     return Invalid("header.request_id",
@@ -86,7 +96,8 @@ absl::StatusOr<RequestSpec> SpecFromHeader(const v1::RequestHeader& header,
                     &output_dtype);
     if (!st.ok()) return st;
   }
-  st = wire::SettingsToParams(header.settings(), "header.settings", &p);
+  st = RequestSettingsToParams(header.settings(), defaults, "header.settings",
+                               &p);
   if (!st.ok()) return st;
   SetShape(wire::ShapeFromProto(header.shape()), p);
   std::vector<int32_t> key_lengths(header.key_lengths().begin(),

@@ -25,9 +25,20 @@ namespace server {
 // malformed input, then RESOURCE_EXHAUSTED for what is well-formed but over
 // a limit. `require_id`: the stream needs a request id (1 to 128 bytes); the
 // unary call does not (an id, if given, must still be <= 128 bytes).
-absl::StatusOr<RequestSpec> SpecFromHeader(const v1::RequestHeader& header,
-                                           const RequestLimits& limits,
-                                           bool require_id);
+// `defaults`: the server's choice for settings left unset (a Scatterbrain
+// request's sparse).
+absl::StatusOr<RequestSpec> SpecFromHeader(
+    const v1::RequestHeader& header, const RequestLimits& limits,
+    bool require_id, const RequestDefaults& defaults = RequestDefaults());
+
+// The settings of a one-shot request as the server computes them:
+// wire::SettingsToParams, with `defaults` for what the request leaves to
+// the server (an unset sparse of a Scatterbrain request). Tests use it to
+// compute what the server must answer.
+absl::Status RequestSettingsToParams(const v1::MethodSettings& s,
+                                     const RequestDefaults& defaults,
+                                     absl::string_view path,
+                                     AttentionParams* p);
 
 // A header with `session` set (a request on a server-held session), in two
 // steps around the session's lookup. First what needs no session:

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/base/casts.h"
 #include "absl/strings/str_cat.h"
 #include "common/float16.h"
 #include "common/status_macros.h"
@@ -26,7 +27,8 @@ std::string SettingsKey(const AttentionParams& p) {
       "|sp=", static_cast<int>(p.sparse), "|e=", static_cast<int>(p.estimator),
       "|lh=", static_cast<int>(p.lsh_hash),
       "|lt=", static_cast<int>(p.lsh_transform),
-      "|pr=", static_cast<int>(p.precision));
+      "|pr=", static_cast<int>(p.precision), "|g=", p.global_keys,
+      "|te=", absl::bit_cast<uint64_t>(p.target_error));
 }
 
 // RESOURCE_EXHAUSTED when `flops` is over the server's max_request_flops.

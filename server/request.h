@@ -33,6 +33,18 @@ struct RequestLimits {
   int64_t max_request_flops = kBackendDefault;
 };
 
+// What the server fills in for a setting a request leaves unset, where that
+// is the server's choice rather than the core's default.
+struct RequestDefaults {
+  // Scatterbrain's support for a one-shot request whose sparse is unset
+  // (UNSPECIFIED): kAuto, per head the support that holds the most
+  // attention mass (kernels/params.h). Server::Start makes it kLsh when the
+  // backend refuses kAuto (Backend::Supports; the CUDA backend for now).
+  // Sessions keep the core's default: their decode steps would run kAuto
+  // as kBoth, at twice the budget.
+  SparseSupport sparse = SparseSupport::kAuto;
+};
+
 // The per-request ceiling a backend gets by default: about a minute of its
 // work, so no single request can hold the machine longer than that (what
 // stops a request sooner is its deadline: the computation ends with it).

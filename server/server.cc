@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdio>
 #include <thread>
 #include <utility>
 
@@ -269,6 +270,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
         DefaultMaxRequestFlops(s->executor_->backend_name());
   }
   s->info_ = MakeInfo(resolved, s->executor_->backend_name());
+  RequestDefaults& defaults = resolved.service.defaults;
+  if (defaults.sparse == SparseSupport::kAuto) {
+    AttentionParams probe;
+    probe.method = Method::kScatterbrain;
+    probe.sparse = SparseSupport::kAuto;
+    if (const absl::Status st = s->executor_->Supports(probe); !st.ok()) {
+      // The operator asked for auto (the default); say why it is not.
+      std::fprintf(stderr,
+                   "scatterbrain_server: default_sparse: the %s backend "
+                   "cannot choose the support per head (%s); unset sparse "
+                   "means lsh\n",
+                   s->executor_->backend_name().c_str(),
+                   std::string(st.message()).c_str());
+      defaults.sparse = SparseSupport::kLsh;
+    }
+  }
 
   ServiceOptions so = resolved.service;
   so.max_queued_answers = std::max<size_t>(so.max_queued_answers, 2);

@@ -52,6 +52,9 @@ namespace server {
 
 struct ServiceOptions {
   RequestLimits limits;
+  // Settings a request leaves unset that the server chooses (default: the
+  // support sparse=auto; see RequestDefaults).
+  RequestDefaults defaults;
   // Requests on one stream from their header until their last response
   // message is sent; beyond: RESOURCE_EXHAUSTED for the new request.
   int max_inflight_per_stream = 64;

@@ -35,7 +35,8 @@ absl::StatusOr<RequestSpec> AttentionServiceImpl::SpecFor(
     const v1::RequestHeader& header, const grpc::CallbackServerContext& ctx,
     bool require_id, std::shared_ptr<KvSession>* session) {
   if (!header.has_session()) {
-    return SpecFromHeader(header, options_.limits, require_id);
+    return SpecFromHeader(header, options_.limits, require_id,
+                          options_.defaults);
   }
   absl::Status st = CheckSessionHeader(header, require_id);
   if (!st.ok()) return st;

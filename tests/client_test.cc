@@ -24,6 +24,7 @@
 #include "kernels/params.h"
 #include "proto/convert/settings.h"
 #include "proto/convert/wire.h"
+#include "server/proto_convert.h"
 #include "tests/testutil/cpu_attention.h"
 #include "tests/testutil/files.h"
 #include "tests/testutil/net.h"
@@ -85,8 +86,10 @@ struct Qkv {
 std::vector<float> Local(const AttendInput& in,
                          const std::vector<int32_t>& key_lengths = {}) {
   AttentionParams p;
-  const absl::Status mapped =
-      wire::SettingsToParams(in.settings, "settings", &p);
+  // As the server maps them (its default for what the request leaves
+  // unset).
+  const absl::Status mapped = server::RequestSettingsToParams(
+      in.settings, server::RequestDefaults(), "settings", &p);
   EXPECT_TRUE(mapped.ok()) << mapped;
   SetShape(in.shape, p);
   p.q = in.q.data();

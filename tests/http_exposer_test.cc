@@ -341,8 +341,8 @@ TEST(HttpExposerTest, AtTheConnectionCapTheOldestIdleIsClosed) {
   ASSERT_TRUE(idle[2]->Send("G"));
   Socket another(e->port());
   ASSERT_TRUE(another.Send("G"));
-  ASSERT_TRUE(WaitUntil([&] { return e->open_connections() == 4; },
-                        absl::Seconds(10)));
+  ASSERT_TRUE(
+      WaitUntil([&] { return e->open_connections() == 4; }, absl::Seconds(10)));
   Socket fifth(e->port());
   EXPECT_TRUE(slow.ClosedWithin(absl::Seconds(5)));
   EXPECT_FALSE(idle[1]->ClosedWithin(absl::ZeroDuration()));

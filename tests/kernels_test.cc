@@ -47,8 +47,9 @@ struct Shape {
   int64_t b, h, nq, nk, d, dv;
 };
 constexpr Shape kOddShapes[] = {
-    {1, 1, 1, 1, 48, 40},   {2, 3, 97, 97, 48, 40}, {1, 2, 1025, 1025, 48, 40},
-    {2, 2, 97, 130, 48, 40}, {1, 2, 130, 97, 48, 40}, {3, 1, 5, 33, 7, 3}};
+    {1, 1, 1, 1, 48, 40},       {2, 3, 97, 97, 48, 40},
+    {1, 2, 1025, 1025, 48, 40}, {2, 2, 97, 130, 48, 40},
+    {1, 2, 130, 97, 48, 40},    {3, 1, 5, 33, 7, 3}};
 
 // ---------------------------------------------------------------------------
 // Exact paths: exact, local (exact on its window), and full supports.
@@ -65,15 +66,17 @@ TEST(ExactTest, MatchesFp64OnOddShapesLayoutsCausalPadding) {
           if (padded) {
             std::vector<int32_t> len(s.b);
             for (int64_t b = 0; b < s.b; ++b)
-              len[b] = static_cast<int32_t>(std::max<int64_t>(1, s.nk - 3 * b - 1));
+              len[b] =
+                  static_cast<int32_t>(std::max<int64_t>(1, s.nk - 3 * b - 1));
             t.SetKeyLengths(len);
           }
           t.params.method = Method::kExact;
           t.params.causal = causal;
           RunChecked(*be, t);
           EXPECT_LT(t.RelativeError(t.Reference()), 2e-5)
-              << s.nq << "x" << s.nk << " layout " << testing::LayoutName(layout)
-              << " causal " << causal << " padded " << padded;
+              << s.nq << "x" << s.nk << " layout "
+              << testing::LayoutName(layout) << " causal " << causal
+              << " padded " << padded;
         }
       }
     }
@@ -121,9 +124,9 @@ TEST(ScatterbrainTest, SupportCoveringEveryPairEqualsExact) {
          {SparseSupport::kLsh, SparseSupport::kLocal, SparseSupport::kBoth}) {
       for (Estimator est : {Estimator::kCalibrated, Estimator::kUnbiased}) {
         for (bool causal : {false, true}) {
-          TestTensors t = testing::Make(s.b, s.h, s.nq, s.nk, s.d, s.dv,
-                                        testing::kGaussian, 9,
-                                        testing::kPadded, 1.5);
+          TestTensors t =
+              testing::Make(s.b, s.h, s.nq, s.nk, s.d, s.dv, testing::kGaussian,
+                            9, testing::kPadded, 1.5);
           std::vector<int32_t> len(s.b, static_cast<int32_t>(s.nk));
           len.back() = static_cast<int32_t>((s.nk + 1) / 2);
           t.SetKeyLengths(len);
@@ -204,7 +207,8 @@ TEST(SupportTest, PairsFoundInSeveralRoundsCountOnce) {
       std::vector<double> logit(nk);
       for (int64_t j = 0; j < nk; ++j) {
         double dot = 0;
-        for (int64_t c = 0; c < d; ++c) dot += double(t.Q(0, 0, i, c)) * t.K(0, 0, j, c);
+        for (int64_t c = 0; c < d; ++c)
+          dot += double(t.Q(0, 0, i, c)) * t.K(0, 0, j, c);
         logit[j] = dot * s.tau;
       }
       for (int64_t j = 0; j < nk; ++j) {
@@ -257,14 +261,15 @@ TEST(SupportTest, FusedLowRankPathMatchesTheGeneralPath) {
   // One non-causal LSH round fuses the low-rank sums into the support pass;
   // it must give what ComputeLowRank + the pairwise estimate on S give.
   for (LshHash hash : {LshHash::kKMeans, LshHash::kCrossPolytope}) {
-    TestTensors t = testing::Make(2, 2, 301, 257, 48, 40, testing::kClustered, 3,
-                                  testing::kPadded);
+    TestTensors t = testing::Make(2, 2, 301, 257, 48, 40, testing::kClustered,
+                                  3, testing::kPadded);
     t.SetKeyLengths({257, 200});
     for (int64_t b = 0; b < 2; ++b) {
       const cpu::Slice s = cpu::MakeSlice(t.params, b, 1);
       cpu::WorkspaceMeter meter;
       cpu::Features f;
-      cpu::ComputeFeatures(s, DrawFeatureProjections(5, 1, 16, 48), 16, &meter, &f);
+      cpu::ComputeFeatures(s, DrawFeatureProjections(5, 1, 16, 48), 16, &meter,
+                           &f);
       cpu::SupportOptions o;
       o.lsh = true;
       o.hash = hash;
@@ -310,7 +315,8 @@ TEST(EstimatorTest, LowRankAndScatterbrainScoreEstimatesAreUnbiased) {
   for (int64_t i = 0; i < nq; ++i)
     for (int64_t j = 0; j < nk; ++j) {
       double dot = 0;
-      for (int64_t c = 0; c < d; ++c) dot += double(t.Q(0, 0, i, c)) * t.K(0, 0, j, c);
+      for (int64_t c = 0; c < d; ++c)
+        dot += double(t.Q(0, 0, i, c)) * t.K(0, 0, j, c);
       exact[i * nk + j] = std::exp(dot * s.tau);
     }
   const int kTrials = 3000;
@@ -321,7 +327,8 @@ TEST(EstimatorTest, LowRankAndScatterbrainScoreEstimatesAreUnbiased) {
   for (int trial = 0; trial < kTrials; ++trial) {
     cpu::WorkspaceMeter meter;
     cpu::Features f;
-    cpu::ComputeFeatures(s, DrawFeatureProjections(trial, 0, r, d), r, &meter, &f);
+    cpu::ComputeFeatures(s, DrawFeatureProjections(trial, 0, r, d), r, &meter,
+                         &f);
     cpu::SupportOptions o;
     o.lsh = true;
     o.bucket_size = 6;
@@ -335,7 +342,8 @@ TEST(EstimatorTest, LowRankAndScatterbrainScoreEstimatesAreUnbiased) {
     for (int64_t i = 0; i < nq; ++i) {
       for (int64_t j = 0; j < nk; ++j) {
         double phi = 0;
-        for (int l = 0; l < f.m; ++l) phi += double(f.q[i * f.m + l]) * f.k[j * f.m + l];
+        for (int l = 0; l < f.m; ++l)
+          phi += double(f.q[i * f.m + l]) * f.k[j * f.m + l];
         phi *= std::exp(double(f.qscale[i]) + f.kscale);
         const bool in_s = acc.ev[i * nk + j] > 0;
         in_support += in_s;
@@ -349,8 +357,9 @@ TEST(EstimatorTest, LowRankAndScatterbrainScoreEstimatesAreUnbiased) {
   }
   EXPECT_GT(in_support, kTrials * nq * 6);
   for (int64_t e = 0; e < nq * nk; ++e) {
-    for (auto [sum, sq, name] : {std::tuple{sum_lr[e], sq_lr[e], "low-rank"},
-                                 std::tuple{sum_sb[e], sq_sb[e], "scatterbrain"}}) {
+    for (auto [sum, sq, name] :
+         {std::tuple{sum_lr[e], sq_lr[e], "low-rank"},
+          std::tuple{sum_sb[e], sq_sb[e], "scatterbrain"}}) {
       const double mean = sum / kTrials;
       const double var = std::max(sq / kTrials - mean * mean, 0.0);
       const double se = std::sqrt(var / kTrials);
@@ -477,7 +486,8 @@ void ExpectIndependentOfHiddenKeys(Method method, bool causal, bool padding,
     for (int64_t i = 0; i < rows_checked; ++i)
       for (int64_t c = 0; c < 40; ++c) {
         const size_t idx = ((0 * 2 + h) * n + i) * 40 + c;
-        ASSERT_NEAR(before[idx], after[idx], tol * (1.0 + std::fabs(before[idx])))
+        ASSERT_NEAR(before[idx], after[idx],
+                    tol * (1.0 + std::fabs(before[idx])))
             << MethodName(method) << " row " << i << " causal " << causal;
       }
 }
@@ -522,13 +532,13 @@ TEST(AllMethodsTest, OddShapesAllLayoutsStayFiniteAndInBudget) {
           const double err = t.RelativeError(r);
           // Loose, per-method budgets at logit std 0.25 (the sizes include
           // N = 1 and 5-row cases where a 32-key bucket is the whole row).
-          const double budget = m == Method::kExact ? 2e-5
+          const double budget = m == Method::kExact          ? 2e-5
                                 : m == Method::kScatterbrain ? 1.0
-                                : m == Method::kPerformer ? 1.5
-                                                          : 12.0;
-          EXPECT_LE(err, budget) << MethodName(m) << " " << s.nq << "x" << s.nk
-                                 << " " << testing::LayoutName(layout)
-                                 << " causal " << causal;
+                                : m == Method::kPerformer    ? 1.5
+                                                             : 12.0;
+          EXPECT_LE(err, budget)
+              << MethodName(m) << " " << s.nq << "x" << s.nk << " "
+              << testing::LayoutName(layout) << " causal " << causal;
         }
       }
     }
@@ -558,7 +568,10 @@ TEST(ExtremeInputsTest, HugeNormsZerosAndSingleTokenNeverGiveNanOrInf) {
             if (n == 1 || (fam == testing::kZeros && m != Method::kLsh &&
                            m != Method::kLocal && !causal)) {
               // One key, or uniform attention: every method is exact.
-              EXPECT_LT(t.RelativeError(causal ? testing::ExactAttentionDouble(t.params) : ref), 1e-4)
+              EXPECT_LT(
+                  t.RelativeError(
+                      causal ? testing::ExactAttentionDouble(t.params) : ref),
+                  1e-4)
                   << MethodName(m) << " n=" << n;
             }
           }
@@ -615,7 +628,8 @@ TEST(DeterminismTest, SameSeedSameOutputAnyThreadCount) {
 
 TEST(StatsTest, ReportsDenseBytesAndASmallerWorkspace) {
   auto be = Cpu();
-  TestTensors t = testing::Make(1, 2, 2048, 2048, 64, 64, testing::kGaussian, 1);
+  TestTensors t =
+      testing::Make(1, 2, 2048, 2048, 64, 64, testing::kGaussian, 1);
   t.params.method = Method::kScatterbrain;
   t.params.num_features = 64;
   t.params.bucket_size = 64;
@@ -656,25 +670,45 @@ TEST(ValidateTest, NamesTheBadField) {
                                              ::testing::StartsWith(field)))
         << field;
     auto be = Cpu();
-    EXPECT_EQ(be->Forward(p).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(be->Forward(p).status().code(),
+              absl::StatusCode::kInvalidArgument);
   };
   expect_bad([](AttentionParams& p) { p.dim = 0; }, "dim");
   expect_bad([](AttentionParams& p) { p.seq_k = 0; }, "seq_k");
   expect_bad([](AttentionParams& p) { p.q = nullptr; }, "q");
-  expect_bad([](AttentionParams& p) { p.out_strides.row = 3; }, "out_strides.row");
+  expect_bad([](AttentionParams& p) { p.out_strides.row = 3; },
+             "out_strides.row");
   expect_bad([](AttentionParams& p) { p.scale = -1.0f; }, "scale");
   expect_bad([](AttentionParams& p) { p.scale = NAN; }, "scale");
-  expect_bad([](AttentionParams& p) { p.method = Method::kPerformer; p.num_features = 7; },
-             "num_features");
-  expect_bad([](AttentionParams& p) { p.method = Method::kLsh; p.bucket_size = 0; },
-             "bucket_size");
-  expect_bad([](AttentionParams& p) { p.method = Method::kLsh; p.num_hashes = 0; },
-             "num_hashes");
-  expect_bad([](AttentionParams& p) { p.method = Method::kLocal; p.window = 0; },
-             "window");
-  expect_bad([](AttentionParams& p) { p.calibration_rows = -1; }, "calibration_rows");
+  expect_bad(
+      [](AttentionParams& p) {
+        p.method = Method::kPerformer;
+        p.num_features = 7;
+      },
+      "num_features");
+  expect_bad(
+      [](AttentionParams& p) {
+        p.method = Method::kLsh;
+        p.bucket_size = 0;
+      },
+      "bucket_size");
+  expect_bad(
+      [](AttentionParams& p) {
+        p.method = Method::kLsh;
+        p.num_hashes = 0;
+      },
+      "num_hashes");
+  expect_bad(
+      [](AttentionParams& p) {
+        p.method = Method::kLocal;
+        p.window = 0;
+      },
+      "window");
+  expect_bad([](AttentionParams& p) { p.calibration_rows = -1; },
+             "calibration_rows");
   static const int32_t bad_len[] = {9};
-  expect_bad([](AttentionParams& p) { p.key_lengths = bad_len; }, "key_lengths[0]");
+  expect_bad([](AttentionParams& p) { p.key_lengths = bad_len; },
+             "key_lengths[0]");
   t.Q(0, 0, 2, 3) = INFINITY;
   expect_bad([](AttentionParams&) {}, "q");
 }
@@ -708,9 +742,8 @@ TEST(DrawCacheTest, ConcurrentCallersGetEqualDraws) {
   std::vector<std::thread> threads;
   std::vector<DrawCache::Draw> got(8);
   for (int t = 0; t < 8; ++t) {
-    threads.emplace_back([&, t] {
-      got[t] = cache.FeatureProjections(9, t % 2, 64, 32);
-    });
+    threads.emplace_back(
+        [&, t] { got[t] = cache.FeatureProjections(9, t % 2, 64, 32); });
   }
   for (auto& th : threads) th.join();
   for (int t = 0; t < 8; ++t) {
@@ -733,13 +766,13 @@ TEST(CpuWorkspaceTest, TheQueryBoundsWhatACallHolds) {
     int64_t nq, nk, d, dv;
     int bucket, window, hashes;
   };
-  for (const Shape& sh : {Shape{300, 257, 32, 24, 128, 128, 2},
-                          Shape{97, 1025, 48, 40, 16, 8, 1},
-                          Shape{1025, 130, 64, 64, 64, 300, 3}}) {
+  for (const Shape& sh :
+       {Shape{300, 257, 32, 24, 128, 128, 2}, Shape{97, 1025, 48, 40, 16, 8, 1},
+        Shape{1025, 130, 64, 64, 64, 300, 3}}) {
     for (Method m : kAllMethods) {
       for (bool causal : {false, true}) {
-        for (SparseSupport sp :
-             {SparseSupport::kLsh, SparseSupport::kLocal, SparseSupport::kBoth}) {
+        for (SparseSupport sp : {SparseSupport::kLsh, SparseSupport::kLocal,
+                                 SparseSupport::kBoth}) {
           TestTensors t = testing::Make(2, 3, sh.nq, sh.nk, sh.d, sh.dv,
                                         testing::kClustered, 1);
           t.params.method = m;

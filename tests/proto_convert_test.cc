@@ -68,6 +68,9 @@ TEST(ProtoConvertTest, EverySettingSeparatesBatches) {
   namespace gpb = ::google::protobuf;
   pb::RequestHeader base = BaseHeader();
   base.mutable_settings()->set_method(pb::METHOD_SCATTERBRAIN);
+  // Unset, sparse would be the server's default, auto: the value the loop
+  // below sets it to.
+  base.mutable_settings()->set_sparse(pb::SPARSE_SUPPORT_LSH);
   absl::StatusOr<RequestSpec> base_spec =
       SpecFromHeader(base, RequestLimits(), true);
   ASSERT_TRUE(base_spec.ok()) << base_spec.status();
@@ -90,6 +93,9 @@ TEST(ProtoConvertTest, EverySettingSeparatesBatches) {
         break;
       case gpb::FieldDescriptor::CPPTYPE_FLOAT:
         r->SetFloat(s, f, 0.5f);
+        break;
+      case gpb::FieldDescriptor::CPPTYPE_DOUBLE:  // target_error, in [0, 1)
+        r->SetDouble(s, f, 0.25);
         break;
       case gpb::FieldDescriptor::CPPTYPE_ENUM: {
         // The last value the enum defines differs from the default.
@@ -117,6 +123,61 @@ TEST(ProtoConvertTest, EverySettingSeparatesBatches) {
   h.set_output_dtype(pb::DTYPE_FLOAT16);
   EXPECT_NE(SpecFromHeader(h, RequestLimits(), true)->batch_key,
             base_spec->batch_key);
+}
+
+TEST(ProtoConvertTest, UnsetSparseTakesTheServersDefault) {
+  pb::RequestHeader h = BaseHeader();
+  h.mutable_settings()->set_method(pb::METHOD_SCATTERBRAIN);
+  // The server's default unless told otherwise: auto.
+  absl::StatusOr<RequestSpec> s = SpecFromHeader(h, RequestLimits(), true);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->params.sparse, SparseSupport::kAuto);
+  RequestDefaults lsh;
+  lsh.sparse = SparseSupport::kLsh;
+  s = SpecFromHeader(h, RequestLimits(), true, lsh);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->params.sparse, SparseSupport::kLsh);
+  // A request that says which support keeps it.
+  h.mutable_settings()->set_sparse(pb::SPARSE_SUPPORT_LOCAL);
+  s = SpecFromHeader(h, RequestLimits(), true);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->params.sparse, SparseSupport::kLocal);
+  h.mutable_settings()->set_sparse(pb::SPARSE_SUPPORT_AUTO);
+  s = SpecFromHeader(h, RequestLimits(), true, lsh);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->params.sparse, SparseSupport::kAuto);
+  // Other methods have no support: the core's default, whatever the server's.
+  h = BaseHeader();
+  s = SpecFromHeader(h, RequestLimits(), true);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->params.sparse, AttentionParams().sparse);
+}
+
+TEST(ProtoConvertTest, TargetErrorAndGlobalKeysAreCheckedWithTheirPath) {
+  pb::RequestHeader h = BaseHeader();
+  h.mutable_settings()->set_method(pb::METHOD_SCATTERBRAIN);
+  h.mutable_settings()->set_target_error(0.2);
+  h.mutable_settings()->set_global_keys(4);
+  absl::StatusOr<RequestSpec> s = SpecFromHeader(h, RequestLimits(), true);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->params.target_error, 0.2);
+  EXPECT_EQ(s->params.global_keys, 4);
+  h.mutable_settings()->set_target_error(1.5);
+  EXPECT_THAT(SpecFromHeader(h, RequestLimits(), true),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("header.settings.target_error: must be in "
+                                 "[0, 1)")));
+  h.mutable_settings()->set_target_error(0.2);
+  h.mutable_settings()->set_sparse(static_cast<pb::SparseSupport>(9));
+  EXPECT_THAT(SpecFromHeader(h, RequestLimits(), true),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "header.settings.sparse: unknown value 9"));
+  // An error target is Scatterbrain's alone.
+  h = BaseHeader();
+  h.mutable_settings()->set_target_error(0.2);
+  EXPECT_THAT(SpecFromHeader(h, RequestLimits(), true),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("header.settings.target_error")));
 }
 
 TEST(ProtoConvertTest, HeaderErrorsNameTheProtoField) {

@@ -1,6 +1,8 @@
 // scatterbrain/tests/reference_test.cc — checks of the fp64 reference, the
 // error metric, the input families and the sentinel guards themselves: every
 // other accuracy test trusts these.
+#include "tests/testutil/reference.h"
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -8,7 +10,6 @@
 
 #include "gtest/gtest.h"
 #include "kernels/params.h"
-#include "tests/testutil/reference.h"
 
 namespace {
 
@@ -120,8 +121,8 @@ TEST(ReferenceTest, UniformAttentionIsMeanOfVisibleV) {
               for (int64_t j = 0; j < hi; ++j) mean += t.V(b, h, j, c);
               mean /= hi;
               EXPECT_NEAR(RefAt(ref, p, b, h, i, c), mean, 1e-12)
-                  << "causal=" << causal << " lengths=" << lengths
-                  << " b=" << b << " h=" << h << " i=" << i;
+                  << "causal=" << causal << " lengths=" << lengths << " b=" << b
+                  << " h=" << h << " i=" << i;
             }
           }
         }
@@ -131,8 +132,8 @@ TEST(ReferenceTest, UniformAttentionIsMeanOfVisibleV) {
 }
 
 TEST(ReferenceTest, CausalSelfAttentionRowZeroSeesOnlyKeyZero) {
-  auto t = sbt::Make(1, 2, 6, 6, 8, 5, sbt::kGaussian, 3, sbt::kContiguous,
-                     3.0);
+  auto t =
+      sbt::Make(1, 2, 6, 6, 8, 5, sbt::kGaussian, 3, sbt::kContiguous, 3.0);
   t.params.causal = true;
   const auto ref = sbt::ExactAttentionDouble(t.params);
   for (int64_t h = 0; h < 2; ++h) {
@@ -149,8 +150,8 @@ TEST(ReferenceTest, CausalSelfAttentionRowZeroSeesOnlyKeyZero) {
 
 TEST(ReferenceTest, CausalBottomRightOffsetFewerQueries) {
   // Nq = 3 < Nk = 7: query i sees keys j <= i + 4.
-  auto t = sbt::Make(1, 1, 3, 7, 8, 4, sbt::kGaussian, 5, sbt::kContiguous,
-                     2.0);
+  auto t =
+      sbt::Make(1, 1, 3, 7, 8, 4, sbt::kGaussian, 5, sbt::kContiguous, 2.0);
   t.params.causal = true;
   const auto ref = sbt::ExactAttentionDouble(t.params);
   for (int64_t i = 0; i < 3; ++i) {
@@ -198,10 +199,8 @@ TEST(ReferenceTest, KeyLengthsExcludePaddingAndZeroLengthGivesZeros) {
       for (int64_t c = 0; c < 3; ++c) {
         EXPECT_EQ(RefAt(ref, t.params, 0, h, i, c), 0.0);
       }
-      ExpectRowNear(ref, t.params, 1, h, i, NaiveRow(t, 1, h, i, 0, 3),
-                    1e-12);
-      ExpectRowNear(ref, t.params, 2, h, i, NaiveRow(t, 2, h, i, 0, 6),
-                    1e-12);
+      ExpectRowNear(ref, t.params, 1, h, i, NaiveRow(t, 1, h, i, 0, 3), 1e-12);
+      ExpectRowNear(ref, t.params, 2, h, i, NaiveRow(t, 2, h, i, 0, 6), 1e-12);
     }
   }
   // Key lengths combine with the causal mask (offset 2 here).
@@ -209,8 +208,7 @@ TEST(ReferenceTest, KeyLengthsExcludePaddingAndZeroLengthGivesZeros) {
   const auto ref_c = sbt::ExactAttentionDouble(t.params);
   for (int64_t i = 0; i < 4; ++i) {
     ExpectRowNear(ref_c, t.params, 1, 0, i,
-                  NaiveRow(t, 1, 0, i, 0, std::min<int64_t>(3, i + 3)),
-                  1e-12);
+                  NaiveRow(t, 1, 0, i, 0, std::min<int64_t>(3, i + 3)), 1e-12);
   }
 }
 
@@ -259,8 +257,8 @@ TEST(ReferenceTest, RowsSubsetMatchesFull) {
                     RefAt(full, t.params, b, h, rows[r], c));
   // RelativeErrorRows on the exact rows written to out is ~ float rounding.
   WriteOut(t, full);
-  EXPECT_LT(sbt::RelativeErrorRows(t.params.out, t.params.out_strides,
-                                   t.params, rows, sub),
+  EXPECT_LT(sbt::RelativeErrorRows(t.params.out, t.params.out_strides, t.params,
+                                   rows, sub),
             1e-6);
 }
 
@@ -302,15 +300,15 @@ TEST(ReferenceTest, RelativeErrorMetric) {
   EXPECT_NEAR(sbt::RelativeError(t.params, ref), 0.1, 1e-6);
   // Answering zeros reads as exactly 1.
   WriteOut(t, ref, 0.0);
-  EXPECT_DOUBLE_EQ(sbt::RelativeError(t.params.out, t.params.out_strides,
-                                      t.params, ref),
-                   1.0);
+  EXPECT_DOUBLE_EQ(
+      sbt::RelativeError(t.params.out, t.params.out_strides, t.params, ref),
+      1.0);
   // A NaN anywhere makes the error non-finite; so do unwritten outputs.
   WriteOut(t, ref);
   t.Out(1, 1, 6, 4) = std::numeric_limits<float>::quiet_NaN();
   EXPECT_FALSE(std::isfinite(t.RelativeError(ref)));
-  EXPECT_TRUE(std::isnan(sbt::MaxAbsError(t.params.out, t.params.out_strides,
-                                          t.params, ref)));
+  EXPECT_TRUE(std::isnan(
+      sbt::MaxAbsError(t.params.out, t.params.out_strides, t.params, ref)));
   t.ResetOut();
   EXPECT_EQ(t.UnwrittenOutputs(), 2 * 2 * 7 * 5);
   EXPECT_FALSE(std::isfinite(t.RelativeError(ref)));
@@ -378,9 +376,8 @@ TEST(ReferenceTest, MovedTensorsKeepValidPointers) {
   a.SetKeyLengths({3});
   const float q0 = a.Q(0, 1, 2, 4);
   sbt::TestTensors b(std::move(a));
-  EXPECT_EQ(b.params.q[b.params.q_strides.head + 2 * b.params.q_strides.row +
-                       4],
-            q0);
+  EXPECT_EQ(
+      b.params.q[b.params.q_strides.head + 2 * b.params.q_strides.row + 4], q0);
   ASSERT_NE(b.params.key_lengths, nullptr);
   EXPECT_EQ(b.params.key_lengths[0], 3);
   sbt::TestTensors c;
@@ -438,7 +435,8 @@ TEST(FamilyTest, GaussianLogitStd) {
     for (int64_t i = 0; i < 256; ++i)
       for (int64_t j = 0; j < 256; ++j) {
         double dot = 0;
-        for (int64_t c = 0; c < 64; ++c) dot += t.Q(0, 0, i, c) * t.K(0, 0, j, c);
+        for (int64_t c = 0; c < 64; ++c)
+          dot += t.Q(0, 0, i, c) * t.K(0, 0, j, c);
         m2 += (tau * dot) * (tau * dot);
       }
     EXPECT_NEAR(std::sqrt(m2 / (256.0 * 256.0)), s, 0.08 * s) << s;
@@ -455,7 +453,8 @@ TEST(FamilyTest, ClusteredSmoothHugeNormShapes) {
     double best = -1e300, mean = 0;
     for (int64_t j = 0; j < N; ++j) {
       double dot = 0;
-      for (int64_t c = 0; c < d; ++c) dot += cl.Q(0, 0, i, c) * cl.K(0, 0, j, c);
+      for (int64_t c = 0; c < d; ++c)
+        dot += cl.Q(0, 0, i, c) * cl.K(0, 0, j, c);
       best = std::max(best, tau * dot);
       mean += tau * dot / N;
     }

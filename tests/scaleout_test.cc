@@ -23,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "kernels/params.h"
 #include "proto/convert/settings.h"
+#include "server/proto_convert.h"
 #include "tests/testutil/cpu_attention.h"
 #include "tests/testutil/net.h"
 #include "tests/testutil/random.h"
@@ -88,8 +89,8 @@ struct Request {
 
   std::vector<float> Local() const {
     AttentionParams p;
-    const absl::Status mapped =
-        wire::SettingsToParams(Input().settings, "settings", &p);
+    const absl::Status mapped = server::RequestSettingsToParams(
+        Input().settings, server::RequestDefaults(), "settings", &p);
     EXPECT_TRUE(mapped.ok()) << mapped;
     SetShape(shape, p);
     p.q = q.data();

@@ -6,6 +6,8 @@
 //
 // The binary is SB_SERVER_PATH when the build defines it, else
 // scatterbrain_server next to this test binary (both live in build/bin).
+#include "tests/testutil/server_process.h"
+
 #include <signal.h>
 
 #include <chrono>
@@ -27,12 +29,12 @@
 #include "kernels/devices.h"
 #include "kernels/params.h"
 #include "scatterbrain/v1/attention.grpc.pb.h"
+#include "server/request.h"
 #include "tests/testutil/cpu_attention.h"
 #include "tests/testutil/health.h"
 #include "tests/testutil/net.h"
 #include "tests/testutil/process.h"
 #include "tests/testutil/random.h"
-#include "tests/testutil/server_process.h"
 #include "tests/testutil/status_matchers.h"
 
 namespace scatterbrain {
@@ -110,6 +112,10 @@ std::vector<float> Local(const Req& r) {
   if (r.header.settings().has_bucket_size())
     p.bucket_size = static_cast<int>(r.header.settings().bucket_size());
   p.seed = r.header.settings().seed();
+  // The server's default support for a request that leaves it unset.
+  if (p.method == Method::kScatterbrain) {
+    p.sparse = server::RequestDefaults().sparse;
+  }
   const pb::Shape& s = r.header.shape();
   p.batch = s.batch();
   p.heads = s.heads();

@@ -30,8 +30,9 @@ using testutil::StatusIs;
 // Sets every singular field of `msg` to a value other than its default:
 // field i (1-based) gets i + 1 for integers, the largest value its enum
 // defines, true, or (i + 1) / 4 for floating point. Optional fields become
-// present; repeated uint64 fields (Stats.session_lengths) get two values.
-// Returns how many fields were set.
+// present; repeated uint64 fields (Stats.session_lengths) get two values,
+// repeated messages (Stats.head_plans) two elements, each with every field
+// set. Returns how many fields were set.
 int SetEveryField(gpb::Message* msg) {
   const gpb::Descriptor* d = msg->GetDescriptor();
   const gpb::Reflection* r = msg->GetReflection();
@@ -39,6 +40,17 @@ int SetEveryField(gpb::Message* msg) {
   for (int i = 0; i < d->field_count(); ++i) {
     const gpb::FieldDescriptor* f = d->field(i);
     const int v = i + 2;
+    if (f->is_repeated() &&
+        f->cpp_type() == gpb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      for (int e = 0; e < 2; ++e) {
+        gpb::Message* m = r->AddMessage(msg, f);
+        if (SetEveryField(m) != m->GetDescriptor()->field_count()) {
+          ADD_FAILURE() << "not every field of " << f->full_name() << " set";
+        }
+      }
+      ++set;
+      continue;
+    }
     if (f->is_repeated()) {
       // Repeated counts (Stats.session_lengths): two elements.
       if (f->cpp_type() != gpb::FieldDescriptor::CPPTYPE_UINT64) continue;
@@ -126,6 +138,9 @@ TEST(SettingsMappingTest, EachFieldReachesTheParamsOnItsOwn) {
         break;
       case gpb::FieldDescriptor::CPPTYPE_FLOAT:
         r->SetFloat(&one, f, r->GetFloat(one, f) * 2);
+        break;
+      case gpb::FieldDescriptor::CPPTYPE_DOUBLE:
+        r->SetDouble(&one, f, r->GetDouble(one, f) * 2);
         break;
       case gpb::FieldDescriptor::CPPTYPE_ENUM: {
         const gpb::EnumDescriptor* e = f->enum_type();
@@ -273,6 +288,84 @@ TEST(WireMappingTest, StatsRoundTripThroughRequestStats) {
   EXPECT_FALSE(out.has_estimated_relative_error());
   EXPECT_EQ(out.workspace_bytes(), 0u);
   EXPECT_FALSE(StatsFromProto(out).estimated_relative_error.has_value());
+}
+
+TEST(WireMappingTest, HeadPlansAndCostTravelWithTheirAbsentValues) {
+  RequestStats rs;
+  HeadPlan local;
+  local.batch = 1;
+  local.head = 3;
+  local.sparse = SparseSupport::kLocal;
+  local.num_features = 32;
+  local.window = 32;
+  local.global_keys = 2;
+  local.support_mass = 0.75;  // measured; error not estimated (-1)
+  HeadPlan exact;
+  exact.exact = true;
+  exact.error_estimate = 0.0;
+  exact.error_bound = 0.0;
+  rs.head_plans = {local, exact};
+  rs.error_bound = 0.125;
+  rs.score_evaluations = 1000;
+  rs.exact_score_evaluations = 4000;
+  v1::Stats out;
+  StatsToProto(rs, &out);
+  ASSERT_EQ(out.head_plans_size(), 2);
+  const v1::HeadPlan& p0 = out.head_plans(0);
+  EXPECT_EQ(p0.batch(), 1u);
+  EXPECT_EQ(p0.head(), 3u);
+  EXPECT_EQ(p0.sparse(), v1::SPARSE_SUPPORT_LOCAL);
+  EXPECT_EQ(p0.window(), 32u);
+  EXPECT_EQ(p0.bucket_size(), 0u);
+  EXPECT_EQ(p0.global_keys(), 2u);
+  EXPECT_DOUBLE_EQ(p0.support_mass(), 0.75);
+  // The core's -1 ("not measured") is an absent field on the wire.
+  EXPECT_FALSE(p0.has_error_estimate());
+  EXPECT_FALSE(p0.has_error_bound());
+  EXPECT_TRUE(out.head_plans(1).exact());
+  EXPECT_FALSE(out.head_plans(1).has_support_mass());
+  EXPECT_TRUE(out.head_plans(1).has_error_bound());
+  EXPECT_DOUBLE_EQ(out.error_bound(), 0.125);
+  EXPECT_EQ(out.score_evaluations(), 1000u);
+  EXPECT_EQ(out.exact_score_evaluations(), 4000u);
+
+  const RequestStats back = StatsFromProto(out);
+  ASSERT_EQ(back.head_plans.size(), 2u);
+  EXPECT_EQ(back.head_plans[0].sparse, SparseSupport::kLocal);
+  EXPECT_EQ(back.head_plans[0].error_bound, -1.0);
+  EXPECT_EQ(back.head_plans[1].support_mass, -1.0);
+  EXPECT_EQ(back.head_plans[1].error_bound, 0.0);
+  EXPECT_EQ(back.error_bound, 0.125);
+  // No error target: no bound on the wire.
+  v1::Stats plain;
+  StatsToProto(RequestStats(), &plain);
+  EXPECT_FALSE(plain.has_error_bound());
+  EXPECT_FALSE(StatsFromProto(plain).error_bound.has_value());
+}
+
+TEST(SettingsMappingTest, AutoGlobalKeysAndTargetErrorReachTheParams) {
+  v1::MethodSettings s;
+  s.set_method(v1::METHOD_SCATTERBRAIN);
+  s.set_sparse(v1::SPARSE_SUPPORT_AUTO);
+  s.set_global_keys(4);
+  s.set_target_error(0.1);
+  AttentionParams p;
+  ASSERT_TRUE(SettingsToParams(s, "header.settings", &p).ok());
+  EXPECT_EQ(p.sparse, SparseSupport::kAuto);
+  EXPECT_EQ(p.global_keys, 4);
+  EXPECT_EQ(p.target_error, 0.1);
+  // Unset: the core's defaults (off).
+  v1::MethodSettings unset;
+  unset.set_method(v1::METHOD_SCATTERBRAIN);
+  AttentionParams d;
+  ASSERT_TRUE(SettingsToParams(unset, "", &d).ok());
+  EXPECT_EQ(d.global_keys, 0);
+  EXPECT_EQ(d.target_error, 0.0);
+  // An unknown support is refused, naming the field.
+  s.set_sparse(static_cast<v1::SparseSupport>(5));
+  EXPECT_THAT(SettingsToParams(s, "header.settings", &p),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "header.settings.sparse: unknown value 5"));
 }
 
 TEST(WireMappingTest, DTypesMapBothWays) {

@@ -49,6 +49,54 @@ const FlagSpecs& AttendFlags() {
   return *flags;
 }
 
+// After the stats line: one line per (batch, head) that Scatterbrain chose
+// for (sparse=auto, global_keys, target_error), e.g.
+//   head b=0 h=3: local features=32 bucket=0 window=32 globals=2 mass=0.91
+//       err=0.041/0.077
+// (one line; err = estimate / upper bound, target_error only), or
+//   head b=0 h=3: exact
+// where the error target made the slice exact attention.
+void PrintPlans(const std::vector<HeadPlan>& plans) {
+  for (const HeadPlan& h : plans) {
+    std::string line =
+        absl::StrFormat("head b=%lld h=%lld: ", static_cast<long long>(h.batch),
+                        static_cast<long long>(h.head));
+    if (h.exact) {
+      absl::StrAppend(&line, "exact");
+    } else {
+      absl::StrAppendFormat(&line, "%s features=%d bucket=%d window=%d",
+                            SparseName(h.sparse), h.num_features, h.bucket_size,
+                            h.window);
+      absl::StrAppendFormat(&line, " globals=%d", h.global_keys);
+      if (h.support_mass >= 0) {
+        absl::StrAppendFormat(&line, " mass=%.3f", h.support_mass);
+      }
+      if (h.error_bound >= 0) {
+        absl::StrAppendFormat(&line, " err=%.4f/%.4f", h.error_estimate,
+                              h.error_bound);
+      }
+    }
+    std::printf("%s\n", line.c_str());
+  }
+}
+
+// The stats line's cost fields: query-key evaluations spent against exact
+// attention's, and the request's error bound (target_error only).
+std::string CostFields(int64_t score_evaluations,
+                       int64_t exact_score_evaluations, double error_bound) {
+  std::string s;
+  if (exact_score_evaluations > 0) {
+    absl::StrAppendFormat(
+        &s, " score_evaluations=%lld exact_score_evaluations=%lld cost=%.4f",
+        static_cast<long long>(score_evaluations),
+        static_cast<long long>(exact_score_evaluations),
+        static_cast<double>(score_evaluations) / exact_score_evaluations);
+  }
+  if (error_bound >= 0)
+    absl::StrAppendFormat(&s, " error_bound=%.4f", error_bound);
+  return s;
+}
+
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
@@ -106,14 +154,18 @@ int AttendRemote(const FlagValues& f, const AttentionParams& p,
         "stats: method=%s backend=%s workspace_bytes=%lld "
         "dense_score_bytes=%lld denominator_guards=%lld fallbacks=%lld "
         "elapsed_ms=%.3f queue_ms=%.3f compute_ms=%.3f batch_size=%d "
-        "memory_saved_bytes=%lld%s\n",
+        "memory_saved_bytes=%lld%s%s\n",
         MethodName(p.method), st.backend.c_str(),
         static_cast<long long>(st.workspace_bytes),
         static_cast<long long>(st.dense_score_bytes),
         static_cast<long long>(st.denominator_guards),
         static_cast<long long>(st.fallbacks), elapsed_ms,
         st.queue_seconds * 1e3, st.compute_seconds * 1e3, st.batch_size,
-        static_cast<long long>(st.memory_saved_bytes), err.c_str());
+        static_cast<long long>(st.memory_saved_bytes), err.c_str(),
+        CostFields(st.score_evaluations, st.exact_score_evaluations,
+                   st.error_bound.value_or(-1.0))
+            .c_str());
+    PrintPlans(st.head_plans);
   }
   return 0;
 }
@@ -245,12 +297,16 @@ int Attend(const std::vector<std::string>& args) {
     std::printf(
         "stats: method=%s backend=%s workspace_bytes=%lld "
         "dense_score_bytes=%lld denominator_guards=%lld fallbacks=%lld "
-        "elapsed_ms=%.3f\n",
+        "elapsed_ms=%.3f%s\n",
         MethodName(p.method), (*backend)->name().c_str(),
         static_cast<long long>(st->workspace_bytes),
         static_cast<long long>(st->dense_score_bytes),
         static_cast<long long>(st->denominator_guards),
-        static_cast<long long>(st->fallbacks), elapsed_ms);
+        static_cast<long long>(st->fallbacks), elapsed_ms,
+        CostFields(st->score_evaluations, st->exact_score_evaluations,
+                   st->error_bound)
+            .c_str());
+    PrintPlans(st->head_plans);
   }
   return 0;
 }

@@ -34,7 +34,7 @@ constexpr EnumFlag kEnumFlags[] = {
     {"method", ParseInto<Method, ParseMethod, &AttentionParams::method>,
      "exact|performer|lsh|local|scatterbrain"},
     {"sparse", ParseInto<SparseSupport, ParseSparse, &AttentionParams::sparse>,
-     "lsh|local|both"},
+     "lsh|local|both|auto"},
     {"estimator",
      ParseInto<Estimator, ParseEstimator, &AttentionParams::estimator>,
      "calibrated|unbiased"},
@@ -66,12 +66,18 @@ absl::Status SeedFlag(const FlagValues& f, uint64_t* out) {
   return absl::OkStatus();
 }
 
-absl::Status ScaleFlag(const FlagValues& f, float* out) {
-  auto it = f.find("scale");
+// A finite number flag (--scale, --target_error), parsed by `parse`
+// (absl::SimpleAtof or SimpleAtod); absent: `*out` is left alone. Ranges
+// are ValidateParams' to check, locally or on the server, with the same
+// message.
+template <typename T>
+absl::Status FiniteFlag(const FlagValues& f, const char* name,
+                        bool (*parse)(absl::string_view, T*), T* out) {
+  auto it = f.find(name);
   if (it == f.end()) return absl::OkStatus();
-  float v;
-  if (!absl::SimpleAtof(it->second, &v) || !std::isfinite(v)) {
-    return BadNumber("scale", it->second, "a finite number");
+  T v;
+  if (!parse(it->second, &v) || !std::isfinite(v)) {
+    return BadNumber(name, it->second, "a finite number");
   }
   *out = v;
   return absl::OkStatus();
@@ -102,6 +108,7 @@ FlagSpecs WithSettings(FlagSpecs own) {
   }
   own.emplace("causal", FlagSpec{FlagKind::kBool, false});
   own.emplace("scale", FlagSpec{FlagKind::kString, false});
+  own.emplace("target_error", FlagSpec{FlagKind::kString, false});
   own.emplace("seed", FlagSpec{FlagKind::kString, false});
   return own;
 }
@@ -228,7 +235,11 @@ absl::Status ParseSettings(const FlagValues& f, AttentionParams* p) {
     absl::Status s = IntFlag(f, c.name, &(p->*c.member));
     if (!s.ok()) return s;
   }
-  for (absl::Status s : {SeedFlag(f, &p->seed), ScaleFlag(f, &p->scale)}) {
+  for (absl::Status s :
+       {SeedFlag(f, &p->seed),
+        FiniteFlag<float>(f, "scale", absl::SimpleAtof, &p->scale),
+        FiniteFlag<double>(f, "target_error", absl::SimpleAtod,
+                           &p->target_error)}) {
     if (!s.ok()) return s;
   }
   p->causal = BoolFlag(f, "causal");

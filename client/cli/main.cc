@@ -49,7 +49,13 @@ options (attend and bench):
   --lsh_transform=none|smyrf   cross-polytope input: raw directions or
                         SMYRF's asymmetric transform [none]
   --window=W            local window width: |i - j| <= W/2 [128]
-  --sparse=lsh|local|both   Scatterbrain's sparse support [lsh]
+  --sparse=lsh|local|both|auto   Scatterbrain's sparse support; auto: per
+                        head the one holding the most attention mass [lsh]
+  --global_keys=G       Scatterbrain: up to G keys with the most calibration-
+                        row mass in every row's support; 0 = off [0]
+  --target_error=E      Scatterbrain: per head the cheapest budget whose
+                        estimated error bound is <= E (else exact), in
+                        [0, 1); 0 = off (the budget as given) [0]
   --estimator=calibrated|unbiased   Scatterbrain's combination [calibrated]
   --calibration_rows=N  exact rows per (batch, head) for calibration [16]
   --causal              causal mask (query i sees keys j <= i + seq_k - seq_q)
@@ -60,7 +66,9 @@ options (attend and bench):
   --key_lengths=L1,L2,...   valid keys per batch entry (one per batch)
   --threads=T           CPU worker threads; 0 = all cores [0] (local only)
   --backend=NAME        backend to run on (see `info`) [cpu] (local only)
-  --stats               print one line of call statistics to stdout
+  --stats               print one line of call statistics to stdout, then
+                        one line per head Scatterbrain chose a plan for
+                        (auto, global_keys, target_error)
 
 server options:
   --server=TARGET       host:port; several host:port,host:port (IP literals,

@@ -16,6 +16,13 @@ absl::Status SessionConfigFromProto(const v1::CreateSessionRequest& r,
   AttentionParams p;
   absl::Status st = SettingsToParams(r.settings(), "settings", &p);
   if (!st.ok()) return st;
+  // The planner chooses per head from exact rows of the whole call; a
+  // session's decode steps see one row at a time and have no such rows.
+  if (p.target_error != 0.0) {
+    return absl::InvalidArgumentError(
+        "settings.target_error: target_error is for one-shot calls, not "
+        "sessions (leave it unset)");
+  }
   DType kv = DType::kFloat32;
   if (r.kv_dtype() != v1::DTYPE_UNSPECIFIED &&
       !DTypeFromProto(r.kv_dtype(), &kv)) {

@@ -31,7 +31,8 @@ constexpr EnumPair<v1::Method, Method> kMethods[] = {
 constexpr EnumPair<v1::SparseSupport, SparseSupport> kSparse[] = {
     {v1::SPARSE_SUPPORT_LSH, SparseSupport::kLsh},
     {v1::SPARSE_SUPPORT_LOCAL, SparseSupport::kLocal},
-    {v1::SPARSE_SUPPORT_BOTH, SparseSupport::kBoth}};
+    {v1::SPARSE_SUPPORT_BOTH, SparseSupport::kBoth},
+    {v1::SPARSE_SUPPORT_AUTO, SparseSupport::kAuto}};
 constexpr EnumPair<v1::Estimator, Estimator> kEstimators[] = {
     {v1::ESTIMATOR_CALIBRATED, Estimator::kCalibrated},
     {v1::ESTIMATOR_UNBIASED, Estimator::kUnbiased}};
@@ -74,7 +75,8 @@ constexpr CountSetting kCounts[] = {
     {"hash_projections", &AttentionParams::hash_projections},
     {"window", &AttentionParams::window},
     {"calibration_rows", &AttentionParams::calibration_rows},
-    {"kmeans_iterations", &AttentionParams::kmeans_iterations}};
+    {"kmeans_iterations", &AttentionParams::kmeans_iterations},
+    {"global_keys", &AttentionParams::global_keys}};
 
 const pb::FieldDescriptor* Field(const char* name) {
   const pb::FieldDescriptor* f =
@@ -127,6 +129,14 @@ bool MethodFromProto(v1::Method method, Method* out) {
 
 v1::Method MethodToProto(Method method) { return ToProto(kMethods, method); }
 
+bool SparseFromProto(v1::SparseSupport sparse, SparseSupport* out) {
+  return FromProto(kSparse, sparse, out);
+}
+
+v1::SparseSupport SparseToProto(SparseSupport sparse) {
+  return ToProto(kSparse, sparse);
+}
+
 std::string MethodLabel(v1::Method method) {
   Method m;
   return MethodFromProto(method, &m) ? MethodName(m) : "unknown";
@@ -158,6 +168,8 @@ absl::Status SettingsToParams(const v1::MethodSettings& s,
       p->*c.member = ClampToInt(r->GetUInt32(s, f));
     }
   }
+  // Range-checked by ValidateParams ("target_error: must be in [0, 1)").
+  if (s.has_target_error()) p->target_error = s.target_error();
   p->causal = s.causal();
   p->scale = s.scale();
   p->seed = s.seed();
@@ -187,6 +199,7 @@ absl::StatusOr<v1::MethodSettings> SettingsFromParams(
   s.set_lsh_hash(ToProto(kLshHashes, p.lsh_hash));
   s.set_lsh_transform(ToProto(kLshTransforms, p.lsh_transform));
   s.set_precision(ToProto(kPrecisions, p.precision));
+  s.set_target_error(p.target_error);
   s.set_causal(p.causal);
   s.set_scale(p.scale);
   s.set_seed(p.seed);

@@ -28,6 +28,10 @@ v1::Method MethodToProto(Method method);
 // The metrics label of a proto method: MethodName's ("exact", ...), or
 // "unknown" for unset or invalid values.
 std::string MethodLabel(v1::Method method);
+// Sparse support enums (the same table SettingsToParams reads).
+// SparseFromProto: false for UNSPECIFIED and unknown values.
+bool SparseFromProto(v1::SparseSupport sparse, SparseSupport* out);
+v1::SparseSupport SparseToProto(SparseSupport sparse);
 
 // Copies the settings of `s` into `p` (method, counts, enums, causal, scale,
 // seed); shape, tensors and key lengths are left alone. Unset optional

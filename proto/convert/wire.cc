@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
+#include "proto/convert/settings.h"
 
 namespace scatterbrain {
 namespace wire {
@@ -12,6 +13,42 @@ namespace {
 
 uint64_t NonNegative(int64_t v) {
   return static_cast<uint64_t>(std::max<int64_t>(v, 0));
+}
+
+uint32_t NonNegative32(int64_t v) {
+  return static_cast<uint32_t>(std::clamp<int64_t>(v, 0, UINT32_MAX));
+}
+
+// The core's -1 ("not measured") is an absent optional on the wire.
+void HeadPlanToProto(const HeadPlan& h, v1::HeadPlan* out) {
+  out->set_batch(NonNegative32(h.batch));
+  out->set_head(NonNegative32(h.head));
+  out->set_exact(h.exact);
+  out->set_sparse(SparseToProto(h.sparse));
+  out->set_num_features(NonNegative32(h.num_features));
+  out->set_bucket_size(NonNegative32(h.bucket_size));
+  out->set_window(NonNegative32(h.window));
+  out->set_global_keys(NonNegative32(h.global_keys));
+  if (h.support_mass >= 0) out->set_support_mass(h.support_mass);
+  if (h.error_estimate >= 0) out->set_error_estimate(h.error_estimate);
+  if (h.error_bound >= 0) out->set_error_bound(h.error_bound);
+}
+
+HeadPlan HeadPlanFromProto(const v1::HeadPlan& h) {
+  HeadPlan out;
+  out.batch = h.batch();
+  out.head = h.head();
+  out.exact = h.exact();
+  // An unknown value (a newer server) keeps the struct's default.
+  SparseFromProto(h.sparse(), &out.sparse);
+  out.num_features = static_cast<int>(h.num_features());
+  out.bucket_size = static_cast<int>(h.bucket_size());
+  out.window = static_cast<int>(h.window());
+  out.global_keys = static_cast<int>(h.global_keys());
+  if (h.has_support_mass()) out.support_mass = h.support_mass();
+  if (h.has_error_estimate()) out.error_estimate = h.error_estimate();
+  if (h.has_error_bound()) out.error_bound = h.error_bound();
+  return out;
 }
 
 }  // namespace
@@ -93,6 +130,12 @@ void StatsToProto(const RequestStats& stats, v1::Stats* out) {
     out->add_session_lengths(NonNegative(l));
   }
   out->set_incremental(stats.incremental);
+  for (const HeadPlan& h : stats.head_plans) {
+    HeadPlanToProto(h, out->add_head_plans());
+  }
+  if (stats.error_bound.has_value()) out->set_error_bound(*stats.error_bound);
+  out->set_score_evaluations(NonNegative(stats.score_evaluations));
+  out->set_exact_score_evaluations(NonNegative(stats.exact_score_evaluations));
 }
 
 RequestStats StatsFromProto(const v1::Stats& s) {
@@ -112,6 +155,13 @@ RequestStats StatsFromProto(const v1::Stats& s) {
   out.session_lengths.assign(s.session_lengths().begin(),
                              s.session_lengths().end());
   out.incremental = s.incremental();
+  for (const v1::HeadPlan& h : s.head_plans()) {
+    out.head_plans.push_back(HeadPlanFromProto(h));
+  }
+  if (s.has_error_bound()) out.error_bound = s.error_bound();
+  out.score_evaluations = static_cast<int64_t>(s.score_evaluations());
+  out.exact_score_evaluations =
+      static_cast<int64_t>(s.exact_score_evaluations());
   return out;
 }
 

@@ -38,6 +38,7 @@ METRICS = {
     "scatterbrain_attention_memory_saved_bytes_total": ("counter", set()),
     "scatterbrain_approx_relative_error": ("histogram", {"method"}),
     "scatterbrain_denominator_guard_total": ("counter", set()),
+    "scatterbrain_head_plans_total": ("counter", {"sparse"}),
     "scatterbrain_inflight_requests": ("gauge", set()),
     "scatterbrain_queue_depth": ("gauge", set()),
     "scatterbrain_received_bytes_total": ("counter", set()),

@@ -8,6 +8,7 @@
 #include "kernels/params.h"
 #include "proto/convert/settings.h"
 #include "proto/convert/wire.h"
+#include "server/proto_convert.h"
 #include "tests/testutil/cpu_attention.h"
 #include "tests/testutil/random.h"
 
@@ -78,7 +79,9 @@ Req MakeReq(const std::string& id, pb::Method method, pb::DType dtype, int b,
 std::string LocalOutput(const Req& r) {
   const pb::RequestHeader& h = r.header;
   AttentionParams p;
-  EXPECT_TRUE(wire::SettingsToParams(h.settings(), "settings", &p).ok());
+  EXPECT_TRUE(server::RequestSettingsToParams(
+                  h.settings(), server::RequestDefaults(), "settings", &p)
+                  .ok());
   SetShape(wire::ShapeFromProto(h.shape()), p);
   const DType dt = Core(h.dtype());
   const int eb = DTypeBytes(dt);

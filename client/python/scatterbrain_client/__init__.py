@@ -16,11 +16,11 @@
             out = s.step(q1, k1, v1)                            # one token
 """
 
-from .client import (AttendError, AttendResult, Client, Request, Session,
-                     attend, stats_to_dict)
+from .client import (AttendError, AttendResult, Client, HeadPlan, Request,
+                     Session, attend, stats_to_dict)
 from .client import pb as proto
 from .client import pb_grpc as proto_grpc
 
-__all__ = ["AttendError", "AttendResult", "Client", "Request", "Session",
-           "attend", "stats_to_dict", "proto", "proto_grpc"]
+__all__ = ["AttendError", "AttendResult", "Client", "HeadPlan", "Request",
+           "Session", "attend", "stats_to_dict", "proto", "proto_grpc"]
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ request encoder, the stream driver and the unary call all go through them.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, NamedTuple, Optional, Sequence
 
 import grpc
 import numpy as np
@@ -141,8 +141,47 @@ def _settings_proto(method: str, causal: bool, settings: Dict[str, Any]):
 
 # --- stats -----------------------------------------------------------------
 
+class HeadPlan(NamedTuple):
+    """How one (batch, head) slice was computed (v1.HeadPlan), when
+    Scatterbrain chose per slice (sparse="auto", global_keys, target_error).
+    sparse: "lsh" | "local" | "both"; exact: the error target made the slice
+    exact attention (the other fields describe the last budget tried).
+    support_mass, error_estimate, error_bound: None when not measured."""
+    batch: int
+    head: int
+    exact: bool
+    sparse: str
+    num_features: int
+    bucket_size: int
+    window: int
+    global_keys: int
+    support_mass: Optional[float]
+    error_estimate: Optional[float]
+    error_bound: Optional[float]
+
+
+_SPARSE_NAMES = {v: n.lower() for n, v in _ENUM_VALUES["sparse"].items()}
+
+
+def _optional(msg, name: str) -> Optional[float]:
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def _head_plan(h) -> HeadPlan:
+    return HeadPlan(
+        batch=h.batch, head=h.head, exact=h.exact,
+        sparse=_SPARSE_NAMES.get(h.sparse, str(h.sparse)),
+        num_features=h.num_features, bucket_size=h.bucket_size,
+        window=h.window, global_keys=h.global_keys,
+        support_mass=_optional(h, "support_mass"),
+        error_estimate=_optional(h, "error_estimate"),
+        error_bound=_optional(h, "error_bound"))
+
+
 def stats_to_dict(stats) -> Dict[str, Any]:
-    """v1.Stats as a dict; estimated_relative_error is None when not sampled."""
+    """v1.Stats as a dict; estimated_relative_error is None when not
+    sampled, error_bound None without target_error; head_plans a list of
+    HeadPlan (empty unless Scatterbrain chose per head)."""
     return {
         "queue_seconds": stats.queue_seconds,
         "compute_seconds": stats.compute_seconds,
@@ -160,4 +199,11 @@ def stats_to_dict(stats) -> Dict[str, Any]:
         # whether it ran on the incremental state (O(budget) per row).
         "session_lengths": list(stats.session_lengths),
         "incremental": stats.incremental,
+        # Scatterbrain's per-head choices and, with target_error, the
+        # request's estimated error bound; the cost in query-key
+        # evaluations against exact attention's (0: not counted).
+        "head_plans": [_head_plan(h) for h in stats.head_plans],
+        "error_bound": _optional(stats, "error_bound"),
+        "score_evaluations": stats.score_evaluations,
+        "exact_score_evaluations": stats.exact_score_evaluations,
     }

@@ -31,7 +31,7 @@ from ._health import _health_check
 from ._request import AttendResult, Request, _Encoded
 from ._session import Session
 from ._stream import _attend_stream, _Source
-from ._wire import _from_wire, stats_to_dict
+from ._wire import HeadPlan, _from_wire, stats_to_dict
 
 pb, pb_grpc = _stubs.load()
 
@@ -211,9 +211,14 @@ class Client:
         the other fields of v1.MethodSettings by name (num_features,
         bucket_size, num_hashes, hash_projections, window, sparse,
         estimator, calibration_rows, lsh_hash, lsh_transform,
-        kmeans_iterations, scale, seed, ...), enum ones by value name
-        (sparse="both", lsh_transform="smyrf"); unset: the server's
-        defaults, those of `scatterbrain_cli --help`. dtype: of q, k, v on
+        kmeans_iterations, scale, seed, global_keys, target_error, ...),
+        enum ones by value name (sparse="both", sparse="auto",
+        lsh_transform="smyrf"); unset: the server's defaults, those of
+        `scatterbrain_cli --help` but sparse (the server's --default_sparse,
+        auto on the cpu backend). target_error (scatterbrain, in [0, 1)):
+        per head the cheapest budget whose estimated error bound meets it,
+        else exact; stats["head_plans"] (HeadPlan) and stats["error_bound"]
+        say what was chosen. dtype: of q, k, v on
         the wire (float32 | float16 | bfloat16); output_dtype: of the
         output on the wire (default: dtype). return_stats: return (output,
         stats dict). unary: one AttendUnary message instead of the chunked
