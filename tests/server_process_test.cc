@@ -83,6 +83,9 @@ Req MakeReq(const std::string& id, pb::Method method, int heads, int n, int d,
   if (method == pb::METHOD_SCATTERBRAIN) {
     r.header.mutable_settings()->set_num_features(32);
     r.header.mutable_settings()->set_bucket_size(16);
+    // A small window too: the server's default support (auto) may choose
+    // it.
+    r.header.mutable_settings()->set_window(16);
   }
   r.header.set_dtype(pb::DTYPE_FLOAT32);
   pb::Shape* s = r.header.mutable_shape();
@@ -111,6 +114,8 @@ std::vector<float> Local(const Req& r) {
     p.num_features = static_cast<int>(r.header.settings().num_features());
   if (r.header.settings().has_bucket_size())
     p.bucket_size = static_cast<int>(r.header.settings().bucket_size());
+  if (r.header.settings().has_window())
+    p.window = static_cast<int>(r.header.settings().window());
   p.seed = r.header.settings().seed();
   // The server's default support for a request that leaves it unset.
   if (p.method == Method::kScatterbrain) {
