@@ -211,6 +211,54 @@ TEST_F(CliTest, StatsPrintsOneLine) {
   EXPECT_THAT(r.out, HasSubstr("dense_score_bytes=8712"));
 }
 
+TEST_F(CliTest, PlansPrintOneLinePerHeadAfterTheStats) {
+  WriteQkv();
+  std::vector<std::string> args = AttendArgs("scatterbrain");
+  for (const char* flag :
+       {"--sparse=auto", "--target_error=0.3", "--global_keys=2",
+        "--num_features=16", "--bucket_size=8", "--window=8",
+        "--calibration_rows=8", "--stats"}) {
+    args.push_back(flag);
+  }
+  const RunResult r = Run(args);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::vector<std::string> lines =
+      absl::StrSplit(r.out, '\n', absl::SkipEmpty());
+  // The stats line, then one line per head (B=1, H=2).
+  ASSERT_EQ(lines.size(), 3u) << r.out;
+  EXPECT_THAT(lines[0], StartsWith("stats: "));
+  for (const char* field : {"score_evaluations=", "exact_score_evaluations=",
+                            "cost=", "error_bound="}) {
+    EXPECT_THAT(lines[0], HasSubstr(field));
+  }
+  EXPECT_THAT(lines[1], StartsWith("head b=0 h=0: "));
+  EXPECT_THAT(lines[2], StartsWith("head b=0 h=1: "));
+  for (int i = 1; i <= 2; ++i) {
+    // A support with its sizes and error, or exact.
+    if (lines[i].find("exact") == std::string::npos) {
+      EXPECT_THAT(lines[i], HasSubstr("features="));
+      EXPECT_THAT(lines[i], HasSubstr("globals="));
+      EXPECT_THAT(lines[i], HasSubstr("err="));
+    }
+  }
+  // Without --stats nothing is printed; bad values are usage errors.
+  args.pop_back();
+  ASSERT_EQ(std::remove(Path("o.npy").c_str()), 0);
+  const RunResult quiet = Run(args);
+  ASSERT_EQ(quiet.code, 0) << quiet.err;
+  EXPECT_EQ(quiet.out, "");
+  ASSERT_EQ(std::remove(Path("o.npy").c_str()), 0);
+  std::vector<std::string> bad = AttendArgs("scatterbrain");
+  bad.push_back("--target_error=much");
+  ExpectUsageError(bad, "flag --target_error: 'much' is not a finite number");
+  bad.back() = "--target_error=1.5";
+  ExpectUsageError(bad, "target_error: must be in [0, 1)");
+  bad.back() = "--sparse=sometimes";
+  ExpectUsageError(bad, "lsh|local|both|auto");
+  bad.back() = "--global_keys=-1";
+  ExpectUsageError(bad, "global_keys");
+}
+
 TEST_F(CliTest, Float16InputMatchesFloat32) {
   // Values exactly representable in float16, so both runs see the same input.
   WriteQkv();

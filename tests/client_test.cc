@@ -13,7 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/cli/npy.h"
@@ -494,6 +496,37 @@ TEST_F(CliServerTest, AttendOnServerWritesTheLocalOutput) {
     ASSERT_EQ(unary.code, 0) << unary.err;
     EXPECT_EQ(a, ReadFile(Path("unary.npy")));
   }
+}
+
+TEST_F(CliServerTest, PlansAndCostComeBackFromTheServer) {
+  WriteQkv();
+  std::vector<std::string> args = AttendArgs("local.npy", "scatterbrain");
+  for (const char* flag :
+       {"--sparse=auto", "--target_error=0.3", "--global_keys=2", "--window=8",
+        "--calibration_rows=8", "--stats"}) {
+    args.push_back(flag);
+  }
+  const RunResult local = Run(args);
+  ASSERT_EQ(local.code, 0) << local.err;
+  args[4] = "--out=" + Path("remote.npy");
+  args.push_back("--server=" + server_->target());
+  const RunResult remote = Run(args);
+  ASSERT_EQ(remote.code, 0) << remote.err;
+  // The same computation: the same output and the same plans, one line per
+  // (batch, head) after the stats line (B=2, H=2).
+  EXPECT_EQ(ReadFile(Path("local.npy")), ReadFile(Path("remote.npy")));
+  const auto plans = [](const std::string& out) {
+    std::vector<std::string> lines = absl::StrSplit(out, '\n');
+    std::vector<std::string> heads;
+    for (const std::string& l : lines) {
+      if (absl::StartsWith(l, "head ")) heads.push_back(l);
+    }
+    return heads;
+  };
+  EXPECT_EQ(plans(remote.out).size(), 4u) << remote.out;
+  EXPECT_EQ(plans(remote.out), plans(local.out));
+  EXPECT_THAT(remote.out, HasSubstr("error_bound="));
+  EXPECT_THAT(remote.out, HasSubstr("cost="));
 }
 
 TEST_F(CliServerTest, AttendServerErrors) {

@@ -179,6 +179,34 @@ TEST(MetricsTest, UnlabelledSeriesStartAtZero) {
   EXPECT_EQ(Sample(text, "scatterbrain_batch_size_count"), 0);
 }
 
+TEST(MetricsTest, HeadPlansCountedBySupportOrExact) {
+  Metrics m;
+  // Every label value exists from the start, at 0.
+  for (const char* label : {"lsh", "local", "both", "exact"}) {
+    EXPECT_EQ(Sample(m.Serialize(), "scatterbrain_head_plans_total",
+                     {{"sparse", label}}),
+              0)
+        << label;
+  }
+  std::vector<HeadPlan> plans(5);
+  plans[0].sparse = SparseSupport::kLsh;
+  plans[1].sparse = SparseSupport::kLocal;
+  plans[2].sparse = SparseSupport::kLocal;
+  plans[3].sparse = SparseSupport::kBoth;
+  plans[4].sparse = SparseSupport::kLocal;
+  plans[4].exact = true;  // exact wins over the support it last tried
+  m.HeadPlans(plans);
+  m.HeadPlans({});
+  const std::string text = m.Serialize();
+  const auto count = [&](const char* label) {
+    return Sample(text, "scatterbrain_head_plans_total", {{"sparse", label}});
+  };
+  EXPECT_EQ(count("lsh"), 1);
+  EXPECT_EQ(count("local"), 2);
+  EXPECT_EQ(count("both"), 1);
+  EXPECT_EQ(count("exact"), 1);
+}
+
 TEST(MetricsTest, FailedRequestCountsButIsNotTimed) {
   Metrics m;
   m.RequestDone("exact", "DEADLINE_EXCEEDED", 3.0);

@@ -175,6 +175,24 @@ def test_approximations_equal_the_v1_client(server, client, model):
     np.testing.assert_array_equal(out, ref)
 
 
+def test_auto_support_and_error_target_parameters(server, client):
+    """sparse=auto, global_keys and target_error (a double parameter, or a
+    string as perf_analyzer sends) reach the planner as on scatterbrain.v1."""
+    q, k, v = _qkv(6)
+    settings = {"sparse": "auto", "global_keys": 2, "target_error": 0.3,
+                "seed": 5}
+    ref = sb.attend(q, k, v, method="scatterbrain", target=server.target,
+                    **settings)
+    for target_error in (0.3, "0.3"):
+        params = dict(settings, target_error=target_error)
+        out = client.infer("scatterbrain", _inputs(q, k, v),
+                           parameters=params).as_numpy("OUT")
+        np.testing.assert_array_equal(out, ref)
+    _expect_invalid(client, "scatterbrain", _inputs(q, k, v),
+                    "parameter 'target_error'",
+                    parameters={"target_error": "lots"})
+
+
 def test_typed_contents(server):
     """Inputs in InferTensorContents (fp32_contents, int_contents) instead
     of raw_input_contents; tritonclient always sends raw, so the request
