@@ -128,14 +128,18 @@ double Combine(const AttentionParams& p, const Sizes& s) {
   return f;
 }
 
+double ExactFlops(const AttentionParams& p, const Sizes& s) {
+  return static_cast<double>(VisiblePairs(p.seq_q, p.seq_k, p.causal)) *
+         (2 * s.d + 2 * s.dv + kScoreFlops);
+}
+
 double SliceFlops(const AttentionParams& p) {
   const Sizes s{static_cast<double>(p.seq_q), static_cast<double>(p.seq_k),
                 static_cast<double>(p.dim), static_cast<double>(p.dim_v),
                 static_cast<double>(std::max(p.num_features, 0))};
   switch (p.method) {
     case Method::kExact:
-      return static_cast<double>(VisiblePairs(p.seq_q, p.seq_k, p.causal)) *
-             (2 * s.d + 2 * s.dv + kScoreFlops);
+      return ExactFlops(p, s);
     case Method::kPerformer:
       return Features(s) + LowRank(s, p.causal) + s.nq * s.dv * 2;
     case Method::kLocal:
@@ -147,9 +151,17 @@ double SliceFlops(const AttentionParams& p) {
       const bool local = p.sparse != SparseSupport::kLsh;
       const bool fused =
           lsh && !local && std::max(p.num_hashes, 1) == 1 && !p.causal;
+      // sparse = auto hashes and may run either support: counted as both.
       double f = Features(s) + Support(p, s, lsh, local, /*features=*/true) +
                  Combine(p, s);
       if (!fused) f += LowRank(s, p.causal);
+      if (p.target_error > 0) {
+        // The ladder's passes (a geometric series: at most about twice the
+        // request's own), the held-out rows, and the exact fallback.
+        const double held = std::min<double>(32, s.nq);
+        f = 2 * f + ExactFlops(p, s) +
+            held * s.nk * (2 * s.d + 2 * s.dv + kScoreFlops);
+      }
       return f;
     }
   }

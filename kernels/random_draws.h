@@ -24,6 +24,7 @@ enum class DrawPurpose : uint64_t {
   kHash = 2,
   kCalibration = 3,
   kErrorSample = 4,
+  kValidation = 5,  // the held-out rows an error target is checked on
 };
 
 // draw_rng.h's generator (SplitMix64-seeded xoshiro256**, shared with the

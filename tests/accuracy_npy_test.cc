@@ -176,7 +176,7 @@ TEST_F(AccuracyNpyTest, BadInputExitsAsDocumented) {
 }
 
 TEST_F(AccuracyNpyTest, MiniLmLayerOneMatchesItsReadme) {
-  const std::string root = testutil::FindMinilmDir(SB_SOURCE_DIR);
+  const std::string root = testing::MiniLmDir();
   if (root.empty()) GTEST_SKIP() << "no MiniLM data (set SB_MINILM_DIR)";
   const auto r = Run({"--npy_dir=" + root, "--layers=1", "--budgets=32",
                       "--seeds=1", "--targets=0.25"});

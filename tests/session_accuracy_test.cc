@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "client/cli/npy.h"
 #include "kernels/session/kv_session.h"
 #include "tests/testutil/cpu_attention.h"
+#include "tests/testutil/minilm.h"
 #include "tests/testutil/reference.h"
 
 namespace scatterbrain {
@@ -200,35 +200,19 @@ TEST(SessionAccuracy, FamiliesWithinTenPercentOfOneShot) {
 }
 
 TEST(SessionAccuracy, RealAttentionWithinTenPercentOfOneShot) {
-  // $SB_MINILM_DIR, else the checkout's sibling shared/ folder.
-  std::string root;
-  const char* env = std::getenv("SB_MINILM_DIR");
-  for (const std::string& dir :
-       {std::string(env != nullptr ? env : ""),
-        std::string(SB_SOURCE_DIR) + "/../shared/data/minilm",
-        std::string("/work/shared/data/minilm")}) {
-    if (dir.empty()) continue;
-    std::FILE* probe = std::fopen((dir + "/layer3_q.npy").c_str(), "rb");
-    if (probe == nullptr) continue;
-    std::fclose(probe);
-    root = dir;
-    break;
-  }
+  const std::string root = testing::MiniLmDir();
   if (root.empty()) GTEST_SKIP() << "no MiniLM data (set SB_MINILM_DIR)";
   for (int layer = 0; layer < 6; ++layer) {
+    auto layer_in = testing::LoadMiniLmLayer(root, layer);
+    ASSERT_TRUE(layer_in.ok()) << layer_in.status();
     Inputs in{};
-    std::vector<float>* dst[3] = {&in.q, &in.k, &in.v};
-    const char* names[3] = {"q", "k", "v"};
-    for (int t = 0; t < 3; ++t) {
-      auto a = ReadNpy(root + "/layer" + std::to_string(layer) + "_" +
-                       names[t] + ".npy");
-      ASSERT_TRUE(a.ok()) << a.status();
-      *dst[t] = a->data;
-      in.B = a->shape[0];
-      in.H = a->shape[1];
-      in.N = a->shape[2];
-      in.d = in.dv = a->shape[3];
-    }
+    in.q = std::move(layer_in->q);
+    in.k = std::move(layer_in->k);
+    in.v = std::move(layer_in->v);
+    in.B = layer_in->batch;
+    in.H = layer_in->heads;
+    in.N = layer_in->n;
+    in.d = in.dv = layer_in->d;
     for (bool causal : {false, true}) {
       for (const Variant& var : kVariants) {
         const Errors e =

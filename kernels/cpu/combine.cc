@@ -133,8 +133,8 @@ void WriteUnbiased(const Slice& s, const Features& f, const LowRank& lr,
 
 void WriteScatterbrain(const Slice& s, const Features& f, const LowRank& lr,
                        const SparseAcc& acc, Estimator est,
-                       int calibration_rows, uint64_t seed,
-                       WorkspaceMeter* meter, SliceStats* st) {
+                       const ExactSample* cal, WorkspaceMeter* meter,
+                       SliceStats* st) {
   MeanValues means(s, meter);
   if (est == Estimator::kUnbiased) {
     WriteUnbiased(s, f, lr, acc, means, st);
@@ -145,22 +145,17 @@ void WriteScatterbrain(const Slice& s, const Features& f, const LowRank& lr,
 
   // Choose the candidate and its shrink factor on rows computed exactly.
   sm::CalibrationChoice choice;
-  std::vector<int64_t> rows;
-  std::vector<double> exact_rows;
-  if (calibration_rows > 0) {
-    rows = SampleRows(seed, DrawPurpose::kCalibration, s.b, s.h, s.nq,
-                      calibration_rows);
+  if (cal != nullptr && !cal->rows.empty()) {
     // Per sampled row and candidate: <c, O> and <c, c>; per row <O, O>.
-    const size_t n = rows.size();
+    const size_t n = cal->rows.size();
     std::vector<double> co(n * sm::kNumCandidates), cc(n * sm::kNumCandidates),
         oo(n, 0.0);
-    exact_rows.assign(n * dv, 0.0);
     std::vector<uint8_t> used(n, 0);
     for (size_t r = 0; r < n; ++r) {
-      const int64_t i = rows[r];
+      const int64_t i = cal->rows[r];
       const sm::RowParts p = Parts(s, f, lr, acc, i);
-      double* ex = exact_rows.data() + r * dv;
-      if (p.empty || !ExactRow(s, i, ex)) continue;
+      const double* ex = cal->out.data() + r * dv;
+      if (p.empty || !cal->used[r]) continue;
       used[r] = 1;
       means.Get(i, vbar.data());
       for (int64_t c = 0; c < dv; ++c) oo[r] += ex[c] * ex[c];
@@ -194,11 +189,12 @@ void WriteScatterbrain(const Slice& s, const Features& f, const LowRank& lr,
       o[c] = static_cast<float>(choice.alpha * cand[c]);
   }
   // The calibration rows were computed exactly: use them.
-  for (size_t r = 0; r < rows.size(); ++r) {
-    if (s.KeyLimit(rows[r]) <= 0) continue;
-    float* o = s.orow(rows[r]);
+  if (cal == nullptr) return;
+  for (size_t r = 0; r < cal->rows.size(); ++r) {
+    if (!cal->used[r]) continue;
+    float* o = s.orow(cal->rows[r]);
     for (int64_t c = 0; c < dv; ++c)
-      o[c] = static_cast<float>(exact_rows[r * dv + c]);
+      o[c] = static_cast<float>(cal->out[r * dv + c]);
   }
 }
 

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <exception>
 #include <mutex>
@@ -14,6 +15,7 @@
 #include "common/status_macros.h"
 #include "kernels/cancel.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/plan.h"
 #include "kernels/random_draws.h"
 #include "kernels/validate.h"
 
@@ -36,6 +38,19 @@ int64_t ResidentBytes() {
   std::fclose(f);
   if (n != 2) return 0;
   return static_cast<int64_t>(resident) * sysconf(_SC_PAGESIZE);
+}
+
+// Query-key pairs exact attention evaluates on `p` (padding and the causal
+// mask excluded).
+int64_t VisiblePairs(const AttentionParams& p) {
+  int64_t n = 0;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const int64_t nk = p.key_lengths ? p.key_lengths[b] : p.seq_k;
+    const int64_t offset = p.seq_k - p.seq_q;
+    for (int64_t i = 0; i < p.seq_q; ++i)
+      n += p.causal ? std::clamp<int64_t>(i + offset + 1, 0, nk) : nk;
+  }
+  return n * p.heads;
 }
 
 class CpuBackend : public Backend {
@@ -83,7 +98,14 @@ int64_t CpuBackend::WorkspaceBytes(const AttentionParams& p) const {
   const int64_t rows = nq + nk;
   const bool features =
       p.method == Method::kPerformer || p.method == Method::kScatterbrain;
-  const int64_t m = features ? p.num_features : 0;
+  // An error target's ladder may climb to b = num_features + max(bucket,
+  // window), with b / 2 features (plan.cc).
+  const bool target = p.method == Method::kScatterbrain && p.target_error > 0;
+  const int64_t m =
+      !features ? 0
+      : target
+          ? std::max<int64_t>(p.num_features, std::max(p.bucket_size, p.window))
+          : p.num_features;
   const int64_t bucket = std::max<int64_t>(p.bucket_size, 1);
   const int64_t chunks = nk / bucket + 2;
   int64_t floats = 0;
@@ -98,7 +120,7 @@ int64_t CpuBackend::WorkspaceBytes(const AttentionParams& p) const {
     // k-means sample and centroids, a tile's gathered rows, scores and
     // features; local windows use a tile of the same size.
     const int64_t tile = std::max<int64_t>(bucket, p.window + 1);
-    floats += std::max(p.num_hashes, 1) * rows * 2 + rows * 8;
+    floats += std::max(p.num_hashes, 1) * rows * 4 + rows * 8;
     floats += 2 * rows * d + (chunks + 1) * bucket * d;
     floats += 2 * tile * (d + dv + m) + 2 * tile * tile + tile * dv;
   }
@@ -106,6 +128,13 @@ int64_t CpuBackend::WorkspaceBytes(const AttentionParams& p) const {
     // Calibration: a double prefix of v, the exact rows, the candidates.
     floats +=
         2 * (nk + 1) * dv + std::max(p.calibration_rows, 0) * (nk + 4 * dv);
+  }
+  if (cpu::PlansPerSlice(p)) {
+    // The calibration rows' weights, the held-out rows, and a second set of
+    // LSH rounds while the support choice compares candidates.
+    floats += std::max(p.calibration_rows, 0) * nk +
+              cpu::kValidationRows * (2 * dv + 2) + nk +
+              std::max(p.num_hashes, 1) * rows * 6;
   }
   return at_once * floats * 4;
 }
@@ -156,6 +185,7 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
             });
           },
           p.cancel);
+      total.evaluations = VisiblePairs(p);
     } else {
       const bool features =
           p.method == Method::kPerformer || p.method == Method::kScatterbrain;
@@ -166,58 +196,60 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
         for (int64_t h = 0; h < p.heads; ++h)
           proj[h] = DrawCache::Global().FeatureProjections(p.seed, h, r, p.dim);
       }
-      cpu::SupportOptions so;
-      so.lsh = p.method == Method::kLsh || (p.method == Method::kScatterbrain &&
-                                            p.sparse != SparseSupport::kLocal);
-      so.local =
-          p.method == Method::kLocal || (p.method == Method::kScatterbrain &&
-                                         p.sparse != SparseSupport::kLsh);
-      so.bucket_size = p.bucket_size;
-      so.num_hashes = p.num_hashes;
-      so.hash_projections = p.hash_projections;
-      so.transform = p.lsh_transform;
-      so.hash = p.lsh_hash;
-      so.kmeans_iterations = p.kmeans_iterations;
-      so.window = p.window;
-      so.seed = p.seed;
+      cpu::SupportOptions so = cpu::BaseSupport(p);
+      so.lsh = p.method == Method::kLsh;
+      so.local = p.method == Method::kLocal;
+      // Per-slice choices land in their own entries (no lock needed).
+      const bool plans = cpu::PlansPerSlice(p);
+      std::vector<cpu::SlicePlan> slice_plans(plans ? slices : 0);
       cpu::ParallelFor(
           slices, threads,
           [&](int64_t sl) {
             guarded([&] {
               const Slice s = cpu::MakeSlice(p, sl / p.heads, sl % p.heads);
               cpu::SliceStats ss;
-              cpu::Features f;
-              cpu::LowRank lr;
-              cpu::SparseAcc acc;
               // After every operation: a stopped call abandons the slice (an
               // operation that saw the stop may have returned half done).
-              if (features) {
+              if (p.method == Method::kScatterbrain) {
+                cpu::SlicePlan local_plan;
+                cpu::RunScatterbrain(s, p, *proj[s.h], &meter, &ss,
+                                     plans ? &slice_plans[sl] : &local_plan);
+                if (s.stopped()) return;
+              } else if (p.method == Method::kPerformer) {
+                cpu::Features f;
+                cpu::LowRank lr;
                 cpu::ComputeFeatures(s, *proj[s.h], r, &meter, &f);
                 if (s.stopped()) return;
-                // Scatterbrain on one LSH round fuses the low-rank sums into
-                // its support pass (cheaper: see sparse.cc).
-                if (p.method == Method::kPerformer || !cpu::FusesLowRank(s, so))
-                  cpu::ComputeLowRank(s, f, &meter, &lr);
+                cpu::ComputeLowRank(s, f, &meter, &lr);
                 if (s.stopped()) return;
-              }
-              if (p.method == Method::kPerformer) {
                 cpu::WritePerformer(s, lr, &ss);
-              } else if (p.method == Method::kScatterbrain) {
-                cpu::AccumulateSupport(s, so, &f, &lr, &meter, &acc);
-                if (s.stopped()) return;
-                cpu::WriteScatterbrain(s, f, lr, acc, p.estimator,
-                                       p.calibration_rows, p.seed, &meter, &ss);
+                ss.evaluations += (s.nq + s.nk) * int64_t{p.num_features};
               } else {
+                cpu::SparseAcc acc;
                 cpu::AccumulateSupport(s, so, nullptr, nullptr, &meter, &acc);
                 if (s.stopped()) return;
                 cpu::WriteSparseOnly(s, acc, &ss);
+                for (int64_t i = 0; i < s.nq; ++i)
+                  ss.evaluations += acc.count[i];
               }
               std::lock_guard<std::mutex> l(mu);
               total.guards += ss.guards;
               total.fallbacks += ss.fallbacks;
+              total.evaluations += ss.evaluations;
             });
           },
           p.cancel);
+      if (plans) {
+        double num = 0, den = 0;
+        bool bounded = p.target_error > 0.0;
+        for (const cpu::SlicePlan& sp : slice_plans) {
+          stats.head_plans.push_back(sp.plan);
+          if (sp.plan.error_bound < 0) bounded = false;
+          num += sp.plan.error_bound * sp.plan.error_bound * sp.out_norm2;
+          den += sp.out_norm2;
+        }
+        if (bounded) stats.error_bound = den > 0 ? std::sqrt(num / den) : 0.0;
+      }
     }
   } catch (const std::exception& e) {
     return absl::ResourceExhaustedError(
@@ -229,6 +261,8 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
   stats.workspace_bytes = meter.peak();
   stats.denominator_guards = total.guards;
   stats.fallbacks = total.fallbacks;
+  stats.score_evaluations = total.evaluations;
+  stats.exact_score_evaluations = VisiblePairs(p);
   return stats;
 }
 

@@ -49,9 +49,10 @@ void ExactRows(const Slice& s, int64_t row_begin, int64_t row_end,
   }
 }
 
-bool ExactRow(const Slice& s, int64_t i, double* out) {
+bool ExactRow(const Slice& s, int64_t i, double* out, float* weights) {
   const int64_t lim = s.KeyLimit(i);
   std::fill(out, out + s.dv, 0.0);
+  if (weights) std::fill(weights, weights + s.nk, 0.0f);
   if (lim <= 0) return false;
   // Float GEMVs and the float exp: relative error ~1e-6, far below any
   // error this row is compared with, and the row costs two BLAS calls.
@@ -67,7 +68,28 @@ bool ExactRow(const Slice& s, int64_t i, double* out) {
               static_cast<int>(s.dv), 1.0f, s.v, static_cast<int>(s.v_row),
               logit.data(), 1, 0.0f, acc.data(), 1);
   for (int64_t c = 0; c < s.dv; ++c) out[c] = acc[c] / sum;
+  if (weights) {
+    const float inv = static_cast<float>(1.0 / sum);
+    for (int64_t j = 0; j < lim; ++j) weights[j] = logit[j] * inv;
+  }
   return true;
+}
+
+void ComputeExactSample(const Slice& s, std::vector<int64_t> rows,
+                        bool keep_weights, ExactSample* out) {
+  const size_t n = rows.size();
+  out->rows = std::move(rows);
+  out->used.assign(n, 0);
+  out->out.assign(n * s.dv, 0.0);
+  out->weights.assign(keep_weights ? n * s.nk : 0, 0.0f);
+  out->evaluations = 0;
+  for (size_t r = 0; r < n; ++r) {
+    const int64_t i = out->rows[r];
+    out->used[r] =
+        ExactRow(s, i, out->out.data() + r * s.dv,
+                 keep_weights ? out->weights.data() + r * s.nk : nullptr);
+    out->evaluations += std::max<int64_t>(s.KeyLimit(i), 0);
+  }
 }
 
 void MeanValue(const Slice& s, int64_t i, double* out) {

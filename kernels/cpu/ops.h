@@ -17,6 +17,8 @@ namespace cpu {
 struct SliceStats {
   int64_t guards = 0;
   int64_t fallbacks = 0;
+  // Query-key evaluations spent (AttentionStats::score_evaluations).
+  int64_t evaluations = 0;
 };
 
 // Exact softmax attention for query rows [row_begin, row_end).
@@ -68,7 +70,30 @@ struct SupportOptions {
   uint64_t seed = 0;
   // Tests turn this off to check the fused path against the general one.
   bool allow_fused = true;
+  // Optional, not owned: the LSH rounds already built for this slice with
+  // these options (BuildLsh; the planner hashes once to choose the support),
+  // and keys added to every row's support (global keys; any order, valid
+  // indices < s.nk).
+  const struct LshRounds* lsh_rounds = nullptr;
+  const std::vector<int64_t>* globals = nullptr;
 };
+// The LSH rounds of a slice: per round, keys in hash order cut into
+// `nchunks` equal chunks, queries grouped by the chunk they join, and each
+// query's and key's chunk (a pair meets in a round when their chunks match).
+struct LshRounds {
+  int rounds = 0;
+  int64_t nchunks = 0, nq = 0, nk = 0;
+  // Round r's arrays start at r * nk (korder, kchunk), r * nq (qorder,
+  // qchunk) and r * (nchunks + 1) (kstart, qstart).
+  Scratch<int64_t> korder, kstart, qorder, qstart;
+  Scratch<int32_t> qchunk, kchunk;
+  // False when the call was stopped while hashing (contents unspecified).
+  bool complete = false;
+  // True if query i and key j share a chunk in one of rounds [0, rounds_below).
+  bool Meets(int64_t i, int64_t j, int rounds_below) const;
+};
+void BuildLsh(const Slice& s, const SupportOptions& o, WorkspaceMeter* meter,
+              LshRounds* out);
 // True when the support is one non-causal LSH round: each query meets one
 // key chunk, and the low-rank sums are fused into the support pass
 // (ComputeLowRank is then not needed; AccumulateSupport fills lr->den).
@@ -113,15 +138,30 @@ void CrossPolytopeOrderKeys(const float* x, int64_t ld, int64_t n, int64_t d,
 // Output writers.
 void WritePerformer(const Slice& s, const LowRank& lr, SliceStats* st);
 void WriteSparseOnly(const Slice& s, const SparseAcc& acc, SliceStats* st);
+// Query rows of a slice computed exactly: what calibration fits on, what the
+// planner measures support mass and error on.
+struct ExactSample {
+  std::vector<int64_t> rows;
+  std::vector<uint8_t> used;   // the row sees at least one key
+  std::vector<double> out;     // rows x dv: exact outputs
+  std::vector<float> weights;  // rows x nk: softmax weights (when kept)
+  int64_t evaluations = 0;     // query-key scores computed
+};
+void ComputeExactSample(const Slice& s, std::vector<int64_t> rows,
+                        bool keep_weights, ExactSample* out);
+// `cal` (may be null or empty: a fixed combination) holds the calibration
+// rows; they are returned exact.
 void WriteScatterbrain(const Slice& s, const Features& f, const LowRank& lr,
                        const SparseAcc& acc, Estimator est,
-                       int calibration_rows, uint64_t seed,
-                       WorkspaceMeter* meter, SliceStats* st);
+                       const ExactSample* cal, WorkspaceMeter* meter,
+                       SliceStats* st);
 
 // Mean of v over the keys row i sees, in double (fallback answer).
 void MeanValue(const Slice& s, int64_t i, double* out);
 // Exact attention for row i, double precision; false if it sees no key.
-bool ExactRow(const Slice& s, int64_t i, double* out);
+// With `weights` (nk floats), also its softmax weights (0 past the keys the
+// row sees).
+bool ExactRow(const Slice& s, int64_t i, double* out, float* weights = nullptr);
 
 }  // namespace cpu
 }  // namespace scatterbrain

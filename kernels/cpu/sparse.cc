@@ -46,12 +46,15 @@ struct FusedChunk {
 
 // Exact (and low-rank) contributions of keys J to query rows I, for the
 // pairs `allowed(i, j)` accepts (not consulted when `masked` is false: the
-// caller knows every pair of the tile is in).
+// caller knows every pair of the tile is in). The pairwise low-rank
+// numerator is added to acc->lv times `lowrank_sign` (-1 when lv holds the
+// fused path's off-support numerator and the pairs join the support).
 template <typename Allowed>
 void ProcessTile(const Slice& s, const Features* f, const FusedChunk* fused,
                  const int64_t* I, int64_t ni, const int64_t* J, int64_t nj,
                  bool masked, const Allowed& allowed, WorkspaceMeter* meter,
-                 TileBuffers* tb, SparseAcc* acc, LowRank* lr) {
+                 TileBuffers* tb, SparseAcc* acc, LowRank* lr,
+                 float lowrank_sign) {
   if (ni == 0 || nj == 0) return;
   const int64_t d = s.d, dv = s.dv;
   const int m = f ? f->m : 0;
@@ -145,7 +148,7 @@ void ProcessTile(const Slice& s, const Features* f, const FusedChunk* fused,
     if (pairwise_f) {
       float* lv = acc->lv.data() + i * dv;
       const float* fsrc = pv + (ni + r) * dv;
-      for (int64_t c = 0; c < dv; ++c) lv[c] += fsrc[c];
+      for (int64_t c = 0; c < dv; ++c) lv[c] += lowrank_sign * fsrc[c];
     }
   }
 }
@@ -369,6 +372,124 @@ void KMeansHash(const Slice& s, int64_t clusters, int iterations, uint64_t seed,
 
 }  // namespace
 
+void BuildLsh(const Slice& s, const SupportOptions& o, WorkspaceMeter* meter,
+              LshRounds* out) {
+  const int64_t nq = s.nq, nk = s.nk;
+  out->complete = false;
+  out->rounds = o.num_hashes;
+  out->nk = nk;
+  out->nq = nq;
+  if (nk == 0) {
+    out->nchunks = 0;
+    out->complete = true;
+    return;
+  }
+  const int64_t c = std::min<int64_t>(std::max(o.bucket_size, 1), nk);
+  const int64_t nchunks = (nk + c - 1) / c;
+  out->nchunks = nchunks;
+  const int R = o.num_hashes;
+  const int P = o.hash_projections;
+  out->korder.Reset(meter, static_cast<size_t>(R) * nk);
+  out->qorder.Reset(meter, static_cast<size_t>(R) * nq);
+  out->kstart.Reset(meter, static_cast<size_t>(R) * (nchunks + 1));
+  out->qstart.Reset(meter, static_cast<size_t>(R) * (nchunks + 1));
+  out->qchunk.Reset(meter, static_cast<size_t>(R) * nq);
+  out->kchunk.Reset(meter, static_cast<size_t>(R) * nk);
+  Scratch<HashKey> hq(meter, nq), hk(meter, nk);
+  Scratch<float> qextra, kextra;
+  const bool smyrf = o.transform == LshTransform::kSmyrf;
+  if (smyrf) {
+    // q -> [q, 0, sqrt(M - |q|^2)], k -> [k, sqrt(M - |k|^2), 0].
+    qextra.Reset(meter, 2 * nq);
+    kextra.Reset(meter, 2 * nk);
+    double qmax = 0, kmax = 0;
+    std::vector<double> qn(nq), kn(nk);
+    for (int64_t i = 0; i < nq; ++i) {
+      double a = 0;
+      for (int64_t t = 0; t < s.d; ++t)
+        a += double(s.qrow(i)[t]) * s.qrow(i)[t];
+      qn[i] = a;
+      qmax = std::max(qmax, a);
+    }
+    for (int64_t j = 0; j < nk; ++j) {
+      double a = 0;
+      for (int64_t t = 0; t < s.d; ++t)
+        a += double(s.krow(j)[t]) * s.krow(j)[t];
+      kn[j] = a;
+      kmax = std::max(kmax, a);
+    }
+    const double M = qmax + kmax;
+    for (int64_t i = 0; i < nq; ++i) {
+      qextra[2 * i] = 0.0f;
+      qextra[2 * i + 1] =
+          static_cast<float>(std::sqrt(std::max(0.0, M - qn[i])));
+    }
+    for (int64_t j = 0; j < nk; ++j) {
+      kextra[2 * j] = static_cast<float>(std::sqrt(std::max(0.0, M - kn[j])));
+      kextra[2 * j + 1] = 0.0f;
+    }
+  }
+  const int64_t D = smyrf ? s.d + 2 : s.d;
+  for (int round = 0; round < R; ++round) {
+    if (o.hash == LshHash::kKMeans) {
+      KMeansHash(s, nchunks, o.kmeans_iterations, o.seed, round, meter,
+                 hk.data(), hq.data());
+    } else {
+      const DrawCache::Draw proj_draw =
+          DrawCache::Global().HashProjections(o.seed, s.h, round, 2 * P, D);
+      const std::vector<float>& proj = *proj_draw;
+      HashRows(s.k, s.k_row, nk, s.d, smyrf ? kextra.data() : nullptr, proj, P,
+               meter, hk.data());
+      HashRows(s.q, s.q_row, nq, s.d, smyrf ? qextra.data() : nullptr, proj, P,
+               meter, hq.data());
+    }
+    if (s.stopped()) return;  // hashes may be unset: incomplete
+    int64_t* korder = out->korder.data() + static_cast<size_t>(round) * nk;
+    int64_t* kstart =
+        out->kstart.data() + static_cast<size_t>(round) * (nchunks + 1);
+    int64_t* qorder = out->qorder.data() + static_cast<size_t>(round) * nq;
+    int64_t* qstart =
+        out->qstart.data() + static_cast<size_t>(round) * (nchunks + 1);
+    for (int64_t j = 0; j < nk; ++j) korder[j] = j;
+    std::sort(korder, korder + nk, [&](int64_t a, int64_t b) {
+      return hk[a] < hk[b] || (!(hk[b] < hk[a]) && a < b);
+    });
+    for (int64_t t = 0; t <= nchunks; ++t) kstart[t] = t * nk / nchunks;
+    int32_t* kc = out->kchunk.data() + static_cast<size_t>(round) * nk;
+    for (int64_t t = 0; t < nchunks; ++t)
+      for (int64_t pos = kstart[t]; pos < kstart[t + 1]; ++pos)
+        kc[korder[pos]] = static_cast<int32_t>(t);
+    // Queries: the chunk whose first key hashes at or below the query.
+    int32_t* qc = out->qchunk.data() + static_cast<size_t>(round) * nq;
+    std::vector<int64_t> counts(nchunks + 1, 0);
+    for (int64_t i = 0; i < nq; ++i) {
+      int64_t lo = 1, hi = nchunks;  // first chunk t >= 1 with start > hq
+      while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (hq[i] < hk[korder[kstart[mid]]])
+          hi = mid;
+        else
+          lo = mid + 1;
+      }
+      qc[i] = static_cast<int32_t>(lo - 1);
+      ++counts[lo - 1];
+    }
+    qstart[0] = 0;
+    for (int64_t t = 0; t < nchunks; ++t) qstart[t + 1] = qstart[t] + counts[t];
+    std::vector<int64_t> fill(qstart, qstart + nchunks);
+    for (int64_t i = 0; i < nq; ++i) qorder[fill[qc[i]]++] = i;
+  }
+  out->complete = true;
+}
+
+bool LshRounds::Meets(int64_t i, int64_t j, int rounds_below) const {
+  for (int r = 0; r < rounds_below; ++r)
+    if (qchunk[static_cast<size_t>(r) * nq + i] ==
+        kchunk[static_cast<size_t>(r) * nk + j])
+      return true;
+  return false;
+}
+
 bool FusesLowRank(const Slice& s, const SupportOptions& o) {
   return o.allow_fused && o.lsh && !o.local && o.num_hashes == 1 && !s.causal;
 }
@@ -427,153 +548,104 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
           [&](int64_t i, int64_t j) {
             return in_window(i, j) && causal_ok(i, j);
           },
-          meter, &tb, acc, lr);
+          meter, &tb, acc, lr, 1.0f);
     }
   }
 
-  if (!o.lsh) {
-    finish();
-    return;
-  }
-  const int64_t c = std::min<int64_t>(o.bucket_size, nk);
-  const int64_t nchunks = (nk + c - 1) / c;
-  const int R = o.num_hashes;
-  const int P = o.hash_projections;
-  // Chunk ids of every round, kept for de-duplication across rounds.
-  Scratch<int32_t> qchunk(meter, static_cast<size_t>(R) * nq);
-  Scratch<int32_t> kchunk(meter, static_cast<size_t>(R) * nk);
-  Scratch<HashKey> hq(meter, nq), hk(meter, nk);
-  Scratch<int64_t> korder(meter, nk), qorder(meter, nq);
-  Scratch<int64_t> kstart(meter, nchunks + 1), qstart(meter, nchunks + 1);
-  Scratch<float> qextra, kextra;
-  const bool smyrf = o.transform == LshTransform::kSmyrf;
-  if (smyrf) {
-    // q -> [q, 0, sqrt(M - |q|^2)], k -> [k, sqrt(M - |k|^2), 0].
-    qextra.Reset(meter, 2 * nq);
-    kextra.Reset(meter, 2 * nk);
-    double qmax = 0, kmax = 0;
-    std::vector<double> qn(nq), kn(nk);
-    for (int64_t i = 0; i < nq; ++i) {
-      double a = 0;
-      for (int64_t t = 0; t < s.d; ++t)
-        a += double(s.qrow(i)[t]) * s.qrow(i)[t];
-      qn[i] = a;
-      qmax = std::max(qmax, a);
+  LshRounds own;
+  const LshRounds* L = nullptr;
+  if (o.lsh) {
+    L = o.lsh_rounds;
+    if (L == nullptr) {
+      BuildLsh(s, o, meter, &own);
+      if (!own.complete) return;  // stopped: the caller abandons the slice
+      L = &own;
     }
-    for (int64_t j = 0; j < nk; ++j) {
-      double a = 0;
-      for (int64_t t = 0; t < s.d; ++t)
-        a += double(s.krow(j)[t]) * s.krow(j)[t];
-      kn[j] = a;
-      kmax = std::max(kmax, a);
-    }
-    const double M = qmax + kmax;
-    for (int64_t i = 0; i < nq; ++i) {
-      qextra[2 * i] = 0.0f;
-      qextra[2 * i + 1] =
-          static_cast<float>(std::sqrt(std::max(0.0, M - qn[i])));
-    }
-    for (int64_t j = 0; j < nk; ++j) {
-      kextra[2 * j] = static_cast<float>(std::sqrt(std::max(0.0, M - kn[j])));
-      kextra[2 * j + 1] = 0.0f;
-    }
-  }
-  const int64_t D = smyrf ? s.d + 2 : s.d;
-  for (int round = 0; round < R; ++round) {
-    if (o.hash == LshHash::kKMeans) {
-      KMeansHash(s, nchunks, o.kmeans_iterations, o.seed, round, meter,
-                 hk.data(), hq.data());
-    } else {
-      const DrawCache::Draw proj_draw =
-          DrawCache::Global().HashProjections(o.seed, s.h, round, 2 * P, D);
-      const std::vector<float>& proj = *proj_draw;
-      HashRows(s.k, s.k_row, nk, s.d, smyrf ? kextra.data() : nullptr, proj, P,
-               meter, hk.data());
-      HashRows(s.q, s.q_row, nq, s.d, smyrf ? qextra.data() : nullptr, proj, P,
-               meter, hq.data());
-    }
-    if (s.stopped()) return;  // hashes may be unset: abandon the slice
-    for (int64_t j = 0; j < nk; ++j) korder[j] = j;
-    std::sort(korder.data(), korder.data() + nk, [&](int64_t a, int64_t b) {
-      return hk[a] < hk[b] || (!(hk[b] < hk[a]) && a < b);
-    });
-    for (int64_t t = 0; t <= nchunks; ++t) kstart[t] = t * nk / nchunks;
-    int32_t* kc = kchunk.data() + static_cast<size_t>(round) * nk;
-    for (int64_t t = 0; t < nchunks; ++t)
-      for (int64_t pos = kstart[t]; pos < kstart[t + 1]; ++pos)
-        kc[korder[pos]] = static_cast<int32_t>(t);
-    // Queries: the chunk whose first key hashes at or below the query.
-    int32_t* qc = qchunk.data() + static_cast<size_t>(round) * nq;
-    std::vector<int64_t> counts(nchunks + 1, 0);
-    for (int64_t i = 0; i < nq; ++i) {
-      int64_t lo = 1, hi = nchunks;  // first chunk t >= 1 with start > hq
-      while (lo < hi) {
-        const int64_t mid = (lo + hi) / 2;
-        if (hq[i] < hk[korder[kstart[mid]]])
-          hi = mid;
-        else
-          lo = mid + 1;
+    const int64_t nchunks = L->nchunks;
+    const int R = L->rounds;
+    for (int round = 0; round < R; ++round) {
+      const int64_t* korder =
+          L->korder.data() + static_cast<size_t>(round) * nk;
+      const int64_t* kstart =
+          L->kstart.data() + static_cast<size_t>(round) * (nchunks + 1);
+      const int64_t* qorder =
+          L->qorder.data() + static_cast<size_t>(round) * nq;
+      const int64_t* qstart =
+          L->qstart.data() + static_cast<size_t>(round) * (nchunks + 1);
+      auto allowed = [&](int64_t i, int64_t j) {
+        if (!causal_ok(i, j)) return false;
+        if (o.local && in_window(i, j)) return false;
+        return !L->Meets(i, j, round);
+      };
+      const bool masked = s.causal || o.local || round > 0;
+      // Fused low-rank: every chunk's Zc = phi(K_c)^T V_c and column sums,
+      // and their totals (the chunks partition the valid keys).
+      Scratch<float> zc, z1c, ztot, zout;
+      const int m = f ? f->m : 0;
+      if (fused) {
+        const int64_t cmax = kstart[1] - kstart[0] + 1;
+        zc.Reset(meter, static_cast<size_t>(nchunks) * m * dv);
+        z1c.ResetZero(meter, static_cast<size_t>(nchunks) * m);
+        ztot.ResetZero(meter, static_cast<size_t>(m) * (dv + 1));
+        zout.Reset(meter, static_cast<size_t>(m) * dv);
+        float* fk = tb.fk.Ensure(meter, static_cast<size_t>(cmax + 1) * m);
+        float* vt = tb.vt.Ensure(meter, static_cast<size_t>(cmax + 1) * dv);
+        for (int64_t t = 0; t < nchunks; ++t) {
+          if (s.stopped()) return;
+          const int64_t nj = kstart[t + 1] - kstart[t];
+          float* z1 = z1c.data() + t * m;
+          for (int64_t a = 0; a < nj; ++a) {
+            const int64_t j = korder[kstart[t] + a];
+            std::memcpy(fk + a * m, f->k.data() + j * m, m * sizeof(float));
+            std::memcpy(vt + a * dv, s.vrow(j), dv * sizeof(float));
+            for (int l = 0; l < m; ++l) z1[l] += fk[a * m + l];
+          }
+          float* z = zc.data() + t * m * dv;
+          Gemm(true, false, m, dv, nj, 1.0f, fk, m, vt, dv, 0.0f, z, dv);
+          for (int64_t x = 0; x < m * dv; ++x) ztot[x] += z[x];
+          for (int l = 0; l < m; ++l) ztot[m * dv + l] += z1[l];
+        }
       }
-      qc[i] = static_cast<int32_t>(lo - 1);
-      ++counts[lo - 1];
+      for (int64_t t = 0; t < nchunks; ++t) {
+        if (s.stopped()) return;
+        const int64_t* J = korder + kstart[t];
+        const int64_t nj = kstart[t + 1] - kstart[t];
+        FusedChunk fc;
+        if (fused) {
+          const float* z = zc.data() + t * m * dv;
+          for (int64_t x = 0; x < m * dv; ++x) zout[x] = ztot[x] - z[x];
+          fc =
+              FusedChunk{zout.data(), z1c.data() + t * m, ztot.data() + m * dv};
+        }
+        for (int64_t a = qstart[t]; a < qstart[t + 1]; a += kTileRows) {
+          const int64_t ni = std::min(kTileRows, qstart[t + 1] - a);
+          ProcessTile(s, f, fused ? &fc : nullptr, qorder + a, ni, J, nj,
+                      masked, allowed, meter, &tb, acc, lr, 1.0f);
+        }
+      }
     }
-    qstart[0] = 0;
-    for (int64_t t = 0; t < nchunks; ++t) qstart[t + 1] = qstart[t] + counts[t];
-    std::vector<int64_t> fill(qstart.data(), qstart.data() + nchunks);
-    for (int64_t i = 0; i < nq; ++i) qorder[fill[qc[i]]++] = i;
+  }
 
+  // Global keys: in every row's support, unless already there. With the
+  // fused low-rank, lv holds the numerator OFF the support, so their
+  // low-rank part is taken out of it rather than added.
+  if (o.globals != nullptr && !o.globals->empty()) {
+    std::vector<int64_t> J;
+    for (int64_t j : *o.globals)
+      if (j >= 0 && j < nk) J.push_back(j);
+    Scratch<int64_t> rows(meter, kTileRows);
     auto allowed = [&](int64_t i, int64_t j) {
       if (!causal_ok(i, j)) return false;
       if (o.local && in_window(i, j)) return false;
-      for (int r = 0; r < round; ++r)
-        if (qchunk[static_cast<size_t>(r) * nq + i] ==
-            kchunk[static_cast<size_t>(r) * nk + j])
-          return false;
-      return true;
+      return L == nullptr || !L->Meets(i, j, L->rounds);
     };
-    const bool masked = s.causal || o.local || round > 0;
-    // Fused low-rank: every chunk's Zc = phi(K_c)^T V_c and column sums,
-    // and their totals (the chunks partition the valid keys).
-    Scratch<float> zc, z1c, ztot, zout;
-    const int m = f ? f->m : 0;
-    if (fused) {
-      zc.Reset(meter, static_cast<size_t>(nchunks) * m * dv);
-      z1c.ResetZero(meter, static_cast<size_t>(nchunks) * m);
-      ztot.ResetZero(meter, static_cast<size_t>(m) * (dv + 1));
-      zout.Reset(meter, static_cast<size_t>(m) * dv);
-      float* fk = tb.fk.Ensure(meter, static_cast<size_t>(c + 1) * m);
-      float* vt = tb.vt.Ensure(meter, static_cast<size_t>(c + 1) * dv);
-      for (int64_t t = 0; t < nchunks; ++t) {
-        if (s.stopped()) return;
-        const int64_t nj = kstart[t + 1] - kstart[t];
-        float* z1 = z1c.data() + t * m;
-        for (int64_t a = 0; a < nj; ++a) {
-          const int64_t j = korder[kstart[t] + a];
-          std::memcpy(fk + a * m, f->k.data() + j * m, m * sizeof(float));
-          std::memcpy(vt + a * dv, s.vrow(j), dv * sizeof(float));
-          for (int l = 0; l < m; ++l) z1[l] += fk[a * m + l];
-        }
-        float* z = zc.data() + t * m * dv;
-        Gemm(true, false, m, dv, nj, 1.0f, fk, m, vt, dv, 0.0f, z, dv);
-        for (int64_t x = 0; x < m * dv; ++x) ztot[x] += z[x];
-        for (int l = 0; l < m; ++l) ztot[m * dv + l] += z1[l];
-      }
-    }
-    for (int64_t t = 0; t < nchunks; ++t) {
+    for (int64_t i0 = 0; i0 < nq && !J.empty(); i0 += kTileRows) {
       if (s.stopped()) return;
-      const int64_t* J = korder.data() + kstart[t];
-      const int64_t nj = kstart[t + 1] - kstart[t];
-      FusedChunk fc;
-      if (fused) {
-        const float* z = zc.data() + t * m * dv;
-        for (int64_t x = 0; x < m * dv; ++x) zout[x] = ztot[x] - z[x];
-        fc = FusedChunk{zout.data(), z1c.data() + t * m, ztot.data() + m * dv};
-      }
-      for (int64_t a = qstart[t]; a < qstart[t + 1]; a += kTileRows) {
-        const int64_t ni = std::min(kTileRows, qstart[t + 1] - a);
-        ProcessTile(s, f, fused ? &fc : nullptr, qorder.data() + a, ni, J, nj,
-                    masked, allowed, meter, &tb, acc, lr);
-      }
+      const int64_t i1 = std::min(nq, i0 + kTileRows);
+      for (int64_t i = i0; i < i1; ++i) rows[i - i0] = i;
+      ProcessTile(s, f, nullptr, rows.data(), i1 - i0, J.data(),
+                  static_cast<int64_t>(J.size()), /*masked=*/true, allowed,
+                  meter, &tb, acc, lr, fused ? -1.0f : 1.0f);
     }
   }
   finish();

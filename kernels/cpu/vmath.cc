@@ -5,7 +5,6 @@
 
 #include "kernels/cpu/vmath.h"
 
-
 namespace scatterbrain {
 namespace cpu {
 
@@ -80,7 +79,8 @@ float Max(const float* x, int64_t n) {
                    kNegInf, kNegInf, kNegInf, kNegInf};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
-    for (int u = 0; u < 8; ++u) lane[u] = lane[u] > x[i + u] ? lane[u] : x[i + u];
+    for (int u = 0; u < 8; ++u)
+      lane[u] = lane[u] > x[i + u] ? lane[u] : x[i + u];
   for (; i < n; ++i) lane[0] = lane[0] > x[i] ? lane[0] : x[i];
   float m = lane[0];
   for (int u = 1; u < 8; ++u) m = m > lane[u] ? m : lane[u];
