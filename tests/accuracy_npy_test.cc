@@ -131,7 +131,7 @@ TEST_F(AccuracyNpyTest, TinyDirectoryGivesEveryRowAndSaneYardsticks) {
     EXPECT_LT(Num(sp[4]), 1);
     // Error target: 2 seeds x 2 heads per layer.
     const std::vector<std::string> t = Row(r.out, "0.25", layer);
-    ASSERT_EQ(t.size(), 9u) << r.out;
+    ASSERT_EQ(t.size(), 12u) << r.out;
     EXPECT_EQ(t[2], "4");
     EXPECT_GE(Num(t[3]), 0);
     EXPECT_LE(Num(t[3]), 1);

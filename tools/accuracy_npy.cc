@@ -289,9 +289,11 @@ void RunTargets(Runner& runner, const NpyOptions& o,
         const auto it = plans.find(static_cast<int64_t>(s));
         if (it == plans.end()) continue;
         if (it->second->exact) ++ts.exact_slices;
-        if (it->second->error_bound >= 0) {
+        if (!it->second->exact && it->second->error_bound >= 0) {
+          ts.approx_achieved_sum += slice[s];
           ts.bound_sum += it->second->error_bound;
           ++ts.bound_n;
+          if (slice[s] > it->second->error_bound) ++ts.bound_missed;
         }
       }
       if (sb.stats.exact_score_evaluations > 0) {
@@ -306,8 +308,8 @@ void RunTargets(Runner& runner, const NpyOptions& o,
   }
 }
 
-// --study: at one budget, LSH variants (method lsh) and SB-auto with 0, 2,
-// 4, 8 global keys; means over seeds.
+// --study: at one budget, LSH variants (method lsh), SB-auto with 0, 2, 4,
+// 8 global keys and SB-auto with two hash rounds; means over seeds.
 void RunStudy(Runner& runner, const NpyOptions& o, const AttentionParams& base,
               const std::vector<double>& ref, LayerResult* lr) {
   const int bud = o.study_budget;
@@ -326,6 +328,10 @@ void RunStudy(Runner& runner, const NpyOptions& o, const AttentionParams& base,
       }
       if (v == kStudyCrossPolytope) p.lsh_hash = LshHash::kCrossPolytope;
       if (v >= kStudyFirstGlobal) p.global_keys = kStudyGlobalKeys[v];
+      if (v == kStudyAutoTwoHashes) {
+        p.num_hashes = 2;
+        p.bucket_size = bud / 4;
+      }
       const Call c = runner.Run(
           p, ref,
           "layer " + std::to_string(lr->layer) + " study " + kStudyColNames[v]);
