@@ -118,7 +118,7 @@ struct AttentionParams {
   int global_keys = 0;
   // Scatterbrain: when > 0, an error target instead of a fixed budget. Per
   // (batch, head) the cheapest configuration of a ladder (num_features and
-  // bucket_size / window both b / 2, b = 16, 32, 64, ... up to
+  // bucket_size / window both b / 2, b = 32, 64, 128, ... up to
   // num_features + max(bucket_size, window)) whose relative output error,
   // estimated on held-out rows computed exactly with an upper confidence
   // bound, is at most target_error; exact attention for a slice where none

@@ -25,12 +25,13 @@
 //        (any family of tests/testutil/reference.h; ":S" sets logit std)
 //        --budgets=64,128,256
 //        --calibration_rows=N (override the calibrated estimator's rows)
+//        --auto (an extra SB-auto column, sparse = auto, and its ratio to
+//        the best baseline; off by default so the table stays as it was)
+// --npy_dir=DIR switches to the real-data mode (tools/accuracy_npy.cc).
 // Exit status: 0 if every target passes, 1 if some fails or a run errors, 2
 // on bad flags.
 
 // The fp64 reference and the input families live in tests/testutil.
-#include "tests/testutil/reference.h"
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -44,6 +45,9 @@
 
 #include "kernels/backend.h"
 #include "kernels/params.h"
+#include "tests/testutil/reference.h"
+#include "tools/accuracy_common.h"
+#include "tools/accuracy_npy.h"
 
 namespace scatterbrain {
 namespace {
@@ -69,6 +73,8 @@ struct Options {
   int calibration_rows = -1;
   std::vector<FamilySpec> families;
   std::vector<int> budgets = {64, 128, 256};
+  // An SB-auto column (sparse = auto) after the fixed ones.
+  bool auto_column = false;
 };
 
 std::string FormatStd(double s) {
@@ -99,25 +105,15 @@ bool ParseFamilySpec(const std::string& tok, FamilySpec* out) {
   return true;
 }
 
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (pos <= s.size()) {
-    size_t comma = s.find(',', pos);
-    if (comma == std::string::npos) comma = s.size();
-    out.push_back(s.substr(pos, comma - pos));
-    pos = comma + 1;
-  }
-  return out;
-}
-
 [[noreturn]] void Usage(const char* why) {
   std::fprintf(stderr,
                "scatterbrain_accuracy: %s\n"
                "flags: --n=4096 --heads=4 --seed=1 --threads=0 "
-               "--budgets=64,128,256 --calibration_rows=N\n"
+               "--budgets=64,128,256 --calibration_rows=N --auto\n"
                "       --families=gaussian:0.25,gaussian:1,gaussian:4,"
-               "clustered,smooth\n",
+               "clustered,smooth\n"
+               "real data: --npy_dir=DIR (--npy_dir=DIR --help for its "
+               "flags)\n",
                why);
   std::exit(2);
 }
@@ -155,19 +151,21 @@ Options ParseFlags(int argc, char** argv) {
       families = v;
     } else if ((v = value("--budgets"))) {
       o.budgets.clear();
-      for (const std::string& t : Split(v)) {
+      for (const std::string& t : accuracy::SplitList(v)) {
         const long b = std::strtol(t.c_str(), &end, 10);
         if (t.empty() || *end != '\0' || b < 4 || b % 4 != 0)
           Usage("bad --budgets (multiples of 4, >= 4)");
         o.budgets.push_back(static_cast<int>(b));
       }
+    } else if (a == "--auto") {
+      o.auto_column = true;
     } else if (a == "--help" || a == "-h") {
       Usage("usage");
     } else {
       Usage(("unknown flag " + a).c_str());
     }
   }
-  for (const std::string& t : Split(families)) {
+  for (const std::string& t : accuracy::SplitList(families)) {
     FamilySpec f;
     if (!ParseFamilySpec(t, &f)) Usage(("bad family " + t).c_str());
     o.families.push_back(f);
@@ -178,7 +176,7 @@ Options ParseFlags(int argc, char** argv) {
 // The result of one backend call.
 struct Result {
   bool ok = false;
-  std::string error;     // status message when !ok
+  std::string error;  // status message when !ok
   double err = std::nan("");
   double ms = 0;
   int64_t guards = 0;
@@ -250,40 +248,13 @@ const char* kColNames[kNumCols] = {"performer", "lsh",      "local",
                                    "SB-lsh",    "SB-local", "SB-lsh unb."};
 
 AttentionParams Configure(const AttentionParams& base, Col c, int bud) {
-  AttentionParams p = base;
-  switch (c) {
-    case kPerf:
-      p.method = Method::kPerformer;
-      p.num_features = bud;
-      break;
-    case kLshCol:
-      p.method = Method::kLsh;
-      p.bucket_size = bud;
-      p.num_hashes = 1;
-      break;
-    case kLocalCol:
-      p.method = Method::kLocal;
-      p.window = bud;
-      break;
-    case kSbLsh:
-    case kSbUnb:
-      p.method = Method::kScatterbrain;
-      p.sparse = SparseSupport::kLsh;
-      p.num_features = bud / 2;
-      p.bucket_size = bud / 2;
-      p.num_hashes = 1;
-      p.estimator = c == kSbLsh ? Estimator::kCalibrated : Estimator::kUnbiased;
-      break;
-    case kSbLocal:
-      p.method = Method::kScatterbrain;
-      p.sparse = SparseSupport::kLocal;
-      p.num_features = bud / 2;
-      p.window = bud / 2;
-      p.estimator = Estimator::kCalibrated;
-      break;
-    case kNumCols:
-      break;
-  }
+  using accuracy::Compared;
+  const Compared as[kNumCols] = {Compared::kPerformer, Compared::kLsh,
+                                 Compared::kLocal,     Compared::kSbLsh,
+                                 Compared::kSbLocal,   Compared::kSbLsh};
+  if (c == kNumCols) return base;
+  AttentionParams p = accuracy::ConfigureCompared(base, as[c], bud);
+  if (c == kSbUnb) p.estimator = Estimator::kUnbiased;
   return p;
 }
 
@@ -293,6 +264,7 @@ struct MainRow {
   Result res[kNumCols];
   // The baselines at the budget SB gives each of its parts (Bud / 2).
   Result half[3];  // performer, lsh, local
+  Result sb_auto;  // --auto only
 };
 
 // Errors of the trivial answers (zeros: 1 by definition; the mean of the
@@ -352,6 +324,7 @@ struct HashRow {
 };
 
 int Main(int argc, char** argv) {
+  if (accuracy::IsNpyMode(argc, argv)) return accuracy::NpyMain(argc, argv);
   const Options o = ParseFlags(argc, argv);
   BackendOptions backend_options;
   backend_options.threads = o.threads;
@@ -377,9 +350,9 @@ int Main(int argc, char** argv) {
   for (const FamilySpec& fs : o.families) {
     std::fprintf(stderr, "[%6.1fs] %s: generating inputs, fp64 reference...\n",
                  elapsed(), fs.label.c_str());
-    TestTensors t = TestTensors::Make(1, o.heads, o.n, o.n, kDim, kDimV,
-                                      fs.family, o.seed, testing::kContiguous,
-                                      fs.logit_std);
+    TestTensors t =
+        TestTensors::Make(1, o.heads, o.n, o.n, kDim, kDimV, fs.family, o.seed,
+                          testing::kContiguous, fs.logit_std);
     const std::vector<double> ref = t.Reference();
     AttentionParams base = t.params;
     base.seed = o.seed;
@@ -395,9 +368,16 @@ int Main(int argc, char** argv) {
       for (int c = 0; c < kNumCols; ++c) {
         const AttentionParams p = Configure(base, static_cast<Col>(c), bud);
         row.res[c] = Run(be.get(), t, p, ref);
-        NoteProblems(fs.label + " budget " + std::to_string(bud) + " " +
-                         kColNames[c],
-                     row.res[c]);
+        NoteProblems(
+            fs.label + " budget " + std::to_string(bud) + " " + kColNames[c],
+            row.res[c]);
+      }
+      if (o.auto_column) {
+        const AttentionParams p =
+            accuracy::ConfigureCompared(base, accuracy::Compared::kSbAuto, bud);
+        row.sb_auto = Run(be.get(), t, p, ref);
+        NoteProblems(fs.label + " budget " + std::to_string(bud) + " SB-auto",
+                     row.sb_auto);
       }
       const Col parts[3] = {kPerf, kLshCol, kLocalCol};
       for (int c = 0; c < 3; ++c) {
@@ -435,7 +415,8 @@ int Main(int argc, char** argv) {
   std::printf(
       "## Relative error ||O_hat - O||_F / ||O||_F vs fp64 exact\n\n"
       "B=1, H=%lld, N=%lld, d=dv=%lld, V iid N(0,1), seed %llu, CPU backend. "
-      "LSH defaults: lsh_hash=%s, lsh_transform=%s, hash_projections=%d, num_hashes=1; "
+      "LSH defaults: lsh_hash=%s, lsh_transform=%s, hash_projections=%d, "
+      "num_hashes=1; "
       "calibration_rows=%d.\n"
       "Target: SB <= 1.1 x min(its two parts) and SB <= 1.0 (both calibrated "
       "SB columns).\n\n",
@@ -443,13 +424,16 @@ int Main(int argc, char** argv) {
       static_cast<long long>(kDim), static_cast<unsigned long long>(o.seed),
       LshHashName(defaults.lsh_hash), LshTransformName(defaults.lsh_transform),
       defaults.hash_projections,
-      o.calibration_rows >= 0 ? o.calibration_rows
-                              : defaults.calibration_rows);
+      o.calibration_rows >= 0 ? o.calibration_rows : defaults.calibration_rows);
   std::printf(
       "| family | budget | performer | lsh | local | SB-lsh (calibrated) | "
       "SB-local (calibrated) | SB-lsh (unbiased) | SB-lsh / min(perf, lsh) | "
-      "SB-local / min(perf, local) | target |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+      "SB-local / min(perf, local) | target |%s\n",
+      o.auto_column ? " SB-auto (calibrated) | SB-auto / min(perf, lsh, "
+                      "local) |"
+                    : "");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|%s\n",
+              o.auto_column ? "---|---|" : "");
   int failures = 0;
   for (const MainRow& r : rows) {
     const double perf = r.res[kPerf].err, lsh = r.res[kLshCol].err,
@@ -468,13 +452,18 @@ int Main(int argc, char** argv) {
       if (!r.res[c].ok || !r.res[c].finite) verdict += "run-error ";
     const bool pass = verdict.empty();
     if (!pass) ++failures;
-    std::printf("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+    std::printf("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |",
                 r.family.c_str(), r.budget, Fmt(r.res[kPerf]).c_str(),
                 Fmt(r.res[kLshCol]).c_str(), Fmt(r.res[kLocalCol]).c_str(),
                 Fmt(r.res[kSbLsh]).c_str(), Fmt(r.res[kSbLocal]).c_str(),
                 Fmt(r.res[kSbUnb]).c_str(), FmtRatio(sbl, best_l).c_str(),
                 FmtRatio(sbw, best_w).c_str(),
                 pass ? "PASS" : ("FAIL: " + verdict).c_str());
+    if (o.auto_column) {
+      std::printf(" %s | %s |", Fmt(r.sb_auto).c_str(),
+                  FmtRatio(r.sb_auto.err, std::min(best_l, local)).c_str());
+    }
+    std::printf("\n");
   }
 
   // ---- Table 1b: SB against its parts at the budget it gives them ----
@@ -562,12 +551,14 @@ int Main(int argc, char** argv) {
               static_cast<long long>(total_guards),
               static_cast<long long>(total_fallbacks));
 
-  std::printf("\n## Summary\n\n%d of %zu (family, budget) rows fail the "
-              "target.\n",
-              failures, rows.size());
+  std::printf(
+      "\n## Summary\n\n%d of %zu (family, budget) rows fail the "
+      "target.\n",
+      failures, rows.size());
   if (Problems().empty()) {
-    std::printf("No run errors, non-finite outputs, unwritten outputs or "
-                "damaged sentinels.\n");
+    std::printf(
+        "No run errors, non-finite outputs, unwritten outputs or "
+        "damaged sentinels.\n");
   } else {
     std::printf("Problems:\n");
     for (const std::string& s : Problems()) std::printf("- %s\n", s.c_str());

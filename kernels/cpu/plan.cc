@@ -16,7 +16,7 @@
 // join every row's support: a [CLS] / [SEP] key that every query attends to
 // is found by no hash bucket of a query's neighbours.
 //
-// Error target. The budget ladder b = 16, 32, ... (num_features and the
+// Error target. The budget ladder b = 32, 64, ... (num_features and the
 // sparse sizes b / 2) runs from the cheapest; after each run the output's
 // relative error is estimated on kValidationRows held-out rows computed
 // exactly (not the calibration rows: the combination was fitted on those,
@@ -31,6 +31,7 @@
 #include <limits>
 #include <memory>
 
+#include "kernels/cost.h"
 #include "kernels/random_draws.h"
 
 namespace scatterbrain {
@@ -192,6 +193,31 @@ int64_t VisibleKeys(const Slice& s) {
   return n;
 }
 
+// The cost model's flops of one slice of `p`'s shape with `method` at
+// ladder budget b (features and sparse sizes b / 2; 0 for exact).
+double SliceFlops(const AttentionParams& p, const Slice& s, Method method,
+                  int64_t b) {
+  AttentionParams q = p;
+  q.batch = 1;
+  q.heads = 1;
+  q.seq_q = s.nq;
+  q.seq_k = s.nk;
+  q.method = method;
+  q.target_error = 0.0;
+  // One support runs (auto picks one); the LSH one, hashing included, is
+  // the dearer.
+  q.sparse = SparseSupport::kLsh;
+  if (b > 0) {
+    q.num_features = static_cast<int>(std::max<int64_t>(2, (b / 4) * 2));
+    q.bucket_size = static_cast<int>(b / 2);
+    q.window = static_cast<int>(b / 2);
+  }
+  return static_cast<double>(EstimateFlops(q));
+}
+double PassFlops(const AttentionParams& p, const Slice& s, int64_t b) {
+  return SliceFlops(p, s, Method::kScatterbrain, b);
+}
+
 void FillPlan(const ChosenSupport& cs, size_t globals, HeadPlan* plan) {
   plan->sparse = cs.config.sparse;
   plan->num_features = cs.config.num_features;
@@ -338,19 +364,20 @@ void RunScatterbrain(const Slice& s, const AttentionParams& p,
   const double approx_share =
       static_cast<double>(s.nq - exact_rows) / static_cast<double>(s.nq);
 
-  // The ladder: b = 16, 32, ... up to the request's budget (num_features +
+  // The ladder: b = 32, 64, ... up to the request's budget (num_features +
   // max(bucket_size, window), itself the last step), each with num_features
-  // and the sparse sizes b / 2, and only passes under kMaxPassShare of
-  // exact's evaluations (beyond, exact attention, one GEMM-friendly pass,
-  // is as fast).
-  const int64_t cap =
-      std::max<int64_t>(16, static_cast<int64_t>(p.num_features) +
-                                std::max(p.bucket_size, p.window));
+  // and the sparse sizes b / 2, and only passes whose estimated time (the
+  // cost model of kernels/cost.h, which follows this backend's algorithms
+  // and is checked against measured time) is under kMaxPassShare of exact
+  // attention's on the slice: exact is one GEMM-friendly pass, and at short
+  // lengths no approximation is faster than it.
+  const int64_t cap = std::max<int64_t>(
+      kFirstLadderBudget,
+      static_cast<int64_t>(p.num_features) + std::max(p.bucket_size, p.window));
+  const double exact_flops = SliceFlops(p, s, Method::kExact, 0);
   std::vector<int64_t> ladder;
-  for (int64_t b = 16;; b = std::min(2 * b, cap)) {
-    const double pass = static_cast<double>(s.nq + s.nk) * (b / 2) +
-                        static_cast<double>(s.nq) * (b / 2);
-    if (pass > kMaxPassShare * static_cast<double>(VisibleKeys(s))) break;
+  for (int64_t b = kFirstLadderBudget;; b = std::min(2 * b, cap)) {
+    if (PassFlops(p, s, b) > kMaxPassShare * exact_flops) break;
     ladder.push_back(b);
     if (b >= cap) break;
   }
