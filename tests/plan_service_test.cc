@@ -29,7 +29,10 @@ namespace pb = ::scatterbrain::v1;
 using ::testing::HasSubstr;
 using testutil::MetricValue;
 
-constexpr int kBatch = 2, kHeads = 3, kSeq = 256, kDim = 32;
+// Long enough that an error target is met below exact's cost (at a few
+// hundred tokens the ladder's search costs more than exact attention and
+// the planner goes exact).
+constexpr int kBatch = 2, kHeads = 3, kSeq = 1024, kDim = 32;
 
 std::string Bytes(const float* x, int64_t n) {
   return std::string(reinterpret_cast<const char*>(x), n * sizeof(float));
@@ -155,7 +158,7 @@ TEST_F(PlanServiceTest, AutoChoosesASupportPerHeadAndCountsIt) {
 }
 
 TEST_F(PlanServiceTest, TargetErrorIsMetAndItsBoundReported) {
-  constexpr double kTarget = 0.2;
+  constexpr double kTarget = 0.3;
   pb::MethodSettings s;
   s.set_sparse(pb::SPARSE_SUPPORT_AUTO);
   s.set_target_error(kTarget);
@@ -164,8 +167,10 @@ TEST_F(PlanServiceTest, TargetErrorIsMetAndItsBoundReported) {
   const grpc::Status st = Call(s, &stats);
   ASSERT_TRUE(st.ok()) << st.error_message();
   ExpectOnePlanPerHead(stats);
+  int approximate = 0;
   for (const pb::HeadPlan& h : stats.head_plans()) {
     if (h.exact()) continue;
+    ++approximate;
     ASSERT_TRUE(h.has_error_bound());
     EXPECT_LE(h.error_bound(), kTarget);
     EXPECT_LE(h.error_estimate(), h.error_bound());
@@ -174,10 +179,10 @@ TEST_F(PlanServiceTest, TargetErrorIsMetAndItsBoundReported) {
   EXPECT_LE(stats.error_bound(), kTarget);
   // Measured against fp64 exact, not only estimated.
   EXPECT_LE(TrueError(), kTarget);
-  // The cost is counted (the search included: at this small N it can
-  // exceed exact's, so no ratio is asserted here).
+  // Some heads met the target below exact's cost, the search included.
+  EXPECT_GT(approximate, 0);
   EXPECT_GT(stats.score_evaluations(), 0u);
-  EXPECT_GT(stats.exact_score_evaluations(), 0u);
+  EXPECT_LT(stats.score_evaluations(), stats.exact_score_evaluations());
   // The bound is what the error histogram observed (one request, one
   // observation, at most the target).
   const std::string text = server_->metrics().Serialize();
