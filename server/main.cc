@@ -18,6 +18,7 @@
 #include "absl/flags/reflection.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/validate.h"
 #include "server/server.h"
 
 #ifndef SB_VERSION
@@ -80,6 +81,11 @@ ABSL_FLAG(std::string, default_sparse,
           "lsh, local, both or auto (per head, the one holding the most "
           "attention mass). auto falls back to lsh, with a line on stderr, "
           "on a backend that cannot choose per head (cuda for now).");
+ABSL_FLAG(int, default_global_keys, kDefaults.service.defaults.global_keys,
+          "Scatterbrain's global keys for requests that leave global_keys "
+          "unset: up to this many keys every query attends to join each "
+          "row's support, within its budget (0: none). 0, with a line on "
+          "stderr, on a backend that cannot add them (cuda for now).");
 ABSL_FLAG(double, drain_timeout_s, kDefaults.drain_timeout_s,
           "On SIGTERM/SIGINT, seconds in-flight work may take before it is "
           "cancelled.");
@@ -219,6 +225,7 @@ constexpr const char* kFlagNames[] = {
     "chunk_bytes",
     "error_sample_rows",
     "default_sparse",
+    "default_global_keys",
     "drain_timeout_s",
     "max_inflight_per_stream",
     "max_seq",
@@ -351,6 +358,13 @@ int main(int argc, char** argv) {
     return UsageError(absl::StrCat("flag --default_sparse='",
                                    absl::GetFlag(FLAGS_default_sparse),
                                    "': must be lsh, local, both or auto"));
+  }
+  o.service.defaults.global_keys = absl::GetFlag(FLAGS_default_global_keys);
+  if (o.service.defaults.global_keys < 0 ||
+      o.service.defaults.global_keys > scatterbrain::kMaxGlobalKeys) {
+    return UsageError(absl::StrCat(
+        "flag --default_global_keys=", o.service.defaults.global_keys,
+        ": must be in [0, ", scatterbrain::kMaxGlobalKeys, "]"));
   }
   o.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
   o.service.max_inflight_per_stream =

@@ -61,8 +61,12 @@ absl::Status RequestSettingsToParams(const v1::MethodSettings& s,
                                      const RequestDefaults& defaults,
                                      absl::string_view path,
                                      AttentionParams* p) {
-  // An unset sparse keeps what `p` holds: the server's default.
-  if (s.method() == v1::METHOD_SCATTERBRAIN) p->sparse = defaults.sparse;
+  // An unset sparse or global_keys keeps what `p` holds: the server's
+  // default.
+  if (s.method() == v1::METHOD_SCATTERBRAIN) {
+    p->sparse = defaults.sparse;
+    p->global_keys = defaults.global_keys;
+  }
   return wire::SettingsToParams(s, path, p);
 }
 

@@ -43,6 +43,12 @@ struct RequestDefaults {
   // Sessions keep the core's default: their decode steps would run kAuto
   // as kBoth, at twice the budget.
   SparseSupport sparse = SparseSupport::kAuto;
+  // Scatterbrain's global keys for a one-shot request whose global_keys is
+  // unset: up to 4 keys every row attends to (a [CLS] / [SEP] column), part
+  // of the budget (kernels/params.h; on MiniLM at budget 64 they take the
+  // mean error from 0.398 to 0.356: README, Accuracy). Server::Start makes
+  // it 0 when the backend refuses global keys (the CUDA backend for now).
+  int global_keys = 4;
 };
 
 // The per-request ceiling a backend gets by default: about a minute of its

@@ -286,6 +286,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
       defaults.sparse = SparseSupport::kLsh;
     }
   }
+  if (defaults.global_keys > 0) {
+    AttentionParams probe;
+    probe.method = Method::kScatterbrain;
+    probe.global_keys = defaults.global_keys;
+    if (const absl::Status st = s->executor_->Supports(probe); !st.ok()) {
+      std::fprintf(stderr,
+                   "scatterbrain_server: default_global_keys: the %s backend "
+                   "cannot add global keys (%s); unset global_keys means 0\n",
+                   s->executor_->backend_name().c_str(),
+                   std::string(st.message()).c_str());
+      defaults.global_keys = 0;
+    }
+  }
 
   ServiceOptions so = resolved.service;
   so.max_queued_answers = std::max<size_t>(so.max_queued_answers, 2);

@@ -177,7 +177,7 @@ int Attend(const std::vector<std::string>& args) {
   if (!flags.ok()) return Fail(2, flags.status().message());
   const FlagValues& f = *flags;
 
-  AttentionParams p;
+  AttentionParams p = OneShotDefaults();
   absl::Status settings = ParseSettings(f, &p);
   if (!settings.ok()) return Fail(2, settings.message());
   std::vector<int32_t> key_lengths;

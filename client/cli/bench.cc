@@ -84,7 +84,7 @@ int Bench(const std::vector<std::string>& args) {
   absl::StatusOr<FlagValues> flags = ParseFlags(args, BenchFlags());
   if (!flags.ok()) return Fail(2, flags.status().message());
   const FlagValues& f = *flags;
-  AttentionParams p;  // method defaults to scatterbrain
+  AttentionParams p = OneShotDefaults();  // method: scatterbrain
   absl::Status s = ParseSettings(f, &p);
   if (!s.ok()) return Fail(2, s.message());
   absl::StatusOr<v1::MethodSettings> settings = WireSettings(p);

@@ -223,6 +223,13 @@ absl::Status KeyLengthsFlag(const FlagValues& f, std::vector<int32_t>* out) {
   return absl::OkStatus();
 }
 
+AttentionParams OneShotDefaults() {
+  AttentionParams p;
+  p.sparse = SparseSupport::kAuto;
+  p.global_keys = 4;
+  return p;
+}
+
 absl::Status ParseSettings(const FlagValues& f, AttentionParams* p) {
   for (const EnumFlag& e : kEnumFlags) {
     auto it = f.find(e.name);

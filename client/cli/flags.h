@@ -56,6 +56,11 @@ absl::Status KeyLengthsFlag(const FlagValues& f, std::vector<int32_t>* out);
 
 // Reads the method and its settings (the flags WithSettings adds, plus
 // --method when present) into *p. Messages name the flag.
+// The settings one-shot commands (attend, bench) start from: the core's
+// defaults with the server's defaults for what the CLI always sends
+// (sparse = auto, global_keys = 4: server/request.h's RequestDefaults), so a
+// local call and a call on a server compute the same thing.
+AttentionParams OneShotDefaults();
 absl::Status ParseSettings(const FlagValues& f, AttentionParams* p);
 // The settings of `p` as the wire carries them (wire::SettingsFromParams,
 // every field explicit, so the server computes what the local mode would);

@@ -50,9 +50,11 @@ options (attend and bench):
                         SMYRF's asymmetric transform [none]
   --window=W            local window width: |i - j| <= W/2 [128]
   --sparse=lsh|local|both|auto   Scatterbrain's sparse support; auto: per
-                        head the one holding the most attention mass [lsh]
+                        head the one holding the most attention mass
+                        [auto; bench --decode: lsh]
   --global_keys=G       Scatterbrain: up to G keys with the most calibration-
-                        row mass in every row's support; 0 = off [0]
+                        row mass in every row's support, within the
+                        budget; 0 = off [4; bench --decode: 0]
   --target_error=E      Scatterbrain: per head the cheapest budget whose
                         estimated error bound is <= E (else exact), in
                         [0, 1); 0 = off (the budget as given) [0]

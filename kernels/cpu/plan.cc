@@ -285,6 +285,17 @@ void RunScatterbrain(const Slice& s, const AttentionParams& p,
   plan.batch = s.b;
   plan.head = s.h;
 
+  // Under an error target, a slice too short for any approximation to be
+  // faster than exact attention is computed exactly at once.
+  if (p.target_error > 0.0 && s.nk < kMinLadderKeys) {
+    ExactRows(s, 0, s.nq, meter);
+    st->evaluations += VisibleKeys(s);
+    plan.exact = true;
+    plan.error_estimate = 0.0;
+    plan.error_bound = 0.0;
+    return;
+  }
+
   // Calibration rows (with their weights when something is chosen on them).
   ExactSample cal;
   if (calibrated && p.calibration_rows > 0) {
