@@ -215,7 +215,7 @@ TEST(GlobalKeys, FindAKeyEveryQueryAttendsTo) {
   for (int64_t h = 0; h < 2; ++h) {
     for (int64_t c = 0; c < 32; ++c) t.K(0, h, 0, c) = 0.0f;
     for (int64_t i = 0; i < 512; ++i) t.Q(0, h, i, 0) = 3.0f;
-    t.K(0, h, 0, 0) = 6.0f;
+    t.K(0, h, 0, 0) = 12.0f;
   }
   const std::vector<double> ref = testing::ExactAttentionDouble(t.params);
   double err[2];

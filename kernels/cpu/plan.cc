@@ -11,8 +11,8 @@
 // ones the pass uses, so the choice costs the mass sums only (rows x keys,
 // no dot products).
 //
-// Global keys: the columns with the largest mean weight on the calibration
-// rows (and at least 4x the uniform weight), up to global_keys of them,
+// Global keys: the columns that at least half of the calibration rows give
+// 4x the uniform weight, the largest mean weight first, up to global_keys,
 // join every row's support: a [CLS] / [SEP] key that every query attends to
 // is found by no hash bucket of a query's neighbours.
 //
@@ -87,25 +87,35 @@ std::vector<int64_t> ChooseGlobals(const Slice& s, const ExactSample& cal,
                                    int count) {
   std::vector<int64_t> out;
   if (count <= 0 || cal.weights.empty() || s.nk == 0) return out;
+  // Per key: its mean weight and how many rows give it at least 4x the
+  // uniform weight of the keys they see.
   std::vector<double> mean(s.nk, 0.0);
+  std::vector<int32_t> heavy(s.nk, 0);
   int64_t n = 0;
   for (size_t r = 0; r < cal.rows.size(); ++r) {
     if (!cal.used[r]) continue;
     const float* w = cal.weights.data() + r * s.nk;
-    for (int64_t j = 0; j < s.nk; ++j) mean[j] += w[j];
+    const int64_t lim = s.KeyLimit(cal.rows[r]);
+    const float floor = 4.0f / static_cast<float>(std::max<int64_t>(lim, 1));
+    for (int64_t j = 0; j < lim; ++j) {
+      mean[j] += w[j];
+      heavy[j] += w[j] >= floor;
+    }
     ++n;
   }
   if (n == 0) return out;
-  std::vector<int64_t> order(s.nk);
-  for (int64_t j = 0; j < s.nk; ++j) order[j] = j;
-  const int64_t k = std::min<int64_t>(count, s.nk);
+  // A global key is heavy for at least half of the rows: a [CLS] column,
+  // not the neighbours of one sampled row (which a mean alone would pick on
+  // a local head).
+  std::vector<int64_t> order;
+  for (int64_t j = 0; j < s.nk; ++j)
+    if (2 * heavy[j] >= n) order.push_back(j);
+  const size_t k = std::min<size_t>(count, order.size());
   std::partial_sort(order.begin(), order.begin() + k, order.end(),
                     [&](int64_t a, int64_t b) {
                       return mean[a] > mean[b] || (mean[a] == mean[b] && a < b);
                     });
-  const double floor = 4.0 * n / static_cast<double>(s.nk);
-  for (int64_t t = 0; t < k; ++t)
-    if (mean[order[t]] >= floor) out.push_back(order[t]);
+  out.assign(order.begin(), order.begin() + k);
   std::sort(out.begin(), out.end());
   return out;
 }
