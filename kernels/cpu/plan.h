@@ -39,6 +39,10 @@ inline constexpr double kBoundSigmas = 3.0;
 // model says a quarter to a third (small gathered GEMMs), hence a share
 // well under 1.
 inline constexpr double kMaxPassShare = 0.35;
+// sparse = auto takes "both" (each support at half) over the better single
+// support only when it holds this much more of the calibration rows' mass.
+inline constexpr double kBothMassMargin = 0.01;
+
 // Under an error target, slices with fewer keys are computed exactly with
 // no search: measured on this backend (2-core CPU, d = 32 and 64),
 // Scatterbrain at N = 512 takes as long as exact attention at every budget
