@@ -16,6 +16,7 @@
 #include "kernels/cancel.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/plan.h"
+#include "kernels/cpu/profile.h"
 #include "kernels/random_draws.h"
 #include "kernels/validate.h"
 
@@ -192,6 +193,7 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
       std::vector<DrawCache::Draw> proj;
       const int r = p.num_features / 2;
       if (features) {
+        cpu::PhaseScope setup_scope(cpu::Phase::kSetup);
         proj.resize(p.heads);
         for (int64_t h = 0; h < p.heads; ++h)
           proj[h] = DrawCache::Global().FeatureProjections(p.seed, h, r, p.dim);
@@ -206,6 +208,7 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
           slices, threads,
           [&](int64_t sl) {
             guarded([&] {
+              cpu::PhaseScope slice_scope(cpu::Phase::kOther);
               const Slice s = cpu::MakeSlice(p, sl / p.heads, sl % p.heads);
               cpu::SliceStats ss;
               // After every operation: a stopped call abandons the slice (an

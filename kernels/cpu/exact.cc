@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/profile.h"
 #include "kernels/cpu/vmath.h"
 
 namespace scatterbrain {
@@ -16,6 +17,7 @@ constexpr int64_t kRowBlock = 64;
 
 void ExactRows(const Slice& s, int64_t row_begin, int64_t row_end,
                WorkspaceMeter* meter) {
+  PhaseScope scope(Phase::kExact);
   const int64_t max_keys = s.nk;
   Scratch<float> scores(
       meter, static_cast<size_t>(kRowBlock) * std::max<int64_t>(max_keys, 1));
@@ -77,6 +79,7 @@ bool ExactRow(const Slice& s, int64_t i, double* out, float* weights) {
 
 void ComputeExactSample(const Slice& s, std::vector<int64_t> rows,
                         bool keep_weights, ExactSample* out) {
+  PhaseScope scope(Phase::kCalibration);
   const size_t n = rows.size();
   out->rows = std::move(rows);
   out->used.assign(n, 0);

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/profile.h"
 #include "kernels/cpu/vmath.h"
 
 namespace scatterbrain {
@@ -18,6 +19,7 @@ constexpr int64_t kCheckRows = 4096;
 
 void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
                      WorkspaceMeter* meter, Features* f) {
+  PhaseScope scope(Phase::kFeatures);
   const int m = 2 * r;
   f->m = m;
   const float sqrt_tau = std::sqrt(s.tau);
@@ -84,6 +86,7 @@ void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
 
 void ComputeLowRank(const Slice& s, const Features& f, WorkspaceMeter* meter,
                     LowRank* lr) {
+  PhaseScope scope(Phase::kLowRank);
   const int m = f.m;
   const int64_t dv = s.dv;
   lr->num.Reset(meter, static_cast<size_t>(s.nq) * dv);

@@ -16,6 +16,7 @@
 #include <limits>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/profile.h"
 #include "kernels/cpu/vmath.h"
 #include "kernels/random_draws.h"
 
@@ -158,6 +159,7 @@ void ProcessTile(const Slice& s, const Features* f, const FusedChunk* fused,
 void HashRows(const float* x, int64_t ld, int64_t n, int64_t d,
               const float* extra, const std::vector<float>& proj, int P,
               WorkspaceMeter* meter, HashKey* out) {
+  PhaseScope scope(Phase::kHashAssign);
   const int64_t D = extra ? d + 2 : d;
   Scratch<float> p(meter, static_cast<size_t>(n) * 2 * P);
   // proj is (2P) x D row-major; the first d columns multiply x.
@@ -270,6 +272,7 @@ void TreeAssign(const float* x, int64_t ld, int64_t n, int64_t d,
 
 void FitKMeans(const Slice& s, int64_t clusters, int iterations, uint64_t seed,
                int round, WorkspaceMeter* meter, KMeansModel* model) {
+  PhaseScope scope(Phase::kKMeansFit);
   const int64_t nk = s.nk, d = s.d;
   const int64_t K = std::max<int64_t>(1, std::min(clusters, nk));
   // One level while that is affordable (it clusters better: measured on the
@@ -336,6 +339,7 @@ void FitKMeans(const Slice& s, int64_t clusters, int iterations, uint64_t seed,
 void KMeansOrderKeys(const KMeansModel& model, const float* x, int64_t ld,
                      int64_t n, const CancelToken* cancel,
                      WorkspaceMeter* meter, HashKey* out) {
+  PhaseScope scope(Phase::kHashAssign);
   const int64_t d = model.d;
   // In blocks of rows (each row's leaf is its own), so that a stop is seen
   // within one block: a whole N = 65536 pass is ~100 ms of one core.
@@ -444,6 +448,7 @@ void BuildLsh(const Slice& s, const SupportOptions& o, WorkspaceMeter* meter,
                meter, hq.data());
     }
     if (s.stopped()) return;  // hashes may be unset: incomplete
+    PhaseScope sort_scope(Phase::kSortChunk);
     int64_t* korder = out->korder.data() + static_cast<size_t>(round) * nk;
     int64_t* kstart =
         out->kstart.data() + static_cast<size_t>(round) * (nchunks + 1);
@@ -497,6 +502,7 @@ bool FusesLowRank(const Slice& s, const SupportOptions& o) {
 void AccumulateSupport(const Slice& s, const SupportOptions& o,
                        const Features* f, LowRank* lr, WorkspaceMeter* meter,
                        SparseAcc* acc) {
+  PhaseScope scope(Phase::kSparsePass);
   const int64_t nq = s.nq, nk = s.nk, dv = s.dv;
   const bool fused = f && FusesLowRank(s, o);
   acc->emax.Reset(meter, nq);
@@ -583,6 +589,7 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
       Scratch<float> zc, z1c, ztot, zout;
       const int m = f ? f->m : 0;
       if (fused) {
+        PhaseScope lowrank_scope(Phase::kLowRank);
         const int64_t cmax = kstart[1] - kstart[0] + 1;
         zc.Reset(meter, static_cast<size_t>(nchunks) * m * dv);
         z1c.ResetZero(meter, static_cast<size_t>(nchunks) * m);
