@@ -142,7 +142,7 @@ int RunProfile() {
     }
     std::printf("| sum of phases (CPU) | %.2f | %.2f | 100%% |\n",
                 1e3 * cold_sum, 1e3 * warm_sum);
-    std::printf("| validation (wall, 1 thread; in the call) | - | %.2f | - |\n",
+    std::printf("| validation (wall, one thread; part of the call) | - | %.2f | - |\n",
                 1e3 * Median(validate));
     std::printf("| call wall ms | %.2f | %.2f (median) | - |\n", 1e3 * cold_s,
                 1e3 * Median(walls));

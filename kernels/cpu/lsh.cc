@@ -78,12 +78,16 @@ constexpr int64_t kMaxFlatCentroids = 256;
 void SphericalKMeans(const float* x, int64_t n, int64_t d, int64_t K,
                      int iterations, WorkspaceMeter* meter, float* cent) {
   if (n == 0 || K == 0) return;
-  Scratch<float> sims(meter, n * K), sum(meter, K * d);
+  // Similarities in blocks of rows, as in TreeAssign.
+  constexpr int64_t kFitBlock = 256;
+  Scratch<float> sims(meter, std::min(n, kFitBlock) * K), sum(meter, K * d);
   Scratch<int32_t> assign(meter, n);
   for (int it = 0; it < iterations; ++it) {
-    Gemm(false, true, n, K, d, 1.0f, x, d, cent, d, 0.0f, sims.data(), K);
     for (int64_t j = 0; j < n; ++j) {
-      const float* r = sims.data() + j * K;
+      if (j % kFitBlock == 0)
+        Gemm(false, true, std::min(kFitBlock, n - j), K, d, 1.0f, x + j * d, d,
+             cent, d, 0.0f, sims.data(), K);
+      const float* r = sims.data() + (j % kFitBlock) * K;
       const float mx = Max(r, K);
       int64_t t = 0;
       while (t + 1 < K && r[t] != mx) ++t;
@@ -109,10 +113,16 @@ void SphericalKMeans(const float* x, int64_t n, int64_t d, int64_t K,
 void TreeAssign(const float* x, int64_t ld, int64_t n, int64_t d,
                 const float* top, int64_t K1, const float* leaves, int64_t K2,
                 WorkspaceMeter* meter, uint32_t* out) {
-  Scratch<float> sims(meter, n * K1);
-  Gemm(false, true, n, K1, d, 1.0f, x, ld, top, d, 0.0f, sims.data(), K1);
+  // Blocks of rows whose similarities stay in cache between the GEMM that
+  // writes them and the argmax that reads them (at N = 16384 the whole
+  // matrix was 16 MB per slice, written, zeroed and read through memory).
+  constexpr int64_t kAssignBlock = 256;
+  Scratch<float> sims(meter, std::min(n, kAssignBlock) * K1);
   for (int64_t j = 0; j < n; ++j) {
-    const float* r = sims.data() + j * K1;
+    if (j % kAssignBlock == 0)
+      Gemm(false, true, std::min(kAssignBlock, n - j), K1, d, 1.0f, x + j * ld,
+           ld, top, d, 0.0f, sims.data(), K1);
+    const float* r = sims.data() + (j % kAssignBlock) * K1;
     const float mx = Max(r, K1);
     int64_t t = 0;
     while (t + 1 < K1 && r[t] != mx) ++t;
