@@ -271,7 +271,7 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
       const bool masked = s.causal || o.local || round > 0;
       // Fused low-rank: every chunk's Zc = phi(K_c)^T V_c and column sums,
       // and their totals (the chunks partition the valid keys).
-      Scratch<float> zc, z1c, ztot, zout, ks, vs;
+      Scratch<float> zc, z1c, ztot, zout;
       const int m = f ? f->m : 0;
       if (fused) {
         PhaseScope lowrank_scope(Phase::kLowRank);
@@ -280,20 +280,15 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
         z1c.ResetZero(meter, static_cast<size_t>(nchunks) * m);
         ztot.ResetZero(meter, static_cast<size_t>(m) * (dv + 1));
         zout.Reset(meter, static_cast<size_t>(m) * dv);
-        // Keys and values in hash order, gathered once here for both the
-        // chunk sums and the tiles (which read their chunk in place).
-        ks.Reset(meter, static_cast<size_t>(nk) * s.d);
-        vs.Reset(meter, static_cast<size_t>(nk) * dv);
         float* fk = tb.fk.Ensure(meter, static_cast<size_t>(cmax + 1) * m);
+        float* vt = tb.vt.Ensure(meter, static_cast<size_t>(cmax + 1) * dv);
         for (int64_t t = 0; t < nchunks; ++t) {
           if (s.stopped()) return;
           const int64_t nj = kstart[t + 1] - kstart[t];
           float* z1 = z1c.data() + t * m;
-          float* vt = vs.data() + kstart[t] * dv;
           const int64_t* J = korder + kstart[t];
           GatherRows(f->k.data(), m, J, nj, m, fk);
           GatherRows(s.v, s.v_row, J, nj, dv, vt);
-          GatherRows(s.k, s.k_row, J, nj, s.d, ks.data() + kstart[t] * s.d);
           for (int64_t a = 0; a < nj; ++a)
             for (int l = 0; l < m; ++l) z1[l] += fk[a * m + l];
           float* z = zc.data() + t * m * dv;
@@ -313,13 +308,17 @@ void AccumulateSupport(const Slice& s, const SupportOptions& o,
           fc =
               FusedChunk{zout.data(), z1c.data() + t * m, ztot.data() + m * dv};
         }
-        const float* kv[2] = {fused ? ks.data() + kstart[t] * s.d : nullptr,
-                              fused ? vs.data() + kstart[t] * dv : nullptr};
+        if (qstart[t + 1] == qstart[t]) continue;  // no query joins it
+        // The chunk's keys and values, gathered once for all its tiles.
+        float* kt = tb.kt.Ensure(meter, static_cast<size_t>(nj) * s.d);
+        float* vt = tb.vt.Ensure(meter, static_cast<size_t>(nj) * dv);
+        GatherRows(s.k, s.k_row, J, nj, s.d, kt);
+        GatherRows(s.v, s.v_row, J, nj, dv, vt);
+        const float* kv[2] = {kt, vt};
         for (int64_t a = qstart[t]; a < qstart[t + 1]; a += kTileRows) {
           const int64_t ni = std::min(kTileRows, qstart[t + 1] - a);
-          ProcessTile(s, f, fused ? &fc : nullptr, qorder + a, ni, J, nj,
-                      fused ? kv : nullptr, masked, allowed, meter, &tb, acc,
-                      lr, 1.0f);
+          ProcessTile(s, f, fused ? &fc : nullptr, qorder + a, ni, J, nj, kv,
+                      masked, allowed, meter, &tb, acc, lr, 1.0f);
         }
       }
     }
