@@ -142,8 +142,9 @@ int RunProfile() {
     }
     std::printf("| sum of phases (CPU) | %.2f | %.2f | 100%% |\n",
                 1e3 * cold_sum, 1e3 * warm_sum);
-    std::printf("| validation (wall, one thread; part of the call) | - | %.2f | - |\n",
-                1e3 * Median(validate));
+    std::printf(
+        "| validation (wall, one thread; part of the call) | - | %.2f | - |\n",
+        1e3 * Median(validate));
     std::printf("| call wall ms | %.2f | %.2f (median) | - |\n", 1e3 * cold_s,
                 1e3 * Median(walls));
     std::printf("| minor page faults in the call | %lld | %.0f (mean) | - |\n",
