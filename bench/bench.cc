@@ -18,6 +18,13 @@
 //   --sb_sizes=1024,4096   restrict the sequence lengths
 //   --sb_threads=N         CPU backend worker threads (0 = all cores)
 //   --sb_min_time=S        MinTime per benchmark in seconds (default 1)
+//   --profile              instead: Scatterbrain's time per phase, cold and
+//                          warm (bench_modes.cc)
+//   --compare              instead (or after --profile): ours against
+//                          PyTorch's dense attention and SDPA on the same
+//                          inputs, in the same run (bench/torch_compare.py)
+//   --sb_repeats=N         warm calls per configuration in those modes (7)
+//   --sb_python=PATH       the Python with torch for --compare
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -34,43 +41,19 @@
 #include <utility>
 #include <vector>
 
+#include "bench/bench_shared.h"
 #include "benchmark/benchmark.h"
 #include "kernels/backend.h"
 #include "kernels/error_estimate.h"
 #include "kernels/params.h"
 
 namespace scatterbrain {
-namespace {
-
-constexpr int64_t kBatch = 1;
-constexpr int64_t kHeads = 8;
-constexpr int64_t kDim = 64;
-constexpr int64_t kDimV = 64;
-constexpr uint64_t kSeed = 42;
-// Sampled rows per (batch, head) for the cheap error counter.
-constexpr int kErrorRowsPerHead = 16;
-
-struct Options {
-  std::vector<int64_t> sizes = {1024, 4096, 16384};
-  int threads = 0;
-  double min_time = 1.0;
-};
+namespace bench {
 
 Options& GetOptions() {
   static Options* o = new Options;
   return *o;
 }
-
-// One method configuration of the benchmark.
-struct MethodSpec {
-  const char* name;
-  Method method;
-  int num_features = 128;
-  int bucket_size = 128;
-  int window = 128;
-  SparseSupport sparse = SparseSupport::kLsh;
-  LshHash hash = LshHash::kKMeans;
-};
 
 const std::vector<MethodSpec>& Methods() {
   static const std::vector<MethodSpec>* m = new std::vector<MethodSpec>{
@@ -86,10 +69,12 @@ const std::vector<MethodSpec>& Methods() {
   return *m;
 }
 
-// Inputs for one N, generated once and shared by every method.
-struct Inputs {
-  std::vector<float> q, k, v;
-};
+const MethodSpec& MethodByName(const std::string& name) {
+  for (const MethodSpec& m : Methods())
+    if (name == m.name) return m;
+  std::fprintf(stderr, "no method %s in the benchmark's table\n", name.c_str());
+  std::exit(2);
+}
 
 const Inputs& GetInputs(int64_t n) {
   static std::mutex mu;
@@ -129,16 +114,8 @@ Backend* GetBackend() {
   return b;
 }
 
-// Per (method, N): wall seconds of every timed call.
-std::mutex timings_mu;
-std::map<std::pair<std::string, int64_t>, std::vector<double>>& Timings() {
-  static auto* t =
-      new std::map<std::pair<std::string, int64_t>, std::vector<double>>;
-  return *t;
-}
-
-AttentionParams MakeParams(const MethodSpec& spec, int64_t n,
-                           const Inputs& in, float* out) {
+AttentionParams MakeParams(const MethodSpec& spec, int64_t n, const Inputs& in,
+                           float* out) {
   AttentionParams p;
   p.q = in.q.data();
   p.k = in.k.data();
@@ -159,6 +136,27 @@ AttentionParams MakeParams(const MethodSpec& spec, int64_t n,
   p.lsh_hash = spec.hash;
   p.seed = kSeed;
   return p;
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return std::nan("");
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+}  // namespace bench
+
+namespace {
+
+using namespace bench;  // NOLINT: this file is the benchmark's own
+
+// Per (method, N): wall seconds of every timed call.
+std::mutex timings_mu;
+std::map<std::pair<std::string, int64_t>, std::vector<double>>& Timings() {
+  static auto* t =
+      new std::map<std::pair<std::string, int64_t>, std::vector<double>>;
+  return *t;
 }
 
 void BM_Attention(benchmark::State& state, MethodSpec spec, int64_t n) {
@@ -195,14 +193,12 @@ void BM_Attention(benchmark::State& state, MethodSpec spec, int64_t n) {
   }
   if (secs.empty()) return;
 
-  state.counters["workspace_bytes"] =
-      benchmark::Counter(static_cast<double>(last.workspace_bytes),
-                         benchmark::Counter::kDefaults,
-                         benchmark::Counter::kIs1024);
-  state.counters["dense_bytes"] =
-      benchmark::Counter(static_cast<double>(last.dense_score_bytes),
-                         benchmark::Counter::kDefaults,
-                         benchmark::Counter::kIs1024);
+  state.counters["workspace_bytes"] = benchmark::Counter(
+      static_cast<double>(last.workspace_bytes), benchmark::Counter::kDefaults,
+      benchmark::Counter::kIs1024);
+  state.counters["dense_bytes"] = benchmark::Counter(
+      static_cast<double>(last.dense_score_bytes),
+      benchmark::Counter::kDefaults, benchmark::Counter::kIs1024);
   state.counters["guards"] = static_cast<double>(last.denominator_guards);
   state.counters["fallbacks"] = static_cast<double>(last.fallbacks);
   if (spec.method != Method::kExact) {
@@ -215,13 +211,6 @@ void BM_Attention(benchmark::State& state, MethodSpec spec, int64_t n) {
   v.insert(v.end(), secs.begin(), secs.end());
 }
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return std::nan("");
-  std::sort(v.begin(), v.end());
-  const size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
-
 void PrintSummary() {
   std::lock_guard<std::mutex> l(timings_mu);
   const auto& t = Timings();
@@ -230,9 +219,9 @@ void PrintSummary() {
       "\nSummary (CPU backend, %d threads; B=%lld H=%lld d=%lld dv=%lld, "
       "budget 256): median wall ms per call; speedup = exact median / "
       "method median, same run\n\n",
-      GetOptions().threads > 0 ? GetOptions().threads
-                               : static_cast<int>(std::max(
-                                     1u, std::thread::hardware_concurrency())),
+      GetOptions().threads > 0
+          ? GetOptions().threads
+          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())),
       static_cast<long long>(kBatch), static_cast<long long>(kHeads),
       static_cast<long long>(kDim), static_cast<long long>(kDimV));
   std::printf("| N | method | iters | median ms | speedup vs exact |\n");
@@ -295,10 +284,22 @@ void ParseOwnFlags(int* argc, char** argv) {
         std::fprintf(stderr, "bad --sb_min_time: %s\n", a + 14);
         std::exit(2);
       }
+    } else if (std::strcmp(a, "--profile") == 0) {
+      o.profile = true;
+    } else if (std::strcmp(a, "--compare") == 0) {
+      o.compare = true;
+    } else if (std::strncmp(a, "--sb_repeats=", 13) == 0) {
+      o.repeats = std::atoi(a + 13);
+      if (o.repeats < 1) {
+        std::fprintf(stderr, "bad --sb_repeats: %s\n", a + 13);
+        std::exit(2);
+      }
+    } else if (std::strncmp(a, "--sb_python=", 12) == 0) {
+      o.python = a + 12;
     } else if (std::strncmp(a, "--sb_", 5) == 0) {
       std::fprintf(stderr,
                    "unknown flag %s (known: --sb_sizes=, --sb_threads=, "
-                   "--sb_min_time=)\n",
+                   "--sb_min_time=, --sb_repeats=, --sb_python=)\n",
                    a);
       std::exit(2);
     } else {
@@ -330,6 +331,13 @@ void RegisterAll() {
 
 int main(int argc, char** argv) {
   scatterbrain::ParseOwnFlags(&argc, argv);
+  const scatterbrain::bench::Options& o = scatterbrain::bench::GetOptions();
+  if (o.profile || o.compare) {
+    int rc = 0;
+    if (o.profile) rc = scatterbrain::bench::RunProfile();
+    if (o.compare && rc == 0) rc = scatterbrain::bench::RunCompare(argv[0]);
+    return rc;
+  }
   scatterbrain::RegisterAll();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -28,6 +28,7 @@
 #include <limits>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/profile.h"
 #include "kernels/cuda/sparse_math.h"
 #include "kernels/random_draws.h"
 
@@ -135,6 +136,7 @@ void WriteScatterbrain(const Slice& s, const Features& f, const LowRank& lr,
                        const SparseAcc& acc, Estimator est,
                        const ExactSample* cal, WorkspaceMeter* meter,
                        SliceStats* st) {
+  PhaseScope scope(Phase::kCombine);
   MeanValues means(s, meter);
   if (est == Estimator::kUnbiased) {
     WriteUnbiased(s, f, lr, acc, means, st);

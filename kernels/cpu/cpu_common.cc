@@ -3,11 +3,16 @@
 
 #include <cblas.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <thread>
+#include <vector>
+
+#include "kernels/cpu/vmath.h"
 
 // OpenBLAS and BLIS expose these; a reference CBLAS does not (weak: absent
 // symbols are null and the call is skipped).
@@ -150,6 +155,41 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t)>& fn,
   for (std::thread& th : extra) th.join();
   std::unique_lock<std::mutex> lock(st->mu);
   st->idle.wait(lock, [&] { return st->active == 0; });
+}
+
+void WarmUp(int threads, int64_t bytes_per_thread) {
+  static std::mutex mu;
+  static int warmed_threads = 0;
+  static int64_t warmed_bytes = -1;
+  std::lock_guard<std::mutex> lock(mu);
+  if (threads <= warmed_threads && bytes_per_thread <= warmed_bytes) return;
+  warmed_threads = std::max(warmed_threads, threads);
+  warmed_bytes = std::max<int64_t>(warmed_bytes, bytes_per_thread);
+  const int t = std::max(1, threads);
+  // One task per thread: each waits until all have started, so no thread
+  // runs two and every worker's own heap arena is the one warmed.
+  std::atomic<int> started{0};
+  ParallelFor(t, t, [&](int64_t) {
+    started.fetch_add(1);
+    const auto give_up =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+    while (started.load() < t && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::yield();
+    constexpr int64_t kN = 128;
+    std::vector<float> a(kN * kN, 0.5f), c(kN * kN);
+    Gemm(false, true, kN, kN, kN, 1.0f, a.data(), kN, a.data(), kN, 0.0f,
+         c.data(), kN);
+    ExpInPlace(c.data(), kN, -1.0f);
+    if (bytes_per_thread <= 0) return;
+    // Touch one byte per page; the free returns the block to this thread's
+    // arena, whose pages stay mapped.
+    const size_t bytes = static_cast<size_t>(bytes_per_thread);
+    std::unique_ptr<char[]> block(new (std::nothrow) char[bytes]);
+    if (block == nullptr) return;
+    // Volatile: stores to a block about to be freed may be elided.
+    volatile char* touch = block.get();
+    for (size_t i = 0; i < bytes; i += 4096) touch[i] = 1;
+  });
 }
 
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,

@@ -126,6 +126,14 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t)>& fn,
                  const CancelToken* cancel = nullptr);
 int ResolveThreads(int requested);
 
+// Readies the process for a first call on `threads` threads: starts the
+// worker pool, runs a small GEMM and the vectorised exp on each worker (the
+// BLAS's buffers, the dispatch), and faults in `bytes_per_thread` of each
+// worker's heap, then frees it for the calls' scratch to reuse (the backend
+// keeps freed heap: cpu_backend.cc). Blocks until done; repeated calls only
+// do what a larger size or thread count adds.
+void WarmUp(int threads, int64_t bytes_per_thread);
+
 // C = alpha * op(A) * op(B) + beta * C, row-major, float32 (a real BLAS).
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
           float alpha, const float* a, int64_t lda, const float* b, int64_t ldb,

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/profile.h"
 #include "kernels/cpu/vmath.h"
 
 namespace scatterbrain {
@@ -14,37 +15,44 @@ namespace {
 constexpr int64_t kCausalBlock = 64;
 // Rows between two cancellation checks of the per-row feature loops.
 constexpr int64_t kCheckRows = 4096;
+// Rows projected per GEMM in the feature maps: 256 rows of m = 128
+// features (128 KiB) are still in L2 for the per-row pass.
+constexpr int64_t kFeatureBlock = 256;
 }  // namespace
 
 void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
                      WorkspaceMeter* meter, Features* f) {
+  PhaseScope scope(Phase::kFeatures);
   const int m = 2 * r;
   f->m = m;
   const float sqrt_tau = std::sqrt(s.tau);
   // phi(q) . phi(k) carries 1/m; put all of it on the query side.
   const float log_norm = -std::log(static_cast<float>(m));
-  Scratch<float> proj(meter, static_cast<size_t>(std::max(s.nq, s.nk)) * r);
+  // The projections are written straight into the first r columns of each
+  // feature row (no separate buffer), a block of rows at a time so that the
+  // per-row pass that mirrors them and takes the exponent reads them from
+  // cache.
+  auto project = [&](const float* x, int64_t ld, int64_t i0, int64_t i1,
+                     float* out) {
+    Gemm(false, true, i1 - i0, r, s.d, sqrt_tau, x + i0 * ld, ld, w.data(), s.d,
+         0.0f, out + i0 * m, m);
+  };
 
   // Queries: scale_i = max_l |p_il| - |q~_i|^2 / 2 - log(m).
   f->q.Reset(meter, static_cast<size_t>(s.nq) * m);
   f->qscale.Reset(meter, s.nq);
-  Gemm(false, true, s.nq, r, s.d, sqrt_tau, s.q, s.q_row, w.data(), s.d, 0.0f,
-       proj.data(), r);
-  for (int64_t i = 0; i < s.nq; ++i) {
-    if (i % kCheckRows == 0 && s.stopped()) return;  // the slice is dropped
-    const float* p = proj.data() + i * r;
-    const float* x = s.qrow(i);
-    double sq = 0;
-    for (int64_t c = 0; c < s.d; ++c) sq += static_cast<double>(x[c]) * x[c];
-    float pmax = 0.0f;
-    for (int l = 0; l < r; ++l) pmax = std::max(pmax, std::fabs(p[l]));
-    f->qscale[i] = pmax - static_cast<float>(0.5 * s.tau * sq) + log_norm;
-    float* out = f->q.data() + i * m;
-    for (int l = 0; l < r; ++l) {
-      out[l] = p[l];
-      out[r + l] = -p[l];
+  for (int64_t i0 = 0; i0 < s.nq; i0 += kFeatureBlock) {
+    if (s.stopped()) return;  // the slice is dropped
+    const int64_t i1 = std::min(s.nq, i0 + kFeatureBlock);
+    project(s.q, s.q_row, i0, i1, f->q.data());
+    for (int64_t i = i0; i < i1; ++i) {
+      float* out = f->q.data() + i * m;
+      const double sq = SumSquares(s.qrow(i), s.d);
+      const float pmax = MaxAbs(out, r);
+      f->qscale[i] = pmax - static_cast<float>(0.5 * s.tau * sq) + log_norm;
+      for (int l = 0; l < r; ++l) out[r + l] = -out[l];
+      ExpInPlace(out, m, -pmax);
     }
-    ExpInPlace(out, m, -pmax);
   }
 
   if (s.stopped()) return;  // f->k unset: the caller abandons the slice
@@ -54,36 +62,31 @@ void ComputeFeatures(const Slice& s, const std::vector<float>& w, int r,
     f->kscale = 0.0f;
     return;
   }
-  Gemm(false, true, s.nk, r, s.d, sqrt_tau, s.k, s.k_row, w.data(), s.d, 0.0f,
-       proj.data(), r);
   Scratch<float> base(meter, s.nk);
   float kmax = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < s.nk; ++j) {
-    if (j % kCheckRows == 0 && s.stopped()) return;
-    const float* p = proj.data() + j * r;
-    const float* x = s.krow(j);
-    double sq = 0;
-    for (int64_t c = 0; c < s.d; ++c) sq += static_cast<double>(x[c]) * x[c];
-    float pmax = 0.0f;
-    for (int l = 0; l < r; ++l) pmax = std::max(pmax, std::fabs(p[l]));
-    base[j] = -static_cast<float>(0.5 * s.tau * sq);
-    kmax = std::max(kmax, pmax + base[j]);
+  for (int64_t j0 = 0; j0 < s.nk; j0 += kFeatureBlock) {
+    if (s.stopped()) return;
+    const int64_t j1 = std::min(s.nk, j0 + kFeatureBlock);
+    project(s.k, s.k_row, j0, j1, f->k.data());
+    for (int64_t j = j0; j < j1; ++j) {
+      float* out = f->k.data() + j * m;
+      const double sq = SumSquares(s.krow(j), s.d);
+      const float pmax = MaxAbs(out, r);
+      base[j] = -static_cast<float>(0.5 * s.tau * sq);
+      kmax = std::max(kmax, pmax + base[j]);
+      for (int l = 0; l < r; ++l) out[r + l] = -out[l];
+    }
   }
   f->kscale = kmax;
   for (int64_t j = 0; j < s.nk; ++j) {
     if (j % kCheckRows == 0 && s.stopped()) return;
-    const float* p = proj.data() + j * r;
-    float* out = f->k.data() + j * m;
-    for (int l = 0; l < r; ++l) {
-      out[l] = p[l];
-      out[r + l] = -p[l];
-    }
-    ExpInPlace(out, m, base[j] - kmax);
+    ExpInPlace(f->k.data() + j * m, m, base[j] - kmax);
   }
 }
 
 void ComputeLowRank(const Slice& s, const Features& f, WorkspaceMeter* meter,
                     LowRank* lr) {
+  PhaseScope scope(Phase::kLowRank);
   const int m = f.m;
   const int64_t dv = s.dv;
   lr->num.Reset(meter, static_cast<size_t>(s.nq) * dv);

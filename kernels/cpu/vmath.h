@@ -1,7 +1,8 @@
 // scatterbrain/kernels/cpu/vmath.h — vectorised float exp for the hot loops
 // (feature maps, softmax rows). std::exp is scalar and was most of the CPU
 // time; this one is a branch-free polynomial the compiler vectorises, built
-// for AVX2+FMA and a portable baseline, picked at load time.
+// for AVX2+FMA and a portable baseline, picked at load time. Also the
+// row reductions of the hot loops (max, sums, dot products).
 #ifndef SCATTERBRAIN_KERNELS_CPU_VMATH_H_
 #define SCATTERBRAIN_KERNELS_CPU_VMATH_H_
 
@@ -20,6 +21,12 @@ void ExpInPlace(float* x, int64_t n, float shift = 0.0f);
 // so that the compiler vectorises them without fast-math.
 float Max(const float* x, int64_t n);
 float Sum(const float* x, int64_t n);
+// max |x[i]| (0 for n = 0), sum x[i]^2 accumulated in double, and the dot
+// product a . b, in independent lanes (AVX2 when the CPU has it; the lanes,
+// and so the results, are the same on every path).
+float MaxAbs(const float* x, int64_t n);
+double SumSquares(const float* x, int64_t n);
+float Dot(const float* a, const float* b, int64_t n);
 
 }  // namespace cpu
 }  // namespace scatterbrain
