@@ -189,7 +189,6 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
             });
           },
           p.cancel);
-      total.evaluations = VisiblePairs(p);
     } else {
       const bool features =
           p.method == Method::kPerformer || p.method == Method::kScatterbrain;
@@ -268,8 +267,10 @@ absl::StatusOr<AttentionStats> CpuBackend::ForwardImpl(
   stats.workspace_bytes = meter.peak();
   stats.denominator_guards = total.guards;
   stats.fallbacks = total.fallbacks;
-  stats.score_evaluations = total.evaluations;
   stats.exact_score_evaluations = VisiblePairs(p);
+  stats.score_evaluations = p.method == Method::kExact
+                                ? stats.exact_score_evaluations
+                                : total.evaluations;
   return stats;
 }
 

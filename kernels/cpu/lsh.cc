@@ -12,6 +12,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/profile.h"
 #include "kernels/cpu/vmath.h"
+#include "kernels/cuda/sparse_math.h"
 #include "kernels/random_draws.h"
 
 namespace scatterbrain {
@@ -36,27 +37,9 @@ void HashRows(const float* x, int64_t ld, int64_t n, int64_t d,
         pi[l] += proj[l * D + d] * extra[2 * i] +
                  proj[l * D + d + 1] * extra[2 * i + 1];
     }
-    // Level 1: projections [0, P); level 2: [P, 2P). Bucket = argmax of +-p.
-    uint32_t bucket = 0;
-    float value = 0.0f;
-    for (int level = 0; level < 2; ++level) {
-      int best = 0;
-      float best_v = -std::numeric_limits<float>::infinity();
-      for (int l = 0; l < P; ++l) {
-        const float v = pi[level * P + l];
-        if (v > best_v) {
-          best_v = v;
-          best = 2 * l;
-        }
-        if (-v > best_v) {
-          best_v = -v;
-          best = 2 * l + 1;
-        }
-      }
-      bucket = bucket * (2 * P) + best;
-      value = best_v;
-    }
-    out[i] = HashKey{bucket, value};
+    // The device's rule (sparse_math.h), so both backends bucket alike.
+    const cuda::sparse::HashCode code = cuda::sparse::CrossPolytopeCode(pi, P);
+    out[i] = HashKey{code.bucket, code.value};
   }
 }
 

@@ -235,6 +235,16 @@ double PassFlops(const AttentionParams& p, const Slice& s, int64_t b) {
   return SliceFlops(p, s, Method::kScatterbrain, b);
 }
 
+// The slice as exact attention: what an error target falls back to.
+void RunExact(const Slice& s, WorkspaceMeter* meter, SliceStats* st,
+              HeadPlan* plan) {
+  ExactRows(s, 0, s.nq, meter);
+  st->evaluations += VisibleKeys(s);
+  plan->exact = true;
+  plan->error_estimate = 0.0;
+  plan->error_bound = 0.0;
+}
+
 void FillPlan(const ChosenSupport& cs, size_t globals, HeadPlan* plan) {
   plan->sparse = cs.config.sparse;
   plan->num_features = cs.config.num_features;
@@ -305,11 +315,7 @@ void RunScatterbrain(const Slice& s, const AttentionParams& p,
   // Under an error target, a slice too short for any approximation to be
   // faster than exact attention is computed exactly at once.
   if (p.target_error > 0.0 && s.nk < kMinLadderKeys) {
-    ExactRows(s, 0, s.nq, meter);
-    st->evaluations += VisibleKeys(s);
-    plan.exact = true;
-    plan.error_estimate = 0.0;
-    plan.error_bound = 0.0;
+    RunExact(s, meter, st, &plan);
     return;
   }
 
@@ -360,16 +366,9 @@ void RunScatterbrain(const Slice& s, const AttentionParams& p,
   }
   const int64_t exact_rows =
       static_cast<int64_t>(cal.rows.size() + held.size());
-  auto run_exact = [&]() {
-    ExactRows(s, 0, s.nq, meter);
-    st->evaluations += VisibleKeys(s);
-    plan.exact = true;
-    plan.error_estimate = 0.0;
-    plan.error_bound = 0.0;
-  };
   if (exact_rows >= s.nq) {
     // Every row would be computed exactly anyway.
-    run_exact();
+    RunExact(s, meter, st, &plan);
     return;
   }
   ExactSample val;
@@ -471,7 +470,7 @@ void RunScatterbrain(const Slice& s, const AttentionParams& p,
     step = next;
   }
   if (!met) {
-    run_exact();
+    RunExact(s, meter, st, &plan);
     return;
   }
   // The held-out rows were computed exactly: return them so.
